@@ -1,0 +1,1 @@
+"""Turning request payloads into rows of the store's schema."""

@@ -1,0 +1,182 @@
+"""Input models: what clients may send. Validation errors name the field path.
+
+The stored shape is ``store.schema``; ``tests/test_schema.py`` checks that every
+stored column is reachable from these models."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from store.schema import MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS
+
+USE_CASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
+
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
+class ContentPart(BaseModel):
+    """One part of a multi-part content (``text``, ``image_url``, ``input_audio`` …)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+
+class ChatMessage(BaseModel):
+    """An OpenAI/Adaptive chat message. Unknown keys are kept as sent."""
+
+    model_config = ConfigDict(extra="allow")
+    role: Role
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class AssistantCompletion(BaseModel):
+    """A completion given as an assistant message (content and/or tool calls)."""
+
+    model_config = ConfigDict(extra="allow")
+    role: Literal["assistant"] = "assistant"
+    content: str | list[ContentPart] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    refusal: str | None = None
+
+
+class Usage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    prompt_tokens: Annotated[int, Field(ge=0)] | None = None
+    completion_tokens: Annotated[int, Field(ge=0)] | None = None
+    total_tokens: Annotated[int, Field(ge=0)] | None = None
+
+
+class FeedbackItem(BaseModel):
+    """Adaptive's inline feedback on an interaction."""
+
+    model_config = ConfigDict(extra="forbid")
+    metric: Annotated[str, Field(min_length=1, max_length=128)]
+    value: float | bool
+    reason: str | None = None
+    details: str | None = None
+    user_id: str | None = None
+    created_at: datetime | None = None
+
+
+Labels = dict[str, str]
+
+
+def check_labels(labels: Labels | None) -> Labels | None:
+    if labels is None:
+        return None
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"at most {MAX_LABELS} labels are allowed, got {len(labels)}")
+    for k, v in labels.items():
+        if not k or len(k) > MAX_LABEL_KEY:
+            raise ValueError(f"label key {k[:80]!r} must be 1 to {MAX_LABEL_KEY} characters")
+        if len(v) > MAX_LABEL_VALUE:
+            raise ValueError(
+                f"label {k!r}: value has {len(v)} characters, at most {MAX_LABEL_VALUE} allowed"
+            )
+    return labels
+
+
+class InteractionIn(BaseModel):
+    """One interaction, Adaptive ``AddInteractionsRequest`` plus the store's fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(
+        None, description="Idempotency key; a second ingest of the same id is a no-op."
+    )
+    use_case: str | None = Field(None, description="Use case key (alias: project). Required.")
+    project: str | None = Field(None, description="Alias of use_case (newer Adaptive).")
+    model: str | None = None
+    model_service: str | None = Field(None, description="Alias of model (Adaptive).")
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    completion: str | AssistantCompletion | None = None
+    labels: Labels | None = None
+    metadata: Labels | None = Field(None, description="Alias of labels (OpenAI).")
+    user: str | None = None
+    session_id: str | None = None
+    ab_campaign: str | None = None
+    created_at: datetime | None = Field(
+        None, description="ISO-8601, or unix seconds; default: the time of receipt."
+    )
+    usage: Usage | None = None
+    latency_ms: Annotated[float, Field(ge=0)] | None = None
+    ttft_ms: Annotated[float, Field(ge=0)] | None = None
+    params: dict[str, Any] | None = None
+    status: Literal["ok", "error"] = "ok"
+    error: str | None = None
+    feedbacks: list[FeedbackItem] | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str | None) -> str | None:
+        if v is not None and not ID_RE.match(v):
+            raise ValueError(
+                "id must be 1 to 128 characters of letters, digits, '_', '.', ':' or '-'"
+            )
+        return v
+
+    @field_validator("use_case", "project")
+    @classmethod
+    def _use_case(cls, v: str | None) -> str | None:
+        if v is not None and not USE_CASE_RE.match(v):
+            raise ValueError(
+                "use case keys are 1 to 128 characters of letters, digits, '_', '.' or '-', "
+                "starting with a letter or digit"
+            )
+        return v
+
+    @field_validator("labels", "metadata")
+    @classmethod
+    def _labels(cls, v: Labels | None) -> Labels | None:
+        return check_labels(v)
+
+    @model_validator(mode="after")
+    def _aliases(self) -> InteractionIn:
+        if self.use_case is None and self.project is None:
+            raise ValueError("use_case: required (or its alias project)")
+        if self.use_case and self.project and self.use_case != self.project:
+            raise ValueError("project: differs from use_case, its alias")
+        if self.model and self.model_service and self.model != self.model_service:
+            raise ValueError("model_service: differs from model, its alias")
+        if self.labels is not None and self.metadata is not None:
+            clash = [k for k in self.labels if k in self.metadata and self.labels[k] != self.metadata[k]]
+            if clash:
+                raise ValueError(f"metadata: disagrees with labels on {clash[:5]}")
+            merged = {**self.metadata, **self.labels}
+            check_labels(merged)
+        return self
+
+    @property
+    def use_case_key(self) -> str:
+        return self.use_case or self.project or ""
+
+    @property
+    def model_key(self) -> str | None:
+        return self.model or self.model_service
+
+    @property
+    def all_labels(self) -> Labels | None:
+        if self.labels is None:
+            return self.metadata
+        if self.metadata is None:
+            return self.labels
+        return {**self.metadata, **self.labels}
+
+
+class IngestAck(BaseModel):
+    completion_id: str
+    session_id: str | None
+    feedback_ids: list[str]
+
+
+class BatchAck(BaseModel):
+    accepted: int
+    completion_ids: list[str]

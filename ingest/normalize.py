@@ -1,0 +1,133 @@
+"""Validated input → Arrow tables in the store's schema (``store.schema``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from ingest.ids import uuid7
+from ingest.models import AssistantCompletion, ChatMessage, InteractionIn
+from store.schema import FEEDBACK, INTERACTIONS
+
+_EPOCH = date(1970, 1, 1)
+
+
+def _dump(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def message_dict(m: ChatMessage | AssistantCompletion) -> dict[str, Any]:
+    """The message exactly as sent: only the keys the client gave."""
+    return m.model_dump(mode="json", exclude_unset=True)
+
+
+def completion_text(content: Any) -> str | None:
+    if content is None or isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+
+
+def _utc(ts: datetime | None, now: datetime) -> datetime:
+    if ts is None:
+        return now
+    if ts.tzinfo is None:
+        return ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC)
+
+
+class Batch:
+    """The rows of one ingest request, ready for the store."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.session_ids: list[str | None] = []
+        self.feedback_ids: list[list[str]] = []
+        self._cols: dict[str, list[Any]] = {n: [] for n in INTERACTIONS.names}
+        self._fb: dict[str, list[Any]] = {n: [] for n in FEEDBACK.names}
+        self._fb_owner: list[str] = []
+
+    def add(self, item: InteractionIn, *, source: str, now: datetime, new_session: bool) -> None:
+        c = self._cols
+        id_ = item.id or uuid7()
+        created = _utc(item.created_at, now)
+        session = item.session_id or (uuid7() if new_session else None)
+        completion_message = None
+        if isinstance(item.completion, AssistantCompletion):
+            msg = message_dict(item.completion)
+            completion_message = _dump(msg)
+            completion = completion_text(msg.get("content"))
+        else:
+            completion = item.completion
+        labels = item.all_labels
+        c["id"].append(id_)
+        c["created_at"].append(created)
+        c["use_case"].append(item.use_case_key)
+        c["model"].append(item.model_key)
+        c["messages"].append(_dump([message_dict(m) for m in item.messages]))
+        c["completion"].append(completion)
+        c["completion_message"].append(completion_message)
+        c["labels"].append(list(labels.items()) if labels is not None else None)
+        c["session_id"].append(session)
+        c["user"].append(item.user)
+        c["ab_campaign"].append(item.ab_campaign)
+        c["source"].append(source)
+        c["usage"].append(item.usage.model_dump() if item.usage is not None else None)
+        c["latency_ms"].append(item.latency_ms)
+        c["ttft_ms"].append(item.ttft_ms)
+        c["params"].append(_dump(item.params) if item.params is not None else None)
+        c["status"].append(item.status)
+        c["error"].append(item.error)
+        c["day"].append(created.date())
+        self.ids.append(id_)
+        self.session_ids.append(session)
+        fids: list[str] = []
+        for fb in item.feedbacks or ():
+            fid = uuid7()
+            fcreated = _utc(fb.created_at, now)
+            f = self._fb
+            f["id"].append(fid)
+            f["created_at"].append(fcreated)
+            f["completion_id"].append(id_)
+            f["use_case"].append(item.use_case_key)
+            f["metric"].append(fb.metric)
+            f["value"].append(float(fb.value))
+            f["reason"].append(fb.reason)
+            f["details"].append(fb.details)
+            f["user_id"].append(fb.user_id)
+            f["day"].append(fcreated.date())
+            self._fb_owner.append(id_)
+            fids.append(fid)
+        self.feedback_ids.append(fids)
+
+    def interactions(self) -> pa.Table:
+        return _table(INTERACTIONS, self._cols)
+
+    def feedback(self, skip_owners: Sequence[str] = ()) -> pa.Table | None:
+        """Feedback rows, without those of interactions that were duplicates."""
+        if not self._fb_owner:
+            return None
+        table = _table(FEEDBACK, self._fb)
+        if skip_owners:
+            skip = set(skip_owners)
+            table = table.filter(pa.array([o not in skip for o in self._fb_owner]))
+        return table if table.num_rows else None
+
+
+def _table(schema: pa.Schema, cols: dict[str, list[Any]]) -> pa.Table:
+    return pa.Table.from_arrays(
+        [pa.array(cols[f.name], type=f.type) for f in schema], schema=schema
+    )
+
+
+def build_batch(
+    items: Sequence[InteractionIn], *, source: str, new_session: bool = True
+) -> Batch:
+    now = datetime.now(UTC)
+    batch = Batch()
+    for item in items:
+        batch.add(item, source=source, now=now, new_session=new_session)
+    return batch

@@ -1,0 +1,191 @@
+"""DuckDB over the store: one sandboxed in-process database, views per snapshot.
+
+The database can read the tables' folders and nothing else on the machine
+(``enable_external_access=false`` with ``allowed_directories``, then the
+configuration is locked), so the same connection serves internal queries and
+user SQL. A query runs on its own cursor with TEMP views named like the tables,
+each the union of the snapshot's committed Parquet files and the acknowledged rows
+still in the write-ahead log.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from store.errors import InvalidQuery, QueryTimeout, StoreError
+from store.schema import TableSpec
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+@dataclass(frozen=True)
+class TableSnapshot:
+    spec: TableSpec
+    version: int  # Delta table version (-1: no commit yet)
+    files_view: str | None  # view over the committed files, None when there are none
+    pending: pa.Table  # acknowledged rows not yet in Delta
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    tables: dict[str, TableSnapshot]
+
+    @property
+    def versions(self) -> dict[str, int]:
+        return {name: t.version for name, t in self.tables.items()}
+
+
+class Duck:
+    def __init__(
+        self,
+        readable_dirs: Sequence[Path],
+        *,
+        memory_limit: str = "2GB",
+        threads: int = 2,
+    ) -> None:
+        self._db = duckdb.connect(
+            config={
+                "autoload_known_extensions": False,
+                "autoinstall_known_extensions": False,
+                "memory_limit": memory_limit,
+                "threads": threads,
+            }
+        )
+        dirs = ", ".join(_sql_str(str(d.resolve()) + "/") for d in readable_dirs)
+        self._db.execute("SET TimeZone = 'UTC'")
+        self._db.execute("SET parquet_metadata_cache = true")
+        self._db.execute(f"SET allowed_directories = [{dirs}]")
+        self._db.execute("SET enable_external_access = false")
+        self._db.execute("SET lock_configuration = true")
+        self._lock = threading.Lock()
+        self._views: dict[str, list[str]] = {}
+
+    def files_view(self, spec: TableSpec, version: int, files: list[str]) -> str | None:
+        """Create (once) the view over one Delta version's files."""
+        if not files:
+            return None
+        name = f"_{spec.name}_v{version}"
+        hive = ", ".join(
+            f"{_sql_str(c)}: {'DATE' if c == 'day' else 'VARCHAR'}" for c in spec.partition_by
+        )
+        cols = ", ".join(_quote(c) for c in spec.columns)
+        file_list = "[" + ", ".join(_sql_str(f) for f in files) + "]"
+        sql = (
+            f"CREATE OR REPLACE VIEW {_quote(name)} AS SELECT {cols} FROM read_parquet("
+            f"{file_list}, hive_partitioning = true, hive_types = {{{hive}}})"
+        )
+        with self._lock:
+            cur = self._db.cursor()
+            try:
+                cur.execute(sql)
+                kept = self._views.setdefault(spec.name, [])
+                if name not in kept:
+                    kept.append(name)
+                # Keep a few old versions: queries that started on them stay valid.
+                while len(kept) > 8:
+                    cur.execute(f"DROP VIEW IF EXISTS {_quote(kept.pop(0))}")
+            finally:
+                cur.close()
+        return name
+
+    def cursor(self, snapshot: Snapshot) -> duckdb.DuckDBPyConnection:
+        """A cursor whose TEMP views show exactly ``snapshot``."""
+        cur = self._db.cursor()
+        for name, t in snapshot.tables.items():
+            pending = f"_pending_{name}"
+            cur.register(pending, t.pending)
+            cols = ", ".join(_quote(c) for c in t.spec.columns)
+            body = f"SELECT {cols} FROM {_quote(pending)}"
+            if t.files_view is not None:
+                body = f"SELECT {cols} FROM {_quote(t.files_view)} UNION ALL {body}"
+            cur.execute(f"CREATE OR REPLACE TEMP VIEW {_quote(name)} AS {body}")
+        return cur
+
+    def query(
+        self,
+        snapshot: Snapshot,
+        sql: str,
+        params: Sequence[Any] | None = None,
+        *,
+        timeout_s: float | None = None,
+        max_rows: int | None = None,
+    ) -> pa.Table:
+        cur = self.cursor(snapshot)
+        timer = None
+        timed_out = threading.Event()
+        if timeout_s:
+
+            def _stop() -> None:
+                timed_out.set()
+                cur.interrupt()
+
+            timer = threading.Timer(timeout_s, _stop)
+            timer.daemon = True
+            timer.start()
+        try:
+            rel = cur.sql(sql, params=list(params) if params else None)
+            if max_rows is None:
+                return rel.to_arrow_table()
+            reader = rel.to_arrow_reader(min(max_rows + 1, 100_000))
+            batches, n = [], 0
+            for b in reader:
+                batches.append(b)
+                n += b.num_rows
+                if n > max_rows:
+                    break
+            table = pa.Table.from_batches(batches, schema=reader.schema)
+            return table.slice(0, max_rows + 1)
+        except duckdb.InterruptException as exc:
+            if timed_out.is_set():
+                raise QueryTimeout(f"the query ran longer than {timeout_s:g} s") from exc
+            raise StoreError(str(exc)) from exc
+        except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException) as exc:
+            raise InvalidQuery(str(exc), param="sql") from exc
+        except duckdb.PermissionException as exc:
+            raise InvalidQuery(
+                f"not allowed: {exc}. SQL may read the views interactions and feedback only",
+                param="sql",
+            ) from exc
+        except duckdb.OutOfMemoryException as exc:
+            raise InvalidQuery(f"the query needs more memory than allowed: {exc}") from exc
+        except duckdb.Error as exc:
+            raise InvalidQuery(str(exc), param="sql") from exc
+        finally:
+            if timer is not None:
+                timer.cancel()
+            cur.close()
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def check_select(sql: str) -> str:
+    """Exactly one SELECT (or WITH … SELECT) statement, by DuckDB's own parser."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise InvalidQuery(f"SQL does not parse: {exc}", param="sql") from exc
+    if len(statements) != 1:
+        raise InvalidQuery(
+            f"exactly one statement is allowed, got {len(statements)}", param="sql"
+        )
+    stmt = statements[0]
+    if stmt.type != duckdb.StatementType.SELECT:
+        kind = str(stmt.type).rsplit(".", 1)[-1]
+        raise InvalidQuery(
+            f"only SELECT (or WITH … SELECT) statements are allowed, got {kind}", param="sql"
+        )
+    return stmt.query.strip().rstrip(";")

@@ -1,0 +1,70 @@
+"""The store's error family. Each error carries the HTTP status it maps to, so the
+API renders it without knowing where it came from, and the CLI prints `Error: …`."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequest(StoreError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class ValidationFailed(InvalidRequest):
+    status = 422
+    code = "validation_error"
+
+
+class InvalidQuery(InvalidRequest):
+    status = 400
+    code = "invalid_query"
+
+
+class NotFound(StoreError):
+    status = 404
+    type = "not_found_error"
+    code = "not_found"
+
+
+class PayloadTooLarge(StoreError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class QueryTimeout(StoreError):
+    status = 408
+    type = "invalid_request_error"
+    code = "query_timeout"
+
+
+class Unavailable(StoreError):
+    """The store cannot persist or serve right now (disk full, read-only, backlog).
+    Nothing was acknowledged; the client may retry after `retry_after` seconds."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 1, **kw: str | None):
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class StoreLocked(StoreError):
+    status = 409
+    type = "conflict"
+    code = "store_locked"

@@ -1,0 +1,118 @@
+"""Filters over interactions, defined once and compiled to SQL with parameters.
+
+The HTTP list, the Python API (``Reader.interactions``) and, later, stats and export
+all take a ``Filter``; nothing else builds WHERE clauses."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from store.errors import ValidationFailed
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def parse_time(value: str | float | int | datetime, param: str) -> datetime:
+    """ISO-8601 (naive = UTC) or unix seconds."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC)
+    text = value.strip()
+    try:
+        return datetime.fromtimestamp(float(text), UTC)
+    except ValueError:
+        pass
+    try:
+        ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationFailed(
+            f"{param}: {value!r} is not an ISO-8601 time or unix seconds", param=param
+        ) from None
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def parse_label(expr: str, param: str = "label") -> tuple[str, tuple[str, ...]]:
+    """``key:value`` or ``key:v1|v2`` (any of the values)."""
+    key, sep, values = expr.partition(":")
+    if not sep or not key:
+        raise ValidationFailed(
+            f"{param}: {expr!r} is not of the form key:value (or key:v1|v2)", param=param
+        )
+    return key, tuple(values.split("|"))
+
+
+@dataclass(frozen=True)
+class Filter:
+    use_case: tuple[str, ...] = ()
+    model: tuple[str, ...] = ()
+    labels: tuple[tuple[str, tuple[str, ...]], ...] = ()  # AND over keys, OR within a key
+    has_label: tuple[str, ...] = ()
+    no_label: tuple[str, ...] = ()
+    since: datetime | None = None  # "from", inclusive
+    until: datetime | None = None  # "to", exclusive
+    session_id: tuple[str, ...] = ()
+    user: tuple[str, ...] = ()
+    source: tuple[str, ...] = ()
+    status: tuple[str, ...] = ()
+    ids: tuple[str, ...] = ()
+    extra: tuple[tuple[str, tuple[Any, ...]], ...] = field(default=())
+
+    def where(self) -> tuple[str, list[Any]]:
+        """A SQL condition over the ``interactions`` view, and its parameters."""
+        conds: list[str] = []
+        params: list[Any] = []
+
+        def any_of(column: str, values: tuple[str, ...]) -> None:
+            if len(values) == 1:
+                conds.append(f'"{column}" = ?')
+                params.append(values[0])
+            elif values:
+                conds.append(f'list_contains(?, "{column}")')
+                params.append(list(values))
+
+        any_of("use_case", self.use_case)
+        any_of("model", self.model)
+        any_of("session_id", self.session_id)
+        any_of("user", self.user)
+        any_of("source", self.source)
+        any_of("status", self.status)
+        any_of("id", self.ids)
+        for key, values in self.labels:
+            conds.append("list_contains(?, element_at(labels, ?)[1])")
+            params.extend([list(values), key])
+        for key in self.has_label:
+            conds.append("len(element_at(labels, ?)) > 0")
+            params.append(key)
+        for key in self.no_label:
+            conds.append("(labels IS NULL OR len(element_at(labels, ?)) = 0)")
+            params.append(key)
+        if self.since is not None:
+            conds.append("created_at >= ?")
+            params.append(self.since)
+        if self.until is not None:
+            conds.append("created_at < ?")
+            params.append(self.until)
+        for sql, p in self.extra:
+            conds.append(sql)
+            params.extend(p)
+        return (" AND ".join(conds) if conds else "TRUE"), params
+
+
+def encode_cursor(created_at: datetime, id_: str) -> str:
+    us = (created_at - _EPOCH) // timedelta(microseconds=1)
+    return base64.urlsafe_b64encode(orjson.dumps([us, id_])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        us, id_ = orjson.loads(raw)
+        return _EPOCH + timedelta(microseconds=int(us)), str(id_)
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise ValidationFailed("after: not a cursor returned by this API", param="after") from None

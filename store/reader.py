@@ -1,0 +1,183 @@
+"""Reading interactions back: list with filters and keyset pagination, get by id,
+sandboxed SQL. Rows come back in the API's shape (JSON fields parsed, the
+completion as it was sent)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import polars as pl
+import pyarrow as pa
+
+from store.duck import check_select
+from store.engine import Store
+from store.errors import NotFound, ValidationFailed
+from store.filters import Filter, decode_cursor, encode_cursor
+
+MAX_LIMIT = 1000
+
+_LIST_COLUMNS = (
+    "id, created_at, use_case, model, messages, completion, completion_message, labels, "
+    "session_id, \"user\", ab_campaign, source, usage, latency_ms, ttft_ms, params, status, error"
+)
+
+
+def _iso(ts: datetime) -> str:
+    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def to_api(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored row → the interaction object clients sent (and more)."""
+    out = dict(row)
+    out.pop("day", None)
+    out["created_at"] = _iso(row["created_at"])
+    out["messages"] = orjson.loads(row["messages"])
+    message = out.pop("completion_message", None)
+    if message is not None:
+        out["completion"] = orjson.loads(message)
+    labels = row.get("labels")
+    out["labels"] = dict(labels) if labels is not None else None
+    if row.get("params") is not None:
+        out["params"] = orjson.loads(row["params"])
+    return out
+
+
+@dataclass
+class Page:
+    data: list[dict[str, Any]]
+    has_more: bool
+    next_cursor: str | None
+
+
+class Reader:
+    """Read operations over a ``Store`` (writer or read-only)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def list(
+        self,
+        flt: Filter,
+        *,
+        limit: int = 50,
+        order: str = "desc",
+        after: str | None = None,
+    ) -> Page:
+        if not 1 <= limit <= MAX_LIMIT:
+            raise ValidationFailed(f"limit: must be 1 to {MAX_LIMIT}, got {limit}", param="limit")
+        if order not in ("asc", "desc"):
+            raise ValidationFailed(f"order: must be asc or desc, got {order!r}", param="order")
+        where, params = flt.where()
+        if after:
+            ts, id_ = decode_cursor(after)
+            op = "<" if order == "desc" else ">"
+            where += f" AND (created_at, id) {op} (?, ?)"
+            params += [ts, id_]
+        direction = "DESC" if order == "desc" else "ASC"
+        sql = (
+            f"SELECT {_LIST_COLUMNS} FROM interactions WHERE {where} "
+            f"ORDER BY created_at {direction}, id {direction} LIMIT {limit + 1}"
+        )
+        rows = self.store.query(sql, params).to_pylist()
+        has_more = len(rows) > limit
+        rows = rows[:limit]
+        cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if has_more else None
+        return Page([to_api(r) for r in rows], has_more, cursor)
+
+    def get(self, id_: str) -> dict[str, Any]:
+        snap = self.store.snapshot()
+        rows = self.store.query(
+            f"SELECT {_LIST_COLUMNS} FROM interactions WHERE id = ? LIMIT 1", [id_], snapshot=snap
+        ).to_pylist()
+        if not rows:
+            raise NotFound(f"no interaction with id {id_!r}", param="id")
+        item = to_api(rows[0])
+        fb = self.store.query(
+            "SELECT id, created_at, metric, value, reason, details, user_id FROM feedback "
+            "WHERE completion_id = ? ORDER BY created_at",
+            [id_],
+            snapshot=snap,
+        ).to_pylist()
+        for f in fb:
+            f["created_at"] = _iso(f["created_at"])
+        item["feedback"] = fb
+        return item
+
+    def sql(
+        self, sql: str, *, timeout_s: float | None = 30.0, max_rows: int | None = 100_000
+    ) -> tuple[pa.Table, bool]:
+        """Run one read-only SELECT. Returns the rows and whether they were cut at max_rows."""
+        query = check_select(sql)
+        table = self.store.query(query, timeout_s=timeout_s, max_rows=max_rows)
+        truncated = max_rows is not None and table.num_rows > max_rows
+        if truncated:
+            table = table.slice(0, max_rows)
+        return table, truncated
+
+    # -- notebook API (SPEC: Python API) --------------------------------------------------
+    def interactions(self, **filters: Any) -> pl.LazyFrame:
+        """The interactions matching ``filters`` (same names as the HTTP API) as a LazyFrame."""
+        flt = filter_from_kwargs(filters)
+        where, params = flt.where()
+        table = self.store.query(f"SELECT * FROM interactions WHERE {where}", params)
+        return pl.from_arrow(table).lazy()  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _tuple(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
+def filter_from_kwargs(kw: dict[str, Any]) -> Filter:
+    """Build a Filter from API-style names (``from``/``to``, ``label="k:v"``…)."""
+    from store.filters import parse_label, parse_time
+
+    known = {
+        "use_case", "model", "label", "has_label", "no_label", "from", "to", "since", "until",
+        "session_id", "user", "source", "status", "id",
+    }  # fmt: skip
+    unknown = sorted(set(kw) - known)
+    if unknown:
+        raise ValidationFailed(
+            f"{unknown[0]}: unknown filter. Valid filters are: {', '.join(sorted(known))}",
+            param=unknown[0],
+        )
+    since = kw.get("from", kw.get("since"))
+    until = kw.get("to", kw.get("until"))
+    return Filter(
+        use_case=_tuple(kw.get("use_case")),
+        model=_tuple(kw.get("model")),
+        labels=tuple(parse_label(x) for x in _tuple(kw.get("label"))),
+        has_label=_tuple(kw.get("has_label")),
+        no_label=_tuple(kw.get("no_label")),
+        since=parse_time(since, "from") if since is not None else None,
+        until=parse_time(until, "to") if until is not None else None,
+        session_id=_tuple(kw.get("session_id")),
+        user=_tuple(kw.get("user")),
+        source=_tuple(kw.get("source")),
+        status=_tuple(kw.get("status")),
+        ids=_tuple(kw.get("id")),
+    )
+
+
+def open(path: str | Path) -> Reader:  # noqa: A001 - SPEC names it store.open
+    """A read-only handle on a data root (works beside a running server)."""
+    return Reader(Store(path, writable=False))
+
+

@@ -1,0 +1,95 @@
+"""The one definition of what is stored: Arrow schemas of the tables.
+
+Everything else derives from these: the Delta tables' schemas, the SQL views'
+columns, the conversion of rows back to API objects. JSON-valued fields
+(`messages`, `completion_message`, `params`) are stored as JSON text so they
+round-trip exactly and every engine (Spark, Trino, Polars, DuckDB) can read them;
+`labels` is a Parquet map so engines can index it natively.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+USAGE = pa.struct(
+    [
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("total_tokens", pa.int64()),
+    ]
+)
+
+INTERACTIONS = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("created_at", TIMESTAMP, nullable=False),
+        pa.field("use_case", pa.string(), nullable=False),
+        pa.field("model", pa.string()),
+        # JSON text of the chat messages, exactly as received (OpenAI/Adaptive shape).
+        pa.field("messages", pa.string(), nullable=False),
+        # The completion text. When the completion was an assistant message object
+        # (tool calls, refusal …) its JSON is in `completion_message` and this column
+        # holds its text content, so `completion ILIKE …` works either way.
+        pa.field("completion", pa.string()),
+        pa.field("completion_message", pa.string()),
+        pa.field("labels", pa.map_(pa.string(), pa.string())),
+        pa.field("session_id", pa.string()),
+        pa.field("user", pa.string()),
+        pa.field("ab_campaign", pa.string()),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("usage", USAGE),
+        pa.field("latency_ms", pa.float64()),
+        pa.field("ttft_ms", pa.float64()),
+        pa.field("params", pa.string()),  # JSON text
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        # Partition column: the UTC day of created_at.
+        pa.field("day", pa.date32(), nullable=False),
+    ]
+)
+
+FEEDBACK = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("created_at", TIMESTAMP, nullable=False),
+        pa.field("completion_id", pa.string(), nullable=False),
+        pa.field("use_case", pa.string()),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+        pa.field("reason", pa.string()),
+        pa.field("details", pa.string()),
+        pa.field("user_id", pa.string()),
+        pa.field("day", pa.date32(), nullable=False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A stored table: its name (folder under the data root and SQL view name), its
+    schema, its partition columns, and a one-byte code used in write-ahead-log frames."""
+
+    name: str
+    schema: pa.Schema
+    partition_by: tuple[str, ...]
+    code: int
+
+    @property
+    def columns(self) -> list[str]:
+        return self.schema.names
+
+
+INTERACTIONS_TABLE = TableSpec("interactions", INTERACTIONS, ("use_case", "day"), 1)
+FEEDBACK_TABLE = TableSpec("feedback", FEEDBACK, ("day",), 2)
+
+TABLES: dict[str, TableSpec] = {t.name: t for t in (INTERACTIONS_TABLE, FEEDBACK_TABLE)}
+TABLES_BY_CODE: dict[int, TableSpec] = {t.code: t for t in TABLES.values()}
+
+# Input limits that are part of the data model (SPEC: labels).
+MAX_LABELS = 64
+MAX_LABEL_KEY = 64
+MAX_LABEL_VALUE = 1024
