@@ -1,0 +1,50 @@
+"""Reading request bodies with a size limit, and JSON responses via orjson."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import orjson
+from fastapi import Request
+from starlette.responses import Response
+
+from store.errors import InvalidRequest, PayloadTooLarge
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, default=str, option=orjson.OPT_NON_STR_KEYS)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing more than ``limit`` bytes before reading them all.
+    ``Content-Encoding: gzip`` is accepted and the limit applies to the inflated size."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body has {int(declared)} bytes; at most {limit} are accepted")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding != "gzip":
+        raise InvalidRequest(f"Content-Encoding {encoding!r} is not supported; use gzip or none")
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidRequest(f"the gzip body does not inflate: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"the inflated body is over the limit of {limit} bytes")
+    return out
+
+

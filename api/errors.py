@@ -1,0 +1,99 @@
+"""One error shape for every endpoint: ``{"error": {"message", "type", "param", "code"}}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from ingest.parse import loc_path
+from store.errors import StoreError, Unavailable
+
+log = logging.getLogger("istore.api")
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+}
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    type_: str | None = None,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body: dict[str, Any] = {
+        "error": {
+            "message": message,
+            "type": type_ or _TYPES.get(status, "server_error"),
+            "param": param,
+            "code": code,
+        }
+    }
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+async def _store_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StoreError)
+    headers = None
+    if isinstance(exc, Unavailable):
+        headers = {"Retry-After": str(exc.retry_after)}
+    if exc.status >= 500 and not isinstance(exc, Unavailable):
+        log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+    return error_response(
+        exc.status, exc.message, type_=exc.type, param=exc.param, code=exc.code, headers=headers
+    )
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    loc = tuple(first.get("loc", ()))
+    if loc and loc[0] in ("query", "path", "header"):
+        loc = loc[1:]
+    param = loc_path(loc) or None
+    more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
+    msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    return error_response(
+        422, f"{param}: {msg}{more}" if param else msg + more, param=param, code="validation_error"
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    message = exc.detail if isinstance(exc.detail, str) else "error"
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"no route {request.method} {request.url.path}"
+    return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("%s %s: unexpected error", request.method, request.url.path)
+    return error_response(500, "internal error; see the server log", code="internal_error")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(StoreError, _store_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,28 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from api.body import JSONResponse
+from api.errors import error_response
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/readyz")
+def readyz(request: Request) -> Response:
+    store = request.app.state.store
+    status = store.status()
+    problem = status["wal_error"] or status["flush_error"]
+    if status["wal_error"]:
+        return error_response(
+            503, f"the write-ahead log cannot be written: {problem}", headers={"Retry-After": "5"}
+        )
+    return JSONResponse({"status": "degraded" if problem else "ready", **status})

@@ -1,0 +1,152 @@
+"""``/api/v1/interactions``: ingest (one, array, NDJSON), list with filters, get by id."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+
+from api.body import JSONResponse, read_body
+from ingest.models import BatchAck, IngestAck, InteractionIn
+from ingest.normalize import Batch, build_batch
+from ingest.parse import parse_interactions
+from store.errors import ValidationFailed
+from store.reader import Reader, filter_from_kwargs
+from store.schema import FEEDBACK_TABLE, INTERACTIONS_TABLE
+
+router = APIRouter(tags=["interactions"])
+
+_BODY_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "anyOf": [
+                        {"$ref": "#/components/schemas/InteractionIn"},
+                        {"type": "array", "items": {"$ref": "#/components/schemas/InteractionIn"}},
+                    ]
+                }
+            },
+            "application/x-ndjson": {"schema": {"type": "string"}},
+        },
+    }
+}
+
+# Threshold above which parsing runs off the event loop (large batches).
+_INLINE_ITEMS = 64
+
+
+async def persist(request: Request, batch: Batch) -> None:
+    """Durably store a batch: interactions first, then the feedback of those that were new."""
+    store = request.app.state.store
+    result = await asyncio.wrap_future(store.write(INTERACTIONS_TABLE, batch.interactions()))
+    feedback = batch.feedback(skip_owners=result.duplicate_ids)
+    if feedback is not None:
+        await asyncio.wrap_future(store.write(FEEDBACK_TABLE, feedback))
+
+
+@router.post(
+    "/interactions",
+    status_code=201,
+    response_model=IngestAck | BatchAck,
+    openapi_extra=_BODY_SCHEMA,
+    summary="Log interactions (one object, a JSON array, or NDJSON)",
+)
+async def ingest(request: Request) -> JSONResponse:
+    body = await read_body(request, request.app.state.settings.max_body_bytes)
+    ctype = request.headers.get("content-type", "application/json")
+    if len(body) > 256 << 10:
+        items, single = await run_in_threadpool(parse_interactions, body, ctype)
+    else:
+        items, single = parse_interactions(body, ctype)
+    if len(items) > _INLINE_ITEMS:
+        batch = await run_in_threadpool(build_batch, items, source="api")
+    else:
+        batch = build_batch(items, source="api")
+    await persist(request, batch)
+    if single:
+        ack: dict[str, Any] = {
+            "completion_id": batch.ids[0],
+            "session_id": batch.session_ids[0],
+            "feedback_ids": batch.feedback_ids[0],
+        }
+    else:
+        ack = {"accepted": len(batch.ids), "completion_ids": batch.ids}
+    return JSONResponse(ack, status_code=201)
+
+
+LIST_PARAMS = {
+    "use_case", "model", "label", "has_label", "no_label", "from", "to", "session_id", "user",
+    "source", "status", "limit", "order", "after",
+}  # fmt: skip
+
+
+def check_params(request: Request, allowed: set[str]) -> None:
+    unknown = sorted(set(request.query_params.keys()) - allowed)
+    if unknown:
+        raise ValidationFailed(
+            f"{unknown[0]}: unknown query parameter. Valid parameters are: "
+            + ", ".join(sorted(allowed)),
+            param=unknown[0],
+        )
+
+
+def filters_from_query(request: Request) -> dict[str, Any]:
+    q = request.query_params
+    out: dict[str, Any] = {}
+    for key in ("use_case", "model", "label", "has_label", "no_label", "session_id", "user",
+                "source", "status"):  # fmt: skip
+        values = q.getlist(key)
+        if values:
+            out[key] = values
+    for key in ("from", "to"):
+        if key in q:
+            out[key] = q[key]
+    return out
+
+
+@router.get("/interactions", summary="List interactions, newest first, with filters")
+def list_interactions(
+    request: Request,
+    use_case: Annotated[list[str] | None, Query(description="Repeatable: any of")] = None,
+    model: Annotated[list[str] | None, Query(description="Repeatable: any of")] = None,
+    label: Annotated[
+        list[str] | None, Query(description="key:value (or key:v1|v2); repeatable: all of")
+    ] = None,
+    has_label: Annotated[list[str] | None, Query()] = None,
+    no_label: Annotated[list[str] | None, Query()] = None,
+    from_: Annotated[str | None, Query(alias="from", description="ISO-8601 or unix")] = None,
+    to: Annotated[str | None, Query(description="ISO-8601 or unix, exclusive")] = None,
+    session_id: Annotated[list[str] | None, Query()] = None,
+    user: Annotated[list[str] | None, Query()] = None,
+    source: Annotated[list[str] | None, Query()] = None,
+    status: Annotated[list[str] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
+    after: Annotated[str | None, Query(description="Cursor from next_cursor")] = None,
+) -> JSONResponse:
+    check_params(request, LIST_PARAMS)
+    reader: Reader = request.app.state.reader
+    page = reader.list(
+        filter_from_kwargs(filters_from_query(request)), limit=limit, order=order, after=after
+    )
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": page.data,
+            "has_more": page.has_more,
+            "next_cursor": page.next_cursor,
+        }
+    )
+
+
+@router.get("/interactions/{interaction_id}", summary="One interaction with its feedback")
+def get_interaction(request: Request, interaction_id: str) -> JSONResponse:
+    reader: Reader = request.app.state.reader
+    return JSONResponse(reader.get(interaction_id))
+
+
+__all__ = ["InteractionIn", "router"]

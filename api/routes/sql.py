@@ -1,0 +1,33 @@
+"""``POST /api/v1/sql``: one read-only SELECT over the views."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.body import JSONResponse
+from store.reader import Reader
+
+router = APIRouter(tags=["sql"])
+
+
+class SqlRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sql: str = Field(..., min_length=1, max_length=100_000, description="One SELECT or WITH.")
+
+
+@router.post("/sql", summary="Run one read-only SELECT over interactions and feedback")
+def run_sql(request: Request, body: SqlRequest) -> JSONResponse:
+    settings = request.app.state.settings
+    reader: Reader = request.app.state.reader
+    table, truncated = reader.sql(
+        body.sql, timeout_s=settings.sql_timeout_s, max_rows=settings.sql_max_rows
+    )
+    return JSONResponse(
+        {
+            "object": "list",
+            "columns": [{"name": f.name, "type": str(f.type)} for f in table.schema],
+            "data": table.to_pylist(),
+            "truncated": truncated,
+        }
+    )

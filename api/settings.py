@@ -1,0 +1,45 @@
+"""All configuration, in one place. Environment variables ``ISTORE_*``; CLI flags override."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from store.engine import StoreOptions
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ISTORE_", extra="ignore")
+
+    data: str = Field("./data", description="Data root: the tables and the write-ahead log.")
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8080, description="Port to listen on.")
+    gateway_config: str | None = Field(
+        None, description="Path of the gateway's model routing file (TOML)."
+    )
+    max_body_bytes: int = Field(
+        32 << 20, description="Largest accepted request body, in bytes (larger: 413)."
+    )
+    flush_interval_s: float = Field(
+        1.0, description="How often the write-ahead log is appended to the Delta tables."
+    )
+    flush_rows: int = Field(
+        50_000, description="Flush sooner once this many acknowledged rows are waiting."
+    )
+    max_pending_bytes: int = Field(
+        1 << 30,
+        description="Acknowledged-but-unflushed bytes held in memory before ingest answers 503.",
+    )
+    sql_timeout_s: float = Field(30.0, description="Per-query time limit for SQL.")
+    sql_max_rows: int = Field(100_000, description="Most rows one SQL query returns.")
+    query_memory_limit: str = Field("2GB", description="DuckDB memory cap for queries.")
+    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    access_log: bool = Field(False, description="Log every HTTP request (uvicorn access log).")
+
+    def store_options(self) -> StoreOptions:
+        return StoreOptions(
+            flush_interval_s=self.flush_interval_s,
+            flush_rows=self.flush_rows,
+            max_pending_bytes=self.max_pending_bytes,
+            query_memory_limit=self.query_memory_limit,
+        )

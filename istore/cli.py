@@ -1,0 +1,296 @@
+"""``istore``: a thin shell over the store, the same functions the HTTP routes call."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from api.settings import Settings
+from store.errors import StoreError
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "interactions.ndjson"
+
+
+def _settings(**overrides: Any) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+data_option = click.option(
+    "--data", "data", default=None, help="Data root (default: $ISTORE_DATA or ./data)."
+)
+
+
+class _Shell(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StoreError as exc:
+            click.echo(f"Error: {exc.message}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Shell)
+@click.version_option("0.1.0", prog_name="istore")
+def main() -> None:
+    """interaction-store: a durable, queryable store of LLM interactions."""
+
+
+# -- serve -------------------------------------------------------------------------------
+@main.command()
+@data_option
+@click.option("--host", default=None, help="Listen address (default: $ISTORE_HOST or 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default: $ISTORE_PORT or 8080).")
+@click.option("--gateway-config", default=None, help="Gateway routing file (TOML).")
+@click.option(
+    "--load-sample-if-empty",
+    is_flag=True,
+    help="Load sample_data/ into an empty store first (what `make serve` does).",
+)
+def serve(
+    data: str | None,
+    host: str | None,
+    port: int | None,
+    gateway_config: str | None,
+    load_sample_if_empty: bool,
+) -> None:
+    """Serve the HTTP API."""
+    import uvicorn
+
+    from api.app import create_app
+    from store.engine import Store
+
+    settings = _settings(data=data, host=host, port=port, gateway_config=gateway_config)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not _is_loopback(settings.host):
+        raise click.UsageError(
+            f"refusing to listen on {settings.host}: no API key is configured, so the server "
+            "only serves on loopback (127.0.0.1 or ::1)"
+        )
+    store = Store(settings.data, options=settings.store_options())
+    try:
+        if load_sample_if_empty and _is_empty(store) and SAMPLE.exists():
+            n = _import_files(store, [SAMPLE], progress=False)
+            click.echo(f"Loaded {n} sample interactions from {SAMPLE.name} into {store.root}")
+        click.echo(
+            f"istore serving {store.root} on http://{settings.host}:{settings.port} "
+            "(no API key configured: loopback only)"
+        )
+        app = create_app(settings, store=store)
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            access_log=settings.access_log,
+            loop="uvloop",
+            http="httptools",
+        )
+    finally:
+        store.close()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_empty(store: Any) -> bool:
+    return int(store.query("SELECT count(*) AS n FROM interactions").column("n")[0].as_py()) == 0
+
+
+# -- import ------------------------------------------------------------------------------
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                yield n, line
+
+
+def _import_files(store: Any, paths: list[Path], *, progress: bool, batch_size: int = 2000) -> int:
+    from ingest.normalize import build_batch
+    from ingest.parse import parse_interactions
+    from store.schema import FEEDBACK_TABLE, INTERACTIONS_TABLE
+
+    total = 0
+    size = sum(p.stat().st_size for p in paths)
+    with click.progressbar(
+        length=size, label="Importing", file=sys.stderr if progress else _Null()
+    ) as bar:
+        for path in paths:
+            chunk: list[bytes] = []
+            first_line = 1
+
+            def flush(chunk: list[bytes], first_line: int) -> int:
+                try:
+                    items, _ = parse_interactions(b"".join(chunk), "application/x-ndjson")
+                except StoreError as exc:
+                    exc.message = f"{path}: from line {first_line}: {exc.message}"
+                    raise
+                batch = build_batch(items, source="import", new_session=False)
+                result = store.write(INTERACTIONS_TABLE, batch.interactions()).result()
+                fb = batch.feedback(skip_owners=result.duplicate_ids)
+                if fb is not None:
+                    store.write(FEEDBACK_TABLE, fb).result()
+                return len(items)
+
+            for n, line in _lines(path):
+                if not chunk:
+                    first_line = n
+                chunk.append(line if line.endswith(b"\n") else line + b"\n")
+                bar.update(len(line))
+                if len(chunk) >= batch_size:
+                    total += flush(chunk, first_line)
+                    chunk = []
+            if chunk:
+                total += flush(chunk, first_line)
+    return total
+
+
+class _Null:
+    def write(self, _: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+@main.command("import")
+@data_option
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+def import_(data: str | None, files: tuple[str, ...]) -> None:
+    """Import interactions from NDJSON files (one interaction per line)."""
+    from store.engine import Store
+
+    settings = _settings(data=data)
+    with Store(settings.data, options=settings.store_options()) as store:
+        n = _import_files(store, [Path(f) for f in files], progress=True)
+    click.echo(f"Imported {n} interactions into {Path(settings.data).absolute()}")
+
+
+# -- sql ---------------------------------------------------------------------------------
+@main.command()
+@data_option
+@click.argument("query")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "csv", "json", "ndjson"]), default="table"
+)
+@click.option("--max-rows", type=int, default=None, help="Most rows to return.")
+def sql(data: str | None, query: str, fmt: str, max_rows: int | None) -> None:
+    """Run one read-only SELECT over the views interactions and feedback."""
+    import polars as pl
+
+    from store.reader import open as open_store
+
+    settings = _settings(data=data)
+    with open_store(settings.data) as reader:
+        table, truncated = reader.sql(
+            query, timeout_s=settings.sql_timeout_s, max_rows=max_rows or settings.sql_max_rows
+        )
+    if fmt == "json":
+        click.echo(orjson.dumps(table.to_pylist(), default=str, option=orjson.OPT_INDENT_2))
+    elif fmt == "ndjson":
+        for row in table.to_pylist():
+            click.echo(orjson.dumps(row, default=str))
+    elif fmt == "csv":
+        df = pl.from_arrow(table)
+        assert isinstance(df, pl.DataFrame)
+        click.echo(_csv(df), nl=False)
+    else:
+        df = pl.from_arrow(table)
+        assert isinstance(df, pl.DataFrame)
+        with pl.Config(
+            tbl_rows=50, tbl_cols=20, fmt_str_lengths=60, tbl_hide_dataframe_shape=True
+        ):
+            click.echo(df)
+        click.echo(f"{table.num_rows} row{'s' if table.num_rows != 1 else ''}")
+    if truncated:
+        click.echo(f"(cut at {table.num_rows} rows)", err=True)
+
+
+def _csv(df: Any) -> str:
+    import polars as pl
+
+    flat = df.with_columns(
+        [
+            pl.col(c).map_elements(lambda v: orjson.dumps(v, default=str).decode(), return_dtype=pl.String)
+            for c, t in df.schema.items()
+            if t.is_nested()
+        ]
+    )
+    return str(flat.write_csv())
+
+
+# -- maintenance -------------------------------------------------------------------------
+@main.command()
+@data_option
+def compact(data: str | None) -> None:
+    """Rewrite small Parquet files into large ones, per partition."""
+    from store.maintenance import compact as do_compact
+
+    settings = _settings(data=data)
+    for name, m in do_compact(settings.data).items():
+        click.echo(
+            f"{name}: {m['files_removed']} files → {m['files_added']} "
+            f"({m['partitions_optimized']} partitions)"
+        )
+
+
+@main.command()
+@data_option
+@click.option(
+    "--retention-hours",
+    type=float,
+    default=168.0,
+    show_default=True,
+    help="Keep files removed from the table for this long (readers of older snapshots).",
+)
+@click.option("--dry-run", is_flag=True, help="List what would be deleted.")
+def vacuum(data: str | None, retention_hours: float, dry_run: bool) -> None:
+    """Delete files no longer in the table and older than the retention window."""
+    from store.maintenance import vacuum as do_vacuum
+
+    settings = _settings(data=data)
+    for name, files in do_vacuum(settings.data, retention_hours, dry_run=dry_run).items():
+        verb = "would delete" if dry_run else "deleted"
+        click.echo(f"{name}: {verb} {len(files)} files")
+
+
+@main.command()
+@data_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def stats(data: str | None, as_json: bool) -> None:
+    """Rows, files, bytes and table version per use case."""
+    from store.maintenance import table_stats
+
+    settings = _settings(data=data)
+    rows = table_stats(settings.data)
+    if as_json:
+        click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
+        return
+    header = f"{'table':<13}{'use_case':<24}{'rows':>10}{'files':>8}{'bytes':>14}{'version':>9}"
+    click.echo(header)
+    for r in rows:
+        click.echo(
+            f"{r['table']:<13}{r['use_case']:<24}{r['rows']:>10}{r['files']:>8}"
+            f"{r['bytes']:>14}{r['version']:>9}"
+        )
+
+
+if __name__ == "__main__":
+    main()
