@@ -8,6 +8,7 @@ one commit; vacuum only deletes files that left the table more than
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ def vacuum(root: str | Path, retention_hours: float, *, dry_run: bool = False) -
     out = {}
     for name, dt in _tables(root).items():
         out[name] = dt.vacuum(
-            retention_hours=int(retention_hours) if retention_hours.is_integer() else retention_hours,  # type: ignore[arg-type]
+            retention_hours=math.ceil(retention_hours),
             dry_run=dry_run,
             enforce_retention_duration=False,
         )
