@@ -1,16 +1,26 @@
-"""Identifiers: UUIDv7, time-ordered so that ids sort like their creation time."""
+"""Identifiers: UUIDv7 (RFC 9562), time-ordered so that ids sort like creation time."""
 
 from __future__ import annotations
 
 import os
 import time
-import uuid
+
+_VERSION = 0x7 << 76
+_VARIANT = 0x2 << 62
+_RAND_MASK = ((1 << 76) - 1) & ~(0x3 << 62)
 
 
 def uuid7() -> str:
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80 | (0x7 << 76) | (rand & ((1 << 76) - 1))
-    # RFC 9562 variant bits (10xx) in bits 62-63 of the low 64.
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)
-    return str(uuid.UUID(int=value))
+    return uuid7_many(1)[0]
+
+
+def uuid7_many(n: int) -> list[str]:
+    ms = (time.time_ns() // 1_000_000) & ((1 << 48) - 1)
+    head = (ms << 80) | _VERSION | _VARIANT
+    rand = os.urandom(10 * n)
+    out = []
+    for i in range(n):
+        value = head | (int.from_bytes(rand[10 * i : 10 * i + 10], "big") & _RAND_MASK)
+        h = f"{value:032x}"
+        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return out

@@ -162,6 +162,33 @@ class InteractionIn(BaseModel):
     def model_key(self) -> str | None:
         return self.model or self.model_service
 
+    def canonical(self) -> dict[str, Any]:
+        """The shape ``ingest.normalize`` builds rows from (see ``ingest.fastpath``)."""
+        completion: str | dict[str, Any] | None
+        if isinstance(self.completion, AssistantCompletion):
+            completion = self.completion.model_dump(mode="json", exclude_unset=True)
+        else:
+            completion = self.completion
+        return {
+            "id": self.id,
+            "use_case": self.use_case_key,
+            "model": self.model_key,
+            "messages": [m.model_dump(mode="json", exclude_unset=True) for m in self.messages],
+            "completion": completion,
+            "labels": self.all_labels,
+            "user": self.user,
+            "session_id": self.session_id,
+            "ab_campaign": self.ab_campaign,
+            "created_at": self.created_at,
+            "usage": self.usage.model_dump() if self.usage is not None else None,
+            "latency_ms": self.latency_ms,
+            "ttft_ms": self.ttft_ms,
+            "params": self.params,
+            "status": self.status,
+            "error": self.error,
+            "feedbacks": [f.model_dump() for f in self.feedbacks or ()],
+        }
+
     @property
     def all_labels(self) -> Labels | None:
         if self.labels is None:

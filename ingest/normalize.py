@@ -1,28 +1,24 @@
-"""Validated input → Arrow tables in the store's schema (``store.schema``)."""
+"""Canonical interaction dicts → Arrow tables in the store's schema (``store.schema``).
+
+A canonical dict comes from ``ingest.fastpath.canonical`` or
+``InteractionIn.canonical``: aliases resolved, ``created_at`` a datetime or None,
+messages exactly as the client sent them."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pyarrow as pa
 
-from ingest.ids import uuid7
-from ingest.models import AssistantCompletion, ChatMessage, InteractionIn
+from ingest.ids import uuid7_many
 from store.schema import FEEDBACK, INTERACTIONS
-
-_EPOCH = date(1970, 1, 1)
 
 
 def _dump(value: Any) -> str:
     return orjson.dumps(value).decode()
-
-
-def message_dict(m: ChatMessage | AssistantCompletion) -> dict[str, Any]:
-    """The message exactly as sent: only the keys the client gave."""
-    return m.model_dump(mode="json", exclude_unset=True)
 
 
 def completion_text(content: Any) -> str | None:
@@ -42,7 +38,8 @@ def _utc(ts: datetime | None, now: datetime) -> datetime:
 class Batch:
     """The rows of one ingest request, ready for the store."""
 
-    def __init__(self) -> None:
+    def __init__(self, fresh_ids: list[str] | None = None) -> None:
+        self._fresh = fresh_ids or []
         self.ids: list[str] = []
         self.session_ids: list[str | None] = []
         self.feedback_ids: list[list[str]] = []
@@ -50,58 +47,62 @@ class Batch:
         self._fb: dict[str, list[Any]] = {n: [] for n in FEEDBACK.names}
         self._fb_owner: list[str] = []
 
-    def add(self, item: InteractionIn, *, source: str, now: datetime, new_session: bool) -> None:
+    def add(self, item: dict[str, Any], *, source: str, now: datetime, new_session: bool) -> None:
         c = self._cols
-        id_ = item.id or uuid7()
-        created = _utc(item.created_at, now)
-        session = item.session_id or (uuid7() if new_session else None)
+        id_ = item["id"] or self._new_id()
+        created = _utc(item["created_at"], now)
+        session = item["session_id"] or (self._new_id() if new_session else None)
+        completion = item["completion"]
         completion_message = None
-        if isinstance(item.completion, AssistantCompletion):
-            msg = message_dict(item.completion)
-            completion_message = _dump(msg)
-            completion = completion_text(msg.get("content"))
-        else:
-            completion = item.completion
-        labels = item.all_labels
+        if isinstance(completion, dict):
+            completion_message = _dump(completion)
+            completion = completion_text(completion.get("content"))
+        labels = item["labels"]
+        params = item["params"]
         c["id"].append(id_)
         c["created_at"].append(created)
-        c["use_case"].append(item.use_case_key)
-        c["model"].append(item.model_key)
-        c["messages"].append(_dump([message_dict(m) for m in item.messages]))
+        c["use_case"].append(item["use_case"])
+        c["model"].append(item["model"])
+        c["messages"].append(_dump(item["messages"]))
         c["completion"].append(completion)
         c["completion_message"].append(completion_message)
         c["labels"].append(list(labels.items()) if labels is not None else None)
         c["session_id"].append(session)
-        c["user"].append(item.user)
-        c["ab_campaign"].append(item.ab_campaign)
+        c["user"].append(item["user"])
+        c["ab_campaign"].append(item["ab_campaign"])
         c["source"].append(source)
-        c["usage"].append(item.usage.model_dump() if item.usage is not None else None)
-        c["latency_ms"].append(item.latency_ms)
-        c["ttft_ms"].append(item.ttft_ms)
-        c["params"].append(_dump(item.params) if item.params is not None else None)
-        c["status"].append(item.status)
-        c["error"].append(item.error)
+        c["usage"].append(item["usage"])
+        c["latency_ms"].append(item["latency_ms"])
+        c["ttft_ms"].append(item["ttft_ms"])
+        c["params"].append(_dump(params) if params is not None else None)
+        c["status"].append(item["status"])
+        c["error"].append(item["error"])
         c["day"].append(created.date())
         self.ids.append(id_)
         self.session_ids.append(session)
         fids: list[str] = []
-        for fb in item.feedbacks or ():
-            fid = uuid7()
-            fcreated = _utc(fb.created_at, now)
+        for fb in item["feedbacks"]:
+            fid = self._new_id()
+            fcreated = _utc(fb.get("created_at"), now)
             f = self._fb
             f["id"].append(fid)
             f["created_at"].append(fcreated)
             f["completion_id"].append(id_)
-            f["use_case"].append(item.use_case_key)
-            f["metric"].append(fb.metric)
-            f["value"].append(float(fb.value))
-            f["reason"].append(fb.reason)
-            f["details"].append(fb.details)
-            f["user_id"].append(fb.user_id)
+            f["use_case"].append(item["use_case"])
+            f["metric"].append(fb["metric"])
+            f["value"].append(float(fb["value"]))
+            f["reason"].append(fb.get("reason"))
+            f["details"].append(fb.get("details"))
+            f["user_id"].append(fb.get("user_id"))
             f["day"].append(fcreated.date())
             self._fb_owner.append(id_)
             fids.append(fid)
         self.feedback_ids.append(fids)
+
+    def _new_id(self) -> str:
+        if not self._fresh:
+            self._fresh = uuid7_many(64)
+        return self._fresh.pop()
 
     def interactions(self) -> pa.Table:
         return _table(INTERACTIONS, self._cols)
@@ -124,10 +125,15 @@ def _table(schema: pa.Schema, cols: dict[str, list[Any]]) -> pa.Table:
 
 
 def build_batch(
-    items: Sequence[InteractionIn], *, source: str, new_session: bool = True
+    items: Sequence[dict[str, Any]], *, source: str, new_session: bool = False
 ) -> Batch:
+    """Rows for ``items``. ``new_session``: give each interaction without a session_id
+    a new one (Adaptive does so for a single logged interaction)."""
     now = datetime.now(UTC)
-    batch = Batch()
+    need = sum(1 for x in items if not x["id"])
+    if new_session:
+        need += sum(1 for x in items if not x["session_id"])
+    batch = Batch(uuid7_many(need))
     for item in items:
         batch.add(item, source=source, now=now, new_session=new_session)
     return batch

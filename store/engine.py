@@ -58,6 +58,7 @@ class _Tail:
 
     entries: list[tuple[int, pa.Table]] = field(default_factory=list)
     nbytes: int = 0
+    nrows: int = 0
     cached: pa.Table | None = None
 
 
@@ -326,13 +327,14 @@ class Store:
         tail = self._tails[TABLES_BY_CODE[record.code].name]
         tail.entries.append((record.lsn, data))
         tail.nbytes += data.nbytes
+        tail.nrows += data.num_rows
         tail.cached = None
 
     def _pending_bytes(self) -> int:
         return sum(t.nbytes for t in self._tails.values())
 
     def _pending_rows(self) -> int:
-        return sum(t.num_rows for tail in self._tails.values() for _, t in tail.entries)
+        return sum(t.nrows for t in self._tails.values())
 
     # -- flushing -----------------------------------------------------------------------
     def _flush_loop(self) -> None:
@@ -392,9 +394,13 @@ class Store:
             self._deltas[spec.name] = dt
             self._refresh_files_view(spec)
             tail = self._tails[spec.name]
-            while tail.entries and tail.entries[0][0] <= upto:
-                _, t = tail.entries.pop(0)
+            k = 0
+            while k < len(tail.entries) and tail.entries[k][0] <= upto:
+                k += 1
+            done_entries, tail.entries = tail.entries[:k], tail.entries[k:]
+            for _, t in done_entries:
                 tail.nbytes -= t.nbytes
+                tail.nrows -= t.num_rows
                 if spec is INTERACTIONS_TABLE:
                     flushed_ids.extend(t.column("id").to_pylist())
             tail.cached = None

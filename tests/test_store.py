@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from ingest.models import InteractionIn
+from ingest.parse import validate
 from ingest.normalize import build_batch
 from store.engine import APP_ID, Store, StoreOptions
 from store.errors import StoreLocked
@@ -26,7 +26,7 @@ SLOW_FLUSH = StoreOptions(flush_interval_s=3600)  # flush only when a test says 
 
 
 def rows(n: int, start: int = 0, **over: object) -> pa.Table:
-    items = [InteractionIn.model_validate(interaction(i, id=f"i{i}", **over)) for i in range(start, start + n)]
+    items = [validate(interaction(i, id=f"i{i}", **over)) for i in range(start, start + n)]
     return build_batch(items, source="api").interactions()
 
 

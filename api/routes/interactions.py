@@ -65,7 +65,7 @@ async def ingest(request: Request) -> JSONResponse:
     if len(items) > _INLINE_ITEMS:
         batch = await run_in_threadpool(build_batch, items, source="api")
     else:
-        batch = build_batch(items, source="api")
+        batch = build_batch(items, source="api", new_session=single)
     await persist(request, batch)
     if single:
         ack: dict[str, Any] = {

@@ -1,0 +1,15 @@
+-- wrk script: POST the file named by BODY with content type CTYPE.
+local f = assert(io.open(os.getenv("BODY"), "rb"))
+wrk.body = f:read("*a")
+f:close()
+wrk.method = "POST"
+wrk.headers["Content-Type"] = os.getenv("CTYPE") or "application/json"
+
+local status_counts = {}
+response = function(status, headers, body)
+  status_counts[status] = (status_counts[status] or 0) + 1
+end
+
+done = function(summary, latency, requests)
+  io.write(string.format("p50_ms=%.2f p99_ms=%.2f\n", latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end

@@ -1,0 +1,157 @@
+"""A fast validator for the common shape of an interaction, in plain Python.
+
+``canonical()`` accepts a strict subset of what ``InteractionIn`` accepts and returns
+the same canonical dict that ``InteractionIn.canonical()`` does; anything it is not
+sure about returns ``None`` and goes through pydantic, which also produces the
+precise error. ``tests/test_fastpath.py`` checks the two agree."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from ingest.models import ID_RE, USE_CASE_RE
+from store.schema import MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+KNOWN = frozenset(
+    {
+        "id", "use_case", "project", "model", "model_service", "messages", "completion",
+        "labels", "metadata", "user", "session_id", "ab_campaign", "created_at", "usage",
+        "latency_ms", "ttft_ms", "params", "status", "error", "feedbacks",
+    }
+)  # fmt: skip
+_USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
+# The ISO-8601 forms both this path and pydantic read the same way.
+_ISO = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})?$")
+
+
+def _opt_str(v: Any) -> bool:
+    return v is None or type(v) is str
+
+
+def _number(v: Any) -> bool:
+    return type(v) is float or type(v) is int
+
+
+def _message(m: Any) -> bool:
+    if type(m) is not dict or m.get("role") not in ROLES:
+        return False
+    content = m.get("content")
+    if not (content is None or type(content) is str):
+        if type(content) is not list:
+            return False
+        for part in content:
+            if type(part) is not dict or type(part.get("type")) is not str:
+                return False
+    tool_calls = m.get("tool_calls")
+    if tool_calls is not None:
+        if type(tool_calls) is not list or any(type(t) is not dict for t in tool_calls):
+            return False
+    return _opt_str(m.get("name")) and _opt_str(m.get("tool_call_id"))
+
+
+def _labels(v: Any) -> bool:
+    if v is None:
+        return True
+    if type(v) is not dict or len(v) > MAX_LABELS:
+        return False
+    for k, x in v.items():
+        if type(x) is not str or not 0 < len(k) <= MAX_LABEL_KEY or len(x) > MAX_LABEL_VALUE:
+            return False
+    return True
+
+
+def _time(v: Any) -> datetime | None | bool:
+    """datetime, None (absent), or False (let pydantic decide)."""
+    if v is None:
+        return None
+    if type(v) is str:
+        if not _ISO.match(v):
+            return False
+        try:
+            ts = datetime.fromisoformat(v)
+        except ValueError:
+            return False
+        return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    if _number(v) and abs(v) <= 2e10:
+        return datetime.fromtimestamp(v, UTC)
+    return False
+
+
+def canonical(d: Any) -> dict[str, Any] | None:
+    if type(d) is not dict or not KNOWN.issuperset(d):
+        return None
+    use_case = d.get("use_case")
+    project = d.get("project")
+    if use_case is None:
+        use_case = project
+    elif project is not None and project != use_case:
+        return None
+    if type(use_case) is not str or not USE_CASE_RE.match(use_case):
+        return None
+    model = d.get("model")
+    service = d.get("model_service")
+    if model is None:
+        model = service
+    elif service is not None and service != model:
+        return None
+    id_ = d.get("id")
+    if not _opt_str(model) or not (id_ is None or (type(id_) is str and ID_RE.match(id_))):
+        return None
+    messages = d.get("messages")
+    if type(messages) is not list or not messages or not all(map(_message, messages)):
+        return None
+    completion = d.get("completion")
+    if not _opt_str(completion):
+        return None  # assistant-message completions take the pydantic path
+    labels, metadata = d.get("labels"), d.get("metadata")
+    if not (_labels(labels) and _labels(metadata)):
+        return None
+    if labels is not None and metadata is not None:
+        return None
+    for key in ("user", "session_id", "ab_campaign", "error"):
+        if not _opt_str(d.get(key)):
+            return None
+    created = _time(d.get("created_at"))
+    if created is False:
+        return None
+    usage = d.get("usage")
+    if usage is not None:
+        if type(usage) is not dict:
+            return None
+        for k in _USAGE_KEYS:
+            x = usage.get(k)
+            if not (x is None or (type(x) is int and x >= 0)):
+                return None
+        usage = {k: usage.get(k) for k in _USAGE_KEYS}
+    for key in ("latency_ms", "ttft_ms"):
+        x = d.get(key)
+        if not (x is None or (_number(x) and x >= 0)):
+            return None
+    params = d.get("params")
+    status = d.get("status", "ok")
+    if not (params is None or type(params) is dict) or status not in ("ok", "error"):
+        return None
+    if d.get("feedbacks"):
+        return None
+    return {
+        "id": id_,
+        "use_case": use_case,
+        "model": model,
+        "messages": messages,
+        "completion": completion,
+        "labels": labels if labels is not None else metadata,
+        "user": d.get("user"),
+        "session_id": d.get("session_id"),
+        "ab_campaign": d.get("ab_campaign"),
+        "created_at": created,
+        "usage": usage,
+        "latency_ms": d.get("latency_ms"),
+        "ttft_ms": d.get("ttft_ms"),
+        "params": params,
+        "status": status,
+        "error": d.get("error"),
+        "feedbacks": [],
+    }
