@@ -1,4 +1,5 @@
-"""Canonical interaction dicts → Arrow tables in the store's schema (``store.schema``).
+"""Canonical interaction dicts → rows of the store's schema (``store.schema``), as the
+JSON-native column lists the store's write-ahead log takes (``store.rows``).
 
 A canonical dict comes from ``ingest.fastpath.canonical`` or
 ``InteractionIn.canonical``: aliases resolved, ``created_at`` a datetime or None,
@@ -7,14 +8,18 @@ messages exactly as the client sent them."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-import pyarrow as pa
 
 from ingest.ids import uuid7_many
+from store.rows import Columns, select
 from store.schema import FEEDBACK, INTERACTIONS
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+_DAY_US = 86_400_000_000
 
 
 def _dump(value: Any) -> str:
@@ -27,12 +32,13 @@ def completion_text(content: Any) -> str | None:
     return "".join(p.get("text", "") for p in content if isinstance(p, dict))
 
 
-def _utc(ts: datetime | None, now: datetime) -> datetime:
+def _micros(ts: datetime | None, now: int) -> int:
+    """Microseconds since the epoch, UTC (naive times are UTC)."""
     if ts is None:
         return now
     if ts.tzinfo is None:
-        return ts.replace(tzinfo=UTC)
-    return ts.astimezone(UTC)
+        ts = ts.replace(tzinfo=UTC)
+    return (ts - _EPOCH) // _US
 
 
 class Batch:
@@ -47,10 +53,10 @@ class Batch:
         self._fb: dict[str, list[Any]] = {n: [] for n in FEEDBACK.names}
         self._fb_owner: list[str] = []
 
-    def add(self, item: dict[str, Any], *, source: str, now: datetime, new_session: bool) -> None:
+    def add(self, item: dict[str, Any], *, source: str, now: int, new_session: bool) -> None:
         c = self._cols
         id_ = item["id"] or self._new_id()
-        created = _utc(item["created_at"], now)
+        created = _micros(item["created_at"], now)
         session = item["session_id"] or (self._new_id() if new_session else None)
         completion = item["completion"]
         completion_message = None
@@ -66,7 +72,7 @@ class Batch:
         c["messages"].append(_dump(item["messages"]))
         c["completion"].append(completion)
         c["completion_message"].append(completion_message)
-        c["labels"].append(list(labels.items()) if labels is not None else None)
+        c["labels"].append(labels)
         c["session_id"].append(session)
         c["user"].append(item["user"])
         c["ab_campaign"].append(item["ab_campaign"])
@@ -77,13 +83,13 @@ class Batch:
         c["params"].append(_dump(params) if params is not None else None)
         c["status"].append(item["status"])
         c["error"].append(item["error"])
-        c["day"].append(created.date())
+        c["day"].append(created // _DAY_US)
         self.ids.append(id_)
         self.session_ids.append(session)
         fids: list[str] = []
         for fb in item["feedbacks"]:
             fid = self._new_id()
-            fcreated = _utc(fb.get("created_at"), now)
+            fcreated = _micros(fb.get("created_at"), now)
             f = self._fb
             f["id"].append(fid)
             f["created_at"].append(fcreated)
@@ -94,7 +100,7 @@ class Batch:
             f["reason"].append(fb.get("reason"))
             f["details"].append(fb.get("details"))
             f["user_id"].append(fb.get("user_id"))
-            f["day"].append(fcreated.date())
+            f["day"].append(fcreated // _DAY_US)
             self._fb_owner.append(id_)
             fids.append(fid)
         self.feedback_ids.append(fids)
@@ -104,24 +110,18 @@ class Batch:
             self._fresh = uuid7_many(64)
         return self._fresh.pop()
 
-    def interactions(self) -> pa.Table:
-        return _table(INTERACTIONS, self._cols)
+    def interactions(self) -> Columns:
+        return self._cols
 
-    def feedback(self, skip_owners: Sequence[str] = ()) -> pa.Table | None:
+    def feedback(self, skip_owners: Sequence[str] = ()) -> Columns | None:
         """Feedback rows, without those of interactions that were duplicates."""
         if not self._fb_owner:
             return None
-        table = _table(FEEDBACK, self._fb)
-        if skip_owners:
-            skip = set(skip_owners)
-            table = table.filter(pa.array([o not in skip for o in self._fb_owner]))
-        return table if table.num_rows else None
-
-
-def _table(schema: pa.Schema, cols: dict[str, list[Any]]) -> pa.Table:
-    return pa.Table.from_arrays(
-        [pa.array(cols[f.name], type=f.type) for f in schema], schema=schema
-    )
+        if not skip_owners:
+            return self._fb
+        skip = set(skip_owners)
+        keep = [o not in skip for o in self._fb_owner]
+        return select(self._fb, keep) if any(keep) else None
 
 
 def build_batch(
@@ -129,7 +129,7 @@ def build_batch(
 ) -> Batch:
     """Rows for ``items``. ``new_session``: give each interaction without a session_id
     a new one (Adaptive does so for a single logged interaction)."""
-    now = datetime.now(UTC)
+    now = (datetime.now(UTC) - _EPOCH) // _US
     need = sum(1 for x in items if not x["id"])
     if new_session:
         need += sum(1 for x in items if not x["session_id"])

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import copy
 import json
 import math
 import random
@@ -160,6 +161,19 @@ DOMAINS: dict[str, list[str]] = {
     ),
 }
 
+STARTERS = _words(
+    """I have a problem with the, Could you check the, We need to update the,
+    Please note that the, It seems that the, You can reset the, Make sure the,
+    The issue is that the, According to the, Is there a way to change the, Why does the,
+    When I try to use the, As mentioned earlier the, In this case the, If the, After the,
+    To fix this check the, First check the, Then the, Unfortunately the,
+    I would recommend the, The main difference is the, This usually means the,
+    Our records show that the, What happens if the, Do you know if the, My colleague said the,
+    We noticed that the, Can you explain the, I'm not sure about the, Here is the,
+    Let me look into the, You should also review the, Thanks for confirming the,
+    I just want to know if the, Last week the, Since the update the, Regarding the"""
+)
+
 # Code-switching vocabulary for the non-English fraction.
 LANG_WORDS: dict[str, list[str]] = {
     "de": _words(
@@ -190,7 +204,7 @@ LANG_WORDS: dict[str, list[str]] = {
     ),
 }
 LANGS = ["en", "de", "fr", "es", "pt", "ja", "zh"]
-LANG_WEIGHTS = [88, 4, 3, 2, 1, 1.2, 0.8]
+LANG_WEIGHTS = [92, 2.5, 2, 1.3, 0.8, 0.8, 0.6]
 
 EMOJI = ["🙏", "😊", "👍", "🔥", "😡", "🚀", "✅", "🤔", "😅", "❤️", "⚠️", "🛠️", "✈️", "📎"]
 
@@ -234,7 +248,7 @@ USE_CASES: dict[str, dict[str, Any]] = {
         "project": "helpdesk",
         "models": {"llama-3.1-8b": 50, "llama-3.1-70b": 30, "gpt-4o-mini": 20},
         "tool_p": 0.16,
-        "image_p": 0.09,
+        "image_p": 0.06,
         "topics": """battery, charger, warranty-claim, refund, shipping-delay, damaged-item,
             return-label, order-status, firmware, overheating, spare-parts, invoice, exchange,
             account-login, voucher, loyalty-points, drill, grinder, saw, compressor""",
@@ -525,12 +539,14 @@ CODE_SNIPPETS = [
     ),
     (
         "typescript",
-        "async function $F($A: string): Promise<$Y> {\n  const res = await fetch(`/api/$T/${$A}`);\n"
+        "async function $F($A: string): Promise<$Y> {\n"
+        "  const res = await fetch(`/api/$T/${$A}`);\n"
         "  if (!res.ok) throw new Error(res.statusText);\n  return (await res.json()) as $Y;\n}",
     ),
     (
         "rust",
-        "fn $F($A: &str) -> Result<usize, ParseIntError> {\n    let n = $A.trim().parse::<usize>()?;\n"
+        "fn $F($A: &str) -> Result<usize, ParseIntError> {\n"
+        "    let n = $A.trim().parse::<usize>()?;\n"
         "    Ok(n * $N)\n}",
     ),
     (
@@ -595,9 +611,9 @@ AB_CAMPAIGNS = {
     "summarizer": ["summary-bullets-vs-prose"],
 }
 
-TURN_WEIGHTS = [46, 22, 12, 6.5, 4, 2.6, 1.8, 1.3, 1.0, 0.7, 0.5, 0.4]
-TURN_WEIGHTS += [0.3, 0.25, 0.2, 0.15, 0.12, 0.1, 0.08, 0.06]  # up to 20 turns
-SESSION_SIZE_WEIGHTS = [0, 55, 20, 12, 8, 5]  # index = number of interactions in the session
+TURN_WEIGHTS = [62, 17, 8, 4, 2.5, 1.6, 1.1, 0.8, 0.6, 0.45, 0.35, 0.27]
+TURN_WEIGHTS += [0.21, 0.17, 0.13, 0.1, 0.08, 0.06, 0.05, 0.04]  # up to 20 turns
+SESSION_SIZE_WEIGHTS = [0, 60, 18, 10, 7, 5]  # index = number of interactions in the session
 
 # -- helpers -------------------------------------------------------------------------------
 
@@ -687,21 +703,27 @@ class _Gen:
         """``nwords`` words of domain-flavoured prose in sentences of 4-20 words."""
         rng = self.rng
         words, cum = self.pools[uc]
+        terms = DOMAINS[uc]
         drawn = rng.choices(words, cum_weights=cum, k=nwords)
         if lang != "en":
             foreign = LANG_WORDS[lang]
-            for j in range(0, nwords, 2):
+            for j in range(0, nwords, 3):
                 drawn[j] = foreign[int(rng.random() * len(foreign))]
         out: list[str] = []
         j = 0
         while j < nwords:
             k = min(nwords - j, 4 + int(rng.random() * 17))
             sent = drawn[j : j + k]
-            sent[0] = sent[0][:1].upper() + sent[0][1:]
+            starter = STARTERS[int(rng.random() * len(STARTERS))]
+            skip = starter.count(" ") + 1
+            if k >= skip + 3 and rng.random() < 0.55:  # anchor on a starter and a term
+                sent = [starter, terms[int(rng.random() * len(terms))]] + sent[skip + 1 :]
+            else:
+                sent[0] = sent[0][:1].upper() + sent[0][1:]
             r = rng.random()
             end = "?" if r < 0.15 else ("!" if r < 0.18 else ".")
-            if k > 8 and rng.random() < 0.3:
-                sent[k // 2] += ","
+            if len(sent) > 8 and rng.random() < 0.3:
+                sent[len(sent) // 2] += ","
             out.append(" ".join(sent) + end)
             j += k
         if nwords > 120:  # paragraphs
@@ -742,23 +764,24 @@ class _Gen:
         cfg = USE_CASES[uc]
         opener = rng.choice(cfg["user_open"]) if first or rng.random() < 0.3 else ""
         if uc == "summarizer" and first:
-            body = self.text(uc, self._nwords(170, 0.8, 20, 1500), lang)
+            body = self.text(uc, self._nwords(85, 0.8, 20, 1200), lang)
             return f"{opener}\n\n{body}"
         if uc == "sales-email" and first:
             detail = self.text(uc, self._nwords(20, 0.6, 4, 120), lang)
             return f"{opener} {self._name()} at {rng.choice(COMPANIES)}. {detail}"
-        body = self.text(uc, self._nwords(16, 0.85, 1, 600), lang)
+        body = self.text(uc, self._nwords(6, 0.9, 1, 500), lang)
         if uc == "rag-bot" and first:
             ctx = []
-            for _ in range(1 + int(rng.random() * 4)):
+            for _ in range(1 + int(rng.random() * 3)):
                 doc = f"doc-{rng.randint(100, 9999)}"
-                ctx.append(f"[{doc}] " + self.text(uc, self._nwords(45, 0.5, 10, 300)))
+                ctx.append(f"[{doc}] " + self.text(uc, self._nwords(20, 0.5, 8, 200)))
             body = "Context:\n" + "\n\n".join(ctx) + f"\n\nQuestion: {opener} {body}"
             opener = ""
         elif uc == "code-assist" and rng.random() < 0.45:
             body = f"{body}\n\n{self._code()}"
         elif uc == "travel-agent" and rng.random() < 0.5:
-            body = f"{body} {rng.choice(CITIES)}, {rng.randint(1, 28)} {rng.choice(['Nov', 'Dec', 'Jan'])}."
+            month = rng.choice(["Nov", "Dec", "Jan"])
+            body = f"{body} {rng.choice(CITIES)}, {rng.randint(1, 28)} {month}."
         text = f"{opener} {body}" if opener else body
         if rng.random() < 0.03:
             text += " " + rng.choice(EMOJI)
@@ -770,18 +793,18 @@ class _Gen:
         opener = rng.choice(cfg["asst_open"])
         if uc == "sales-email":
             subj = self.text(uc, self._nwords(6, 0.3, 3, 12)).rstrip(".?!")
-            body = self.text(uc, self._nwords(70, 0.4, 20, 250), lang)
+            body = self.text(uc, self._nwords(55, 0.4, 15, 250), lang)
             return (
                 f"Subject: {subj}\n\nHi {rng.choice(FIRST_NAMES)},\n\n{body}\n\n"
                 f"Best regards,\n{self._name()}\nAcme Tools"
             )
         if uc == "summarizer":
             bullets = [
-                "- " + self.text(uc, self._nwords(14, 0.5, 3, 60), lang)
+                "- " + self.text(uc, self._nwords(10, 0.5, 3, 50), lang)
                 for _ in range(2 + int(rng.random() * 4))
             ]
             return f"{opener}\n" + "\n".join(bullets)
-        body = self.text(uc, self._nwords(45, 0.8, 2, 900), lang)
+        body = self.text(uc, self._nwords(13, 0.9, 2, 700), lang)
         if uc == "rag-bot":
             body += f" [doc-{rng.randint(100, 9999)}]"
         elif uc == "code-assist" and rng.random() < 0.6:
@@ -890,7 +913,8 @@ class _Gen:
             res = [
                 {
                     "offer_id": f"OF-{rng.getrandbits(32):08x}",
-                    "flight": f"{rng.choice(['LH', 'TP', 'KL', 'SK', 'BA', 'AF'])}{rng.randint(100, 9999)}",
+                    "flight": rng.choice(["LH", "TP", "KL", "SK", "BA", "AF"])
+                    + str(rng.randint(100, 9999)),
                     "depart": f"{rng.randint(6, 21):02d}:{rng.choice(['05', '20', '35', '50'])}",
                     "price_eur": rng.randint(89, 1400),
                     "stops": rng.choice([0, 0, 1, 1, 2]),
@@ -947,7 +971,7 @@ class _Gen:
             labels["topic"] = self._pick(topics, tcum)
         if uc in ("support", "sales-email", "travel-agent") or rng.random() < 0.4:
             if rng.random() < 0.3:
-                cust = 1 + int(rng.random() ** 3 * 200)  # a few big accounts
+                cust = 1 + int(rng.random() ** 1.5 * 200)  # a few big accounts
             else:
                 cust = 1 + int(rng.random() * 20000)
             labels["customer_id"] = f"cust-{cust:05d}"
@@ -1001,7 +1025,7 @@ class _Gen:
         uc, lang = sess["uc"], sess["lang"]
         cfg = USE_CASES[uc]
         tools_offered = bool(TOOL_SPECS.get(uc)) and (
-            sess["pending"] is not None or rng.random() < cfg["tool_p"] * 2.5
+            sess["pending"] is not None or rng.random() < cfg["tool_p"] * 1.3
         )
         use_tool = False
         tool_completion = False
@@ -1014,7 +1038,7 @@ class _Gen:
             sess["pending"] = None
         elif prev is not None and sess.get("errored") and rng.random() < 0.7:
             messages = list(prev)  # a retry of the failed request
-        elif prev is not None and len(prev) < 40:
+        elif prev is not None and len(prev) < 30 and rng.random() < 0.4:
             messages = prev + [self.user_message(uc, lang, first=False)]
             tool_completion = tools_offered and rng.random() < 0.25
         else:
@@ -1053,7 +1077,7 @@ class _Gen:
             completion_text = ""
         elif tool_completion:
             call_msg, results = self.tool_round(uc)
-            completion = call_msg
+            completion = copy.deepcopy(call_msg)
             completion_text = call_msg["content"] or ""
             sess["pending"] = (call_msg, results)
             if sess["session_id"] is not None and sess["size"] <= sess["count"] + 1:
@@ -1111,7 +1135,7 @@ class _Gen:
             params["stream"] = True
         tool_tokens = 0
         if tools_offered or use_tool or tool_completion:
-            params["tools"] = TOOL_DEFS[uc]
+            params["tools"] = copy.deepcopy(TOOL_DEFS[uc])
             if rng.random() < 0.3:
                 params["tool_choice"] = "auto"
             tool_tokens = 60 * len(TOOL_DEFS[uc])
@@ -1196,6 +1220,8 @@ def generate(
     """``n`` interactions spread over the ``days`` days before ``start``, in time order.
 
     ``start`` defaults to 2026-11-01T00:00:00Z so the output depends only on the arguments.
+    Items are fresh dicts, but interactions of one session may share nested message parts
+    (content-part lists, tool calls): deep-copy before mutating those in place.
     """
     if n <= 0:
         return

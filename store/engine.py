@@ -5,6 +5,9 @@ readers) → acknowledgement. A flusher thread appends the tail to the Delta tab
 batches, each commit carrying the last log sequence number it contains as the Delta
 app transaction ``istore-wal``; recovery replays exactly the records above that
 number, so a crash anywhere loses nothing acknowledged and duplicates nothing.
+
+The store lock (``_lock``) guards only in-memory bookkeeping and is never held
+across I/O, Arrow conversion or DuckDB work, so ingest never waits on a flush.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import fcntl
 import logging
 import os
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -21,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.ipc as ipc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from store.duck import Duck, Snapshot, TableSnapshot
 from store.errors import StoreError, StoreLocked, Unavailable
 from store.idindex import IdIndex, hash_ids
+from store.rows import Columns, decode, encode, num_rows, select, to_arrow
 from store.schema import INTERACTIONS_TABLE, TABLES, TABLES_BY_CODE, TableSpec
 from store.wal import Record, RecoveryReport, WriteAheadLog, scan
 
@@ -52,51 +54,26 @@ class WriteResult:
     duplicate_ids: tuple[str, ...] = ()
 
 
+@dataclass(eq=False)
+class _Entry:
+    """One acknowledged write: its log sequence number and rows. ``table`` is the
+    Arrow form, built lazily and in bulk by whoever needs it first."""
+
+    lsn: int
+    cols: Columns
+    nrows: int
+    nbytes: int
+    table: pa.Table | None = None
+
+
 @dataclass
 class _Tail:
     """Acknowledged rows of one table that are not yet in Delta, in LSN order."""
 
-    entries: list[tuple[int, pa.Table]] = field(default_factory=list)
+    entries: list[_Entry] = field(default_factory=list)
     nbytes: int = 0
     nrows: int = 0
     cached: pa.Table | None = None
-
-
-def _to_ipc(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
-def _from_ipc(payload: bytes) -> pa.Table:
-    return ipc.open_stream(payload).read_all()
-
-
-def _combine(futures: Sequence[Future[Any]], result: WriteResult) -> Future[WriteResult]:
-    """A future that resolves with ``result`` once every future in ``futures`` has."""
-    out: Future[WriteResult] = Future()
-    if not futures:
-        out.set_result(result)
-        return out
-    remaining = [len(futures)]
-    lock = threading.Lock()
-
-    def _done(f: Future[Any]) -> None:
-        exc = f.exception()
-        with lock:
-            remaining[0] -= 1
-            last = remaining[0] == 0
-            if out.done():
-                return
-            if exc is not None:
-                out.set_exception(exc)
-            elif last:
-                out.set_result(result)
-
-    for f in futures:
-        f.add_done_callback(_done)
-    return out
 
 
 class Store:
@@ -109,8 +86,9 @@ class Store:
         self.root = Path(root).absolute()
         self.writable = writable
         self.options = options or StoreOptions()
-        self._lock = threading.RLock()  # guards tails, snapshot, id index
+        self._lock = threading.RLock()
         self._flush_lock = threading.Lock()
+        self._convert_lock = threading.Lock()
         self._tails: dict[str, _Tail] = {name: _Tail() for name in TABLES}
         self._ids = IdIndex()
         self._inflight: dict[str, Future[int]] = {}
@@ -184,7 +162,7 @@ class Store:
         max_lsn = max([r.lsn for r in records] + list(applied.values()) + [0])
         replay = [r for r in records if r.code in TABLES_BY_CODE and r.lsn > applied[r.code]]
         for r in replay:
-            self._apply(r, _from_ipc(r.payload))
+            self._apply(r.lsn, r.code, decode(r.payload), len(r.payload))
         self._durable_lsn = max_lsn
         if replay:
             log.info("recovered %d write-ahead log records not yet in the tables", len(replay))
@@ -195,7 +173,7 @@ class Store:
             threads=self.options.query_threads,
         )
         for spec in TABLES.values():
-            self._refresh_files_view(spec)
+            self._refresh_files_view(spec, self._deltas[spec.name])
         self._load_ids()
 
         if self.writable:
@@ -205,65 +183,68 @@ class Store:
                 on_durable=self._on_durable,
                 segment_bytes=self.options.wal_segment_bytes,
             )
-            self._flusher = threading.Thread(target=self._flush_loop, name="istore-flush", daemon=True)
+            self._flusher = threading.Thread(
+                target=self._flush_loop, name="istore-flush", daemon=True
+            )
             self._flusher.start()
 
     def _load_ids(self) -> None:
         view = self._files_views.get(INTERACTIONS_TABLE.name, (0, None))[1]
         if view is not None:
-            table = self.duck.query(
-                Snapshot({}), f'SELECT id FROM "{view}"'
-            )
-            ids = table.column("id").to_pylist()
-            self._ids.load_committed(hash_ids(ids))
-        tail = self._tails[INTERACTIONS_TABLE.name]
-        for _, t in tail.entries:
-            self._ids.add_pending(t.column("id").to_pylist())
+            table = self.duck.query(Snapshot({}), f'SELECT id FROM "{view}"')
+            self._ids.load_committed(hash_ids(table.column("id").to_pylist()))
+        for entry in self._tails[INTERACTIONS_TABLE.name].entries:
+            self._ids.add_pending(entry.cols["id"])
 
-    def _refresh_files_view(self, spec: TableSpec) -> None:
-        dt = self._deltas.get(spec.name)
+    def _refresh_files_view(self, spec: TableSpec, dt: DeltaTable | None) -> None:
+        """Point the table's view at ``dt``'s version. Listing files and creating the
+        DuckDB view happen without the store lock."""
         if dt is None:
             self._files_views[spec.name] = (-1, None)
             return
         version = dt.version()
         current = self._files_views.get(spec.name)
-        if current is not None and current[0] == version:
+        if current is not None and current[0] >= version:
             return
         view = self.duck.files_view(spec, version, dt.file_uris())
-        self._files_views[spec.name] = (version, view)
+        with self._lock:
+            current = self._files_views.get(spec.name)
+            if current is None or current[0] < version:
+                self._deltas[spec.name] = dt
+                self._files_views[spec.name] = (version, view)
 
     # -- writing ------------------------------------------------------------------------
-    def write(self, spec: TableSpec, data: pa.Table) -> Future[WriteResult]:
-        """Persist rows (already in ``spec.schema``). The future resolves once they are
-        durable; rows whose ``id`` is already stored are skipped (idempotency)."""
+    def write(self, spec: TableSpec, cols: Columns) -> Future[WriteResult]:
+        """Persist rows (column lists in the JSON-native form of ``store.rows``). The
+        future resolves once they are durable; rows whose ``id`` is already stored are
+        skipped (idempotency)."""
         if self._wal is None:
             raise StoreError("this store handle is read-only")
-        if self.flush_error and self._pending_bytes() > self.options.max_pending_bytes:
-            raise Unavailable(
-                f"the store cannot write to its tables ({self.flush_error}) and its backlog is full",
-                retry_after=5,
-            )
         if self._pending_bytes() > self.options.max_pending_bytes:
+            if self.flush_error:
+                raise Unavailable(
+                    f"the store cannot write to its tables ({self.flush_error}) "
+                    "and its backlog is full",
+                    retry_after=5,
+                )
             raise Unavailable("the store is catching up with its backlog", retry_after=1)
-        if data.schema != spec.schema:
-            data = data.cast(spec.schema)
         waits: list[Future[int]] = []
         dupes: tuple[str, ...] = ()
         ids: list[str] = []
-        if "id" in spec.schema.names and spec is INTERACTIONS_TABLE:
+        if spec is INTERACTIONS_TABLE:
             with self._lock:
-                keep, ids, waits, dupes = self._dedupe(data.column("id").to_pylist())
-                if len(dupes):
-                    data = data.filter(pa.array(keep))
-                self._ids.add_pending(ids)
-                if data.num_rows == 0:
+                keep, ids, waits, dupes = self._dedupe(cols["id"])
+                if dupes:
+                    cols = select(cols, keep)
+                if not ids:
                     return _combine(waits, WriteResult(None, 0, dupes))
-                fut = self._wal.append(spec.code, _to_ipc(data), (spec, data, ids))
+                self._ids.add_pending(ids)
+                fut = self._wal.append(spec.code, encode(cols), (cols, ids))
                 for id_ in ids:
                     self._inflight[id_] = fut
         else:
-            fut = self._wal.append(spec.code, _to_ipc(data), (spec, data, ids))
-
+            fut = self._wal.append(spec.code, encode(cols), (cols, ids))
+        n = num_rows(cols)
         result: Future[WriteResult] = Future()
 
         def _done(f: Future[int]) -> None:
@@ -275,12 +256,10 @@ class Store:
                         self._inflight.pop(id_, None)
                 result.set_exception(exc)
             else:
-                result.set_result(WriteResult(f.result(), data.num_rows, dupes))
+                result.set_result(WriteResult(f.result(), n, dupes))
 
         fut.add_done_callback(_done)
-        if not waits:
-            return result
-        return _chain(result, waits)
+        return _chain(result, waits) if waits else result
 
     def _dedupe(
         self, ids: list[str]
@@ -290,8 +269,8 @@ class Store:
         dupes: list[str] = []
         seen: set[str] = set()
         waits: list[Future[int]] = []
-        maybe = set(self._ids.maybe_committed(ids))
-        confirmed = self._confirm_committed(sorted(maybe)) if maybe else set()
+        maybe = self._ids.maybe_committed(ids)
+        confirmed = self._confirm_committed(sorted(set(maybe))) if maybe else set()
         for id_ in ids:
             if id_ in seen or id_ in confirmed or self._ids.pending(id_):
                 keep.append(False)
@@ -309,26 +288,41 @@ class Store:
         view = self._files_views[INTERACTIONS_TABLE.name][1]
         if view is None:
             return set()
-        t = self.duck.query(Snapshot({}), f'SELECT id FROM "{view}" WHERE list_contains(?, id)', [ids])
+        t = self.duck.query(
+            Snapshot({}), f'SELECT id FROM "{view}" WHERE list_contains(?, id)', [ids]
+        )
         return set(t.column("id").to_pylist())
 
     def _on_durable(self, records: list[tuple[Record, object]]) -> None:
         with self._lock:
             for record, meta in records:
-                spec, data, ids = meta  # type: ignore[misc]
-                self._apply(record, data)
+                cols, ids = meta  # type: ignore[misc]
+                self._apply(record.lsn, record.code, cols, len(record.payload))
                 for id_ in ids:
                     self._inflight.pop(id_, None)
                 self._durable_lsn = max(self._durable_lsn, record.lsn)
         if self._pending_rows() >= self.options.flush_rows:
             self._kick.set()
 
-    def _apply(self, record: Record, data: pa.Table) -> None:
-        tail = self._tails[TABLES_BY_CODE[record.code].name]
-        tail.entries.append((record.lsn, data))
-        tail.nbytes += data.nbytes
-        tail.nrows += data.num_rows
+    def _apply(self, lsn: int, code: int, cols: Columns, nbytes: int) -> None:
+        tail = self._tails[TABLES_BY_CODE[code].name]
+        n = num_rows(cols)
+        tail.entries.append(_Entry(lsn, cols, n, nbytes))
+        tail.nbytes += nbytes
+        tail.nrows += n
         tail.cached = None
+
+    def _arrow(self, spec: TableSpec, entries: list[_Entry]) -> list[pa.Table]:
+        """Arrow tables of ``entries``, converting the not-yet-converted ones in bulk."""
+        with self._convert_lock:
+            todo = [e for e in entries if e.table is None]
+            if todo:
+                table = to_arrow(spec.schema, [e.cols for e in todo])
+                offset = 0
+                for e in todo:
+                    e.table = table.slice(offset, e.nrows)
+                    offset += e.nrows
+        return [e.table for e in entries if e.table is not None]
 
     def _pending_bytes(self) -> int:
         return sum(t.nbytes for t in self._tails.values())
@@ -358,7 +352,7 @@ class Store:
             for spec in TABLES.values():
                 written += self._flush_table(spec)
             with self._lock:
-                heads = [t.entries[0][0] for t in self._tails.values() if t.entries]
+                heads = [t.entries[0].lsn for t in self._tails.values() if t.entries]
                 applied = (min(heads) - 1) if heads else self._durable_lsn
             if self._wal is not None:
                 self._wal.release(applied)
@@ -372,13 +366,12 @@ class Store:
         path = str(self.table_path(spec))
         dt = DeltaTable(path)
         done = dt.transaction_version(APP_ID) or 0
-        todo = [(lsn, t) for lsn, t in entries if lsn > done]
+        todo = [e for e in entries if e.lsn > done]
         if todo:
-            upto = todo[-1][0]
-            data = pa.concat_tables([t for _, t in todo])
+            upto = todo[-1].lsn
             write_deltalake(
                 dt,
-                data,
+                pa.concat_tables(self._arrow(spec, todo)),
                 partition_by=list(spec.partition_by),
                 mode="append",
                 commit_properties=CommitProperties(
@@ -386,42 +379,56 @@ class Store:
                 ),
             )
             self.flushes += 1
+            dt = DeltaTable(path)
         else:
-            upto = entries[-1][0]
-        dt = DeltaTable(path)
+            upto = entries[-1].lsn
+        self._refresh_files_view(spec, dt)
         flushed_ids: list[str] = []
         with self._lock:
-            self._deltas[spec.name] = dt
-            self._refresh_files_view(spec)
             tail = self._tails[spec.name]
             k = 0
-            while k < len(tail.entries) and tail.entries[k][0] <= upto:
+            while k < len(tail.entries) and tail.entries[k].lsn <= upto:
                 k += 1
-            done_entries, tail.entries = tail.entries[:k], tail.entries[k:]
-            for _, t in done_entries:
-                tail.nbytes -= t.nbytes
-                tail.nrows -= t.num_rows
+            flushed, tail.entries = tail.entries[:k], tail.entries[k:]
+            for e in flushed:
+                tail.nbytes -= e.nbytes
+                tail.nrows -= e.nrows
                 if spec is INTERACTIONS_TABLE:
-                    flushed_ids.extend(t.column("id").to_pylist())
+                    flushed_ids.extend(e.cols["id"])
             tail.cached = None
             if flushed_ids:
                 self._ids.commit(flushed_ids)
-        return sum(t.num_rows for _, t in todo)
+        return sum(e.nrows for e in todo)
+
+    def refresh(self) -> None:
+        """Pick up commits made by other processes (e.g. `istore compact`)."""
+        for spec in TABLES.values():
+            self._refresh_files_view(spec, self.delta(spec))
 
     # -- reading ------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
+        """Committed files plus acknowledged rows not yet flushed, captured atomically."""
         with self._lock:
-            tables = {}
-            for name, spec in TABLES.items():
-                tail = self._tails[name]
-                if tail.cached is None:
-                    parts = [t for _, t in tail.entries]
-                    tail.cached = (
-                        pa.concat_tables(parts) if parts else spec.schema.empty_table()
-                    )
-                version, view = self._files_views.get(name, (-1, None))
-                tables[name] = TableSnapshot(spec, version, view, tail.cached)
-            return Snapshot(tables)
+            state = {
+                name: (
+                    list(self._tails[name].entries),
+                    self._tails[name].cached,
+                    self._files_views.get(name, (-1, None)),
+                )
+                for name in TABLES
+            }
+        tables = {}
+        for name, (entries, cached, (version, view)) in state.items():
+            spec = TABLES[name]
+            if cached is None:
+                parts = self._arrow(spec, entries)
+                cached = pa.concat_tables(parts) if parts else spec.schema.empty_table()
+                with self._lock:
+                    tail = self._tails[name]
+                    if [e.lsn for e in tail.entries] == [e.lsn for e in entries]:
+                        tail.cached = cached
+            tables[name] = TableSnapshot(spec, version, view, cached)
+        return Snapshot(tables)
 
     def query(
         self,
@@ -474,20 +481,50 @@ class Store:
         self.close()
 
 
+def _combine(futures: Sequence[Future[Any]], result: WriteResult) -> Future[WriteResult]:
+    """A future that resolves with ``result`` once every future in ``futures`` has."""
+    out: Future[WriteResult] = Future()
+    if not futures:
+        out.set_result(result)
+        return out
+    remaining = [len(futures)]
+    lock = threading.Lock()
+
+    def _done(f: Future[Any]) -> None:
+        exc = f.exception()
+        with lock:
+            remaining[0] -= 1
+            if out.done():
+                return
+            if exc is not None:
+                out.set_exception(exc)
+            elif remaining[0] == 0:
+                out.set_result(result)
+
+    for f in futures:
+        f.add_done_callback(_done)
+    return out
+
+
 def _chain(result: Future[WriteResult], waits: Sequence[Future[Any]]) -> Future[WriteResult]:
     """Resolve after ``result`` and the writes it depends on (same ids in flight)."""
     out: Future[WriteResult] = Future()
 
     def _own(f: Future[WriteResult]) -> None:
-        if f.exception() is not None:
-            out.set_exception(f.exception())  # type: ignore[arg-type]
+        exc = f.exception()
+        if exc is not None:
+            out.set_exception(exc)
             return
         dep = _combine(waits, f.result())
-        dep.add_done_callback(
-            lambda d: out.set_exception(d.exception())  # type: ignore[arg-type]
-            if d.exception()
-            else out.set_result(d.result())
-        )
+
+        def _deps(d: Future[WriteResult]) -> None:
+            dexc = d.exception()
+            if dexc is not None:
+                out.set_exception(dexc)
+            else:
+                out.set_result(d.result())
+
+        dep.add_done_callback(_deps)
 
     result.add_done_callback(_own)
     return out

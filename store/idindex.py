@@ -3,26 +3,24 @@
 Committed ids are kept as a sorted array of 64-bit hashes (8 bytes an id), ids still
 in the write-ahead log as exact strings. A hash hit on a committed id is only a
 "maybe": the store confirms it against the table before treating the write as a
-duplicate, so a hash collision can never drop a record.
-"""
+duplicate, so a hash collision can never drop a record. The hash is Python's own
+string hash: the index is rebuilt when a process opens the store, so it only has to
+agree with itself."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-import polars as pl
 
 
 def hash_ids(ids: Sequence[str]) -> np.ndarray:
-    if not ids:
-        return np.empty(0, dtype=np.uint64)
-    return pl.Series(ids, dtype=pl.String).hash(seed=0x15704E).to_numpy()
+    return np.fromiter((hash(x) for x in ids), dtype=np.int64, count=len(ids))
 
 
 class IdIndex:
     def __init__(self) -> None:
-        self._committed = np.empty(0, dtype=np.uint64)
+        self._committed = np.empty(0, dtype=np.int64)
         self._recent: set[int] = set()
         self._pending: set[str] = set()
 
@@ -37,19 +35,15 @@ class IdIndex:
 
     def maybe_committed(self, ids: Sequence[str]) -> list[str]:
         """The ids whose hash is among the committed ones (to be confirmed)."""
-        if not ids:
+        if not ids or not (len(self._committed) or self._recent):
             return []
-        hashes = hash_ids(ids)
-        out: list[str] = []
+        out = [x for x in ids if hash(x) in self._recent]
         if len(self._committed):
+            hashes = hash_ids(ids)
             pos = np.searchsorted(self._committed, hashes)
             pos[pos >= len(self._committed)] = 0
             hit = self._committed[pos] == hashes
-        else:
-            hit = np.zeros(len(ids), dtype=bool)
-        for i, id_ in enumerate(ids):
-            if hit[i] or int(hashes[i]) in self._recent:
-                out.append(id_)
+            out.extend(x for x, h in zip(ids, hit, strict=True) if h)
         return out
 
     def add_pending(self, ids: Iterable[str]) -> None:
@@ -61,7 +55,7 @@ class IdIndex:
     def commit(self, ids: Sequence[str]) -> None:
         """Ids that moved from the log into the table."""
         self._pending.difference_update(ids)
-        self._recent.update(int(h) for h in hash_ids(ids))
+        self._recent.update(hash(x) for x in ids)
         if len(self._recent) > 200_000:
-            self.load_committed(np.fromiter(self._recent, dtype=np.uint64))
+            self.load_committed(np.fromiter(self._recent, dtype=np.int64))
             self._recent.clear()

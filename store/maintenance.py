@@ -17,6 +17,7 @@ from deltalake import DeltaTable
 
 from store.engine import APP_ID
 from store.errors import InvalidRequest, StoreError
+from store.rows import decode, num_rows
 from store.schema import TABLES
 from store.wal import scan
 
@@ -107,6 +108,4 @@ def table_stats(root: str | Path) -> list[dict[str, Any]]:
 
 
 def _rows(payload: bytes) -> int:
-    import pyarrow.ipc as ipc
-
-    return ipc.open_stream(payload).read_all().num_rows
+    return num_rows(decode(payload))

@@ -12,12 +12,13 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from ingest.parse import validate
 from ingest.normalize import build_batch
+from ingest.parse import validate
 from store.engine import APP_ID, Store, StoreOptions
 from store.errors import StoreLocked
 from store.maintenance import compact, table_stats, vacuum
 from store.reader import Reader
+from store.rows import Columns
 from store.schema import INTERACTIONS_TABLE
 from store.wal import list_segments, read_segment
 from tests.conftest import interaction
@@ -25,7 +26,7 @@ from tests.conftest import interaction
 SLOW_FLUSH = StoreOptions(flush_interval_s=3600)  # flush only when a test says so
 
 
-def rows(n: int, start: int = 0, **over: object) -> pa.Table:
+def rows(n: int, start: int = 0, **over: object) -> Columns:
     items = [validate(interaction(i, id=f"i{i}", **over)) for i in range(start, start + n)]
     return build_batch(items, source="api").interactions()
 
@@ -77,8 +78,7 @@ def test_flush_is_idempotent_when_commit_landed_but_tail_was_not_dropped(data_di
     store.flush()
     # Re-insert the flushed entry into the tail as if the process died right after commit.
     lsn = DeltaTable(str(data_dir / "interactions")).transaction_version(APP_ID)
-    store._tails["interactions"].entries.append((lsn, rows(4)))
-    store._tails["interactions"].cached = None
+    store._apply(lsn, INTERACTIONS_TABLE.code, rows(4), 1)
     store.flush()
     assert len(ids(store)) == 4
     store.close()
@@ -141,7 +141,8 @@ def test_idempotent_ids_across_tail_table_and_batch(data_dir: Path) -> None:
     store.flush()
     mixed = store.write(INTERACTIONS_TABLE, rows(5)).result()  # 3 in Delta, 2 new
     assert mixed.stored == 2
-    twice = pa.concat_tables([rows(1, start=9), rows(1, start=9)])
+    one = rows(1, start=9)
+    twice = {k: v * 2 for k, v in one.items()}
     assert store.write(INTERACTIONS_TABLE, twice).result().stored == 1
     store.close()
     with Store(data_dir, options=SLOW_FLUSH) as reopened:  # index rebuilt from Delta
