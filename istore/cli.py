@@ -78,7 +78,7 @@ def serve(
     store = Store(settings.data, options=settings.store_options())
     try:
         if load_sample_if_empty and _is_empty(store) and SAMPLE.exists():
-            n = _import_files(store, [SAMPLE], progress=False)
+            n, _ = _import_files(store, [SAMPLE], progress=False)
             click.echo(f"Loaded {n} sample interactions from {SAMPLE.name} into {store.root}")
         click.echo(
             f"istore serving {store.root} on http://{settings.host}:{settings.port} "
@@ -119,12 +119,15 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield n, line
 
 
-def _import_files(store: Any, paths: list[Path], *, progress: bool, batch_size: int = 2000) -> int:
+def _import_files(
+    store: Any, paths: list[Path], *, progress: bool, batch_size: int = 2000
+) -> tuple[int, int]:
+    """Import NDJSON files; returns (interactions read, interactions newly stored)."""
     from ingest.normalize import build_batch
     from ingest.parse import parse_interactions
     from store.schema import FEEDBACK_TABLE, INTERACTIONS_TABLE
 
-    total = 0
+    total = stored = 0
     size = sum(p.stat().st_size for p in paths)
     with click.progressbar(
         length=size, label="Importing", file=sys.stderr if progress else _Null()
@@ -133,7 +136,7 @@ def _import_files(store: Any, paths: list[Path], *, progress: bool, batch_size: 
             chunk: list[bytes] = []
             first_line = 1
 
-            def flush(chunk: list[bytes], first_line: int) -> int:
+            def flush(chunk: list[bytes], first_line: int) -> tuple[int, int]:
                 try:
                     items, _ = parse_interactions(b"".join(chunk), "application/x-ndjson")
                 except StoreError as exc:
@@ -144,7 +147,7 @@ def _import_files(store: Any, paths: list[Path], *, progress: bool, batch_size: 
                 fb = batch.feedback(skip_owners=result.duplicate_ids)
                 if fb is not None:
                     store.write(FEEDBACK_TABLE, fb).result()
-                return len(items)
+                return len(items), result.stored
 
             for n, line in _lines(path):
                 if not chunk:
@@ -152,11 +155,12 @@ def _import_files(store: Any, paths: list[Path], *, progress: bool, batch_size: 
                 chunk.append(line if line.endswith(b"\n") else line + b"\n")
                 bar.update(len(line))
                 if len(chunk) >= batch_size:
-                    total += flush(chunk, first_line)
-                    chunk = []
+                    n, new = flush(chunk, first_line)
+                    total, stored, chunk = total + n, stored + new, []
             if chunk:
-                total += flush(chunk, first_line)
-    return total
+                n, new = flush(chunk, first_line)
+                total, stored = total + n, stored + new
+    return total, stored
 
 
 class _Null:
@@ -179,8 +183,9 @@ def import_(data: str | None, files: tuple[str, ...]) -> None:
 
     settings = _settings(data=data)
     with Store(settings.data, options=settings.store_options()) as store:
-        n = _import_files(store, [Path(f) for f in files], progress=True)
-    click.echo(f"Imported {n} interactions into {Path(settings.data).absolute()}")
+        n, new = _import_files(store, [Path(f) for f in files], progress=True)
+    dup = f" ({n - new} were already stored)" if n != new else ""
+    click.echo(f"Imported {new} of {n} interactions into {store.root}{dup}")
 
 
 # -- sql ---------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import copy
 import json
 import math
 import random
@@ -515,6 +514,7 @@ def _tool_defs(uc: str) -> list[dict[str, Any]]:
 
 
 TOOL_DEFS = {uc: _tool_defs(uc) for uc in USE_CASES}
+TOOL_DEFS_JSON = {uc: json.dumps(d) for uc, d in TOOL_DEFS.items()}
 
 CODE_SNIPPETS = [
     (
@@ -1008,7 +1008,7 @@ class _Gen:
     def _session(self, t: datetime) -> dict[str, Any]:
         rng = self.rng
         pool = self.open_sessions
-        pool[:] = [s for s in pool if (t - s["last_t"]).total_seconds() < 3 * 3600]
+        pool[:] = [s for s in pool if (t - s["last_t"]).total_seconds() < 3 * 3600][-32:]
         for s in pool:  # an agent loop continues right away
             if s["pending"] is not None:
                 pool.remove(s)
@@ -1077,11 +1077,11 @@ class _Gen:
             completion_text = ""
         elif tool_completion:
             call_msg, results = self.tool_round(uc)
-            completion = copy.deepcopy(call_msg)
+            completion = json.loads(json.dumps(call_msg))  # not shared with the session
             completion_text = call_msg["content"] or ""
             sess["pending"] = (call_msg, results)
             if sess["session_id"] is not None and sess["size"] <= sess["count"] + 1:
-                sess["size"] = sess["count"] + 2
+                sess["size"] = min(sess["count"] + 2, len(SESSION_SIZE_WEIGHTS) - 1)
         elif rng.random() < 0.003:
             completion = completion_text = ""
         else:
@@ -1135,7 +1135,7 @@ class _Gen:
             params["stream"] = True
         tool_tokens = 0
         if tools_offered or use_tool or tool_completion:
-            params["tools"] = copy.deepcopy(TOOL_DEFS[uc])
+            params["tools"] = json.loads(TOOL_DEFS_JSON[uc])  # a fresh copy
             if rng.random() < 0.3:
                 params["tool_choice"] = "auto"
             tool_tokens = 60 * len(TOOL_DEFS[uc])
