@@ -204,7 +204,7 @@ def sql(data: str | None, query: str, fmt: str, max_rows: int | None) -> None:
 
     settings = _settings(data=data)
     with open_store(settings.data) as reader:
-        table, truncated = reader.sql(
+        table, truncated = reader.run_sql(
             query, timeout_s=settings.sql_timeout_s, max_rows=max_rows or settings.sql_max_rows
         )
     if fmt == "json":

@@ -107,7 +107,7 @@ class Reader:
         item["feedback"] = fb
         return item
 
-    def sql(
+    def run_sql(
         self, sql: str, *, timeout_s: float | None = 30.0, max_rows: int | None = 100_000
     ) -> tuple[pa.Table, bool]:
         """Run one read-only SELECT. Returns the rows and whether they were cut at max_rows."""
@@ -119,6 +119,13 @@ class Reader:
         return table, truncated
 
     # -- notebook API (SPEC: Python API) --------------------------------------------------
+    def sql(self, sql: str, *, timeout_s: float | None = None) -> pl.DataFrame:
+        """One read-only SELECT as a polars DataFrame (no row limit)."""
+        table, _ = self.run_sql(sql, timeout_s=timeout_s, max_rows=None)
+        df = pl.from_arrow(table)
+        assert isinstance(df, pl.DataFrame)
+        return df
+
     def interactions(self, **filters: Any) -> pl.LazyFrame:
         """The interactions matching ``filters`` (same names as the HTTP API) as a LazyFrame."""
         flt = filter_from_kwargs(filters)

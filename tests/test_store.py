@@ -166,7 +166,7 @@ def test_one_writer_per_data_root(data_dir: Path) -> None:
     # A read-only handle works beside the writer and sees unflushed acked rows too.
     store.write(INTERACTIONS_TABLE, rows(2)).result()
     with Reader(Store(data_dir, writable=False)) as reader:
-        table, _ = reader.sql("SELECT count(*) AS n FROM interactions")
+        table, _ = reader.run_sql("SELECT count(*) AS n FROM interactions")
         assert table["n"][0].as_py() == 2
     store.close()
 

@@ -20,7 +20,7 @@ class SqlRequest(BaseModel):
 def run_sql(request: Request, body: SqlRequest) -> JSONResponse:
     settings = request.app.state.settings
     reader: Reader = request.app.state.reader
-    table, truncated = reader.sql(
+    table, truncated = reader.run_sql(
         body.sql, timeout_s=settings.sql_timeout_s, max_rows=settings.sql_max_rows
     )
     return JSONResponse(
