@@ -572,7 +572,7 @@ TYPES = _words("User, Order, Invoice, Ticket, Session, Payload, APP_DEBUG, LOG_L
 
 ERRORS = [
     ("upstream timeout after 30000 ms", 30),
-    ("context length exceeded: the prompt has 9120 tokens, the model accepts 8192", 15),
+    ("context length exceeded: {prompt} prompt tokens + {max} max_tokens > {limit}", 15),
     ("rate limit exceeded (429): retry after 2 s", 20),
     ("model overloaded (503 Service Unavailable)", 15),
     ("connection reset by peer while streaming the response", 8),
@@ -782,6 +782,8 @@ class _Gen:
         elif uc == "travel-agent" and rng.random() < 0.5:
             month = rng.choice(["Nov", "Dec", "Jan"])
             body = f"{body} {rng.choice(CITIES)}, {rng.randint(1, 28)} {month}."
+        if opener and opener[-1] not in ".:?!" and not body.startswith("I "):
+            body = body[:1].lower() + body[1:]
         text = f"{opener} {body}" if opener else body
         if rng.random() < 0.03:
             text += " " + rng.choice(EMOJI)
@@ -1177,6 +1179,11 @@ class _Gen:
         item["params"] = params
         item["status"] = status
         if status == "error":
+            if "{limit}" in error:  # max_tokens set too high for the model's window
+                limit = rng.choice([4096, 8192, 8192, 32768])
+                if prompt_tokens + params["max_tokens"] <= limit:
+                    params["max_tokens"] = -(-(limit - prompt_tokens + 1) // 1024) * 1024
+                error = error.format(prompt=prompt_tokens, max=params["max_tokens"], limit=limit)
             item["error"] = error
 
         if status == "ok" and rng.random() < 0.1:
