@@ -11,12 +11,13 @@ still in the write-ahead log.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import orjson
 import pyarrow as pa
 
 from store.errors import InvalidQuery, QueryTimeout, StoreError
@@ -168,8 +169,66 @@ class Duck:
                 timer.cancel()
             cur.close()
 
+    def check_tables(self, sql: str, allowed: Iterable[str]) -> None:
+        cur = self._db.cursor()
+        try:
+            check_tables(cur, sql, allowed)
+        finally:
+            cur.close()
+
     def close(self) -> None:
         self._db.close()
+
+
+def _walk(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for v in node.values():
+            yield from _walk(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _walk(v)
+
+
+# Table functions that compute rows and touch nothing outside the query.
+SAFE_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest", "json_each", "json_tree"})
+
+
+def check_tables(db: duckdb.DuckDBPyConnection, sql: str, allowed: Iterable[str]) -> None:
+    """Every table the query reads is one of ``allowed`` (or a CTE of the query): no
+    table functions (read_parquet, glob, read_text …), no file paths, no other tables.
+    Checked on DuckDB's own syntax tree (``json_serialize_sql``)."""
+    tree = orjson.loads(db.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
+    if tree.get("error"):
+        raise InvalidQuery(f"SQL does not parse: {tree.get('error_message')}", param="sql")
+    nodes = list(_walk(tree))
+    ctes = {
+        entry["key"].lower()
+        for n in nodes
+        if isinstance(n.get("cte_map"), dict)
+        for entry in n["cte_map"].get("map", [])
+    }
+    names = {a.lower() for a in allowed}
+    for n in nodes:
+        kind = n.get("type")
+        if kind == "TABLE_FUNCTION":
+            fn = str((n.get("function") or {}).get("function_name", "?"))
+            if fn.lower() in SAFE_TABLE_FUNCTIONS:
+                continue
+            raise InvalidQuery(
+                f"table function {fn}() is not allowed; SQL may read the views "
+                f"{', '.join(sorted(names))} only",
+                param="sql",
+            )
+        if kind == "BASE_TABLE":
+            name = str(n.get("table_name", "")).lower()
+            qualified = n.get("schema_name") or n.get("catalog_name")
+            if qualified or (name not in names and name not in ctes):
+                raise InvalidQuery(
+                    f"unknown table {n.get('table_name')!r}; SQL may read the views "
+                    f"{', '.join(sorted(names))} only",
+                    param="sql",
+                )
 
 
 def check_select(sql: str) -> str:

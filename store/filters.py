@@ -21,19 +21,28 @@ def parse_time(value: str | float | int | datetime, param: str) -> datetime:
     """ISO-8601 (naive = UTC) or unix seconds."""
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
+    bad = ValidationFailed(
+        f"{param}: {value!r} is not an ISO-8601 time or unix seconds in range", param=param
+    )
     if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, UTC)
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (ValueError, OverflowError, OSError):
+            raise bad from None
     text = value.strip()
     try:
-        return datetime.fromtimestamp(float(text), UTC)
+        seconds = float(text)
     except ValueError:
-        pass
+        seconds = None
+    if seconds is not None:
+        try:
+            return datetime.fromtimestamp(seconds, UTC)
+        except (ValueError, OverflowError, OSError):
+            raise bad from None
     try:
         ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise ValidationFailed(
-            f"{param}: {value!r} is not an ISO-8601 time or unix seconds", param=param
-        ) from None
+        raise bad from None
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
@@ -84,13 +93,13 @@ class Filter:
         any_of("status", self.status)
         any_of("id", self.ids)
         for key, values in self.labels:
-            conds.append("list_contains(?, element_at(labels, ?)[1])")
+            conds.append("list_contains(?, map_extract_value(labels, ?))")
             params.extend([list(values), key])
         for key in self.has_label:
-            conds.append("len(element_at(labels, ?)) > 0")
+            conds.append("coalesce(map_contains(labels, ?), false)")
             params.append(key)
         for key in self.no_label:
-            conds.append("(labels IS NULL OR len(element_at(labels, ?)) = 0)")
+            conds.append("NOT coalesce(map_contains(labels, ?), false)")
             params.append(key)
         if self.since is not None:
             conds.append("created_at >= ?")

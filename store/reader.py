@@ -17,6 +17,7 @@ from store.duck import check_select
 from store.engine import Store
 from store.errors import NotFound, ValidationFailed
 from store.filters import Filter, decode_cursor, encode_cursor
+from store.schema import TABLES
 
 MAX_LIMIT = 1000
 
@@ -112,6 +113,7 @@ class Reader:
     ) -> tuple[pa.Table, bool]:
         """Run one read-only SELECT. Returns the rows and whether they were cut at max_rows."""
         query = check_select(sql)
+        self.store.duck.check_tables(query, TABLES)
         table = self.store.query(query, timeout_s=timeout_s, max_rows=max_rows)
         truncated = max_rows is not None and table.num_rows > max_rows
         if truncated:
