@@ -5,18 +5,18 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
-import orjson
 from fastapi import Request
 from starlette.responses import Response
 
 from store.errors import InvalidRequest, PayloadTooLarge
+from store.jsonutil import dumps_bytes
 
 
 class JSONResponse(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, default=str, option=orjson.OPT_NON_STR_KEYS)
+        return dumps_bytes(content, default=str)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -46,5 +46,3 @@ async def read_body(request: Request, limit: int) -> bytes:
     if len(out) > limit or inflater.unconsumed_tail:
         raise PayloadTooLarge(f"the inflated body is over the limit of {limit} bytes")
     return out
-
-

@@ -68,6 +68,13 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    if first.get("type") == "json_invalid":
+        return error_response(
+            400,
+            f"the body is not valid JSON: {first.get('msg')}",
+            param="body",
+            code="invalid_request",
+        )
     loc = tuple(first.get("loc", ()))
     if loc and loc[0] in ("query", "path", "header"):
         loc = loc[1:]

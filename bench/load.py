@@ -39,7 +39,18 @@ def wrk(url: str, body: Path, ctype: str, conns: int, seconds: int) -> dict[str,
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install -y wrk")
     out = subprocess.run(
-        ["wrk", "-t", "1", "-c", str(conns), "-d", f"{seconds}s", "-s", str(ROOT / "bench/post.lua"), url],
+        [
+            "wrk",
+            "-t",
+            "1",
+            "-c",
+            str(conns),
+            "-d",
+            f"{seconds}s",
+            "-s",
+            str(ROOT / "bench/post.lua"),
+            url,
+        ],
         env={**os.environ, "BODY": str(body), "CTYPE": ctype},
         capture_output=True,
         text=True,
@@ -58,7 +69,9 @@ def wrk(url: str, body: Path, ctype: str, conns: int, seconds: int) -> dict[str,
 
 
 def count(url: str) -> int:
-    r = httpx.post(url + "/api/v1/sql", json={"sql": "SELECT count(*) AS n FROM interactions"}, timeout=60)
+    r = httpx.post(
+        url + "/api/v1/sql", json={"sql": "SELECT count(*) AS n FROM interactions"}, timeout=60
+    )
     return int(r.json()["data"][0]["n"])
 
 
@@ -90,17 +103,24 @@ def main() -> None:
                 "acked": acked,
                 "stored": stored,
             }
-            print(f"batched ingest: {acked / args.seconds:,.0f} interactions/s "
-                  f"(p50 {r['p50_ms']} ms/request, acked {acked}, stored {stored})")
+            print(
+                f"batched ingest: {acked / args.seconds:,.0f} interactions/s "
+                f"(p50 {r['p50_ms']} ms/request, acked {acked}, stored {stored})"
+            )
             before = stored
             r = wrk(url, single_body, "application/json", 32, args.seconds)
             stored = count(server.url) - before
             acked = r["requests"] - r["errors"]
             results["ingest_single_c32"] = {
-                **r, "interactions_per_s": acked / args.seconds, "acked": acked, "stored": stored
+                **r,
+                "interactions_per_s": acked / args.seconds,
+                "acked": acked,
+                "stored": stored,
             }
-            print(f"single ingest, 32 concurrent: {acked / args.seconds:,.0f}/s "
-                  f"(p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, acked {acked}, stored {stored})")
+            print(
+                f"single ingest, 32 concurrent: {acked / args.seconds:,.0f}/s "
+                f"(p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, acked {acked}, stored {stored})"
+            )
         finally:
             server.stop()
 
@@ -114,15 +134,27 @@ def main() -> None:
             t0 = time.perf_counter()
             subprocess.run(
                 [sys.executable, "-m", "istore.cli", "import", "--data", str(big), str(src)],
-                check=True, cwd=ROOT, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                check=True,
+                cwd=ROOT,
+                stderr=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
             )
             t_import = time.perf_counter() - t0
-            subprocess.run([sys.executable, "-m", "istore.cli", "compact", "--data", str(big)],
-                           check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [sys.executable, "-m", "istore.cli", "compact", "--data", str(big)],
+                check=True,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+            )
             server = Server(big).start(timeout=300)
             try:
                 with httpx.Client(base_url=server.url, timeout=60) as c:
-                    uc = c.post("/api/v1/sql", json={"sql": "SELECT use_case FROM interactions GROUP BY 1 ORDER BY count(*) DESC LIMIT 1"}).json()["data"][0]["use_case"]
+                    uc = c.post(
+                        "/api/v1/sql",
+                        json={
+                            "sql": "SELECT use_case FROM interactions GROUP BY 1 ORDER BY count(*) DESC LIMIT 1"
+                        },
+                    ).json()["data"][0]["use_case"]
                     params = {"use_case": uc, "label": "project:atlas", "limit": "50"}
                     lat = []
                     for _ in range(40):
@@ -133,12 +165,16 @@ def main() -> None:
                     n = len(resp.json()["data"])
                 lat = lat[5:]
                 results["list_use_case_label_1M"] = {
-                    "rows": args.list_rows, "p50_ms": statistics.median(lat),
-                    "p95_ms": sorted(lat)[int(len(lat) * 0.95) - 1], "returned": n,
+                    "rows": args.list_rows,
+                    "p50_ms": statistics.median(lat),
+                    "p95_ms": sorted(lat)[int(len(lat) * 0.95) - 1],
+                    "returned": n,
                     "import_s": t_import,
                 }
-                print(f"list use_case+label over {args.list_rows:,}: p50 {statistics.median(lat):.1f} ms "
-                      f"(returned {n}; import {t_import:.0f} s = {args.list_rows / t_import:,.0f}/s)")
+                print(
+                    f"list use_case+label over {args.list_rows:,}: p50 {statistics.median(lat):.1f} ms "
+                    f"(returned {n}; import {t_import:.0f} s = {args.list_rows / t_import:,.0f}/s)"
+                )
             finally:
                 server.stop()
     finally:

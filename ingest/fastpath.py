@@ -11,7 +11,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from ingest.models import ID_RE, USE_CASE_RE
+from ingest.models import ID_RE, MAX_INT, USE_CASE_RE
 from store.schema import MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -36,7 +36,7 @@ def _number(v: Any) -> bool:
 
 
 def _message(m: Any) -> bool:
-    if type(m) is not dict or m.get("role") not in ROLES:
+    if type(m) is not dict or type(m.get("role")) is not str or m["role"] not in ROLES:
         return False
     content = m.get("content")
     if not (content is None or type(content) is str):
@@ -75,7 +75,7 @@ def _time(v: Any) -> datetime | None | bool:
         except ValueError:
             return False
         return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-    if _number(v) and abs(v) <= 2e10:
+    if _number(v) and abs(v) <= 2e10:  # larger: milliseconds, pydantic's path
         return datetime.fromtimestamp(v, UTC)
     return False
 
@@ -123,7 +123,7 @@ def canonical(d: Any) -> dict[str, Any] | None:
             return None
         for k in _USAGE_KEYS:
             x = usage.get(k)
-            if not (x is None or (type(x) is int and x >= 0)):
+            if not (x is None or (type(x) is int and 0 <= x <= MAX_INT)):
                 return None
         usage = {k: usage.get(k) for k in _USAGE_KEYS}
     for key in ("latency_ms", "ttft_ms"):

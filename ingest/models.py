@@ -16,6 +16,8 @@ from store.schema import MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS
 USE_CASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
 
+MAX_INT = 2**63 - 1  # Arrow int64
+
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 
@@ -49,9 +51,9 @@ class AssistantCompletion(BaseModel):
 
 class Usage(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    prompt_tokens: Annotated[int, Field(ge=0)] | None = None
-    completion_tokens: Annotated[int, Field(ge=0)] | None = None
-    total_tokens: Annotated[int, Field(ge=0)] | None = None
+    prompt_tokens: Annotated[int, Field(ge=0, le=MAX_INT, strict=True)] | None = None
+    completion_tokens: Annotated[int, Field(ge=0, le=MAX_INT, strict=True)] | None = None
+    total_tokens: Annotated[int, Field(ge=0, le=MAX_INT, strict=True)] | None = None
 
 
 class FeedbackItem(BaseModel):
@@ -104,11 +106,13 @@ class InteractionIn(BaseModel):
     session_id: str | None = None
     ab_campaign: str | None = None
     created_at: datetime | None = Field(
-        None, description="ISO-8601, or unix seconds; default: the time of receipt."
+        None,
+        description="ISO-8601, unix seconds, or unix milliseconds (numbers past 2e10); "
+        "default: the time of receipt.",
     )
     usage: Usage | None = None
-    latency_ms: Annotated[float, Field(ge=0)] | None = None
-    ttft_ms: Annotated[float, Field(ge=0)] | None = None
+    latency_ms: Annotated[float, Field(ge=0, strict=True)] | None = None
+    ttft_ms: Annotated[float, Field(ge=0, strict=True)] | None = None
     params: dict[str, Any] | None = None
     status: Literal["ok", "error"] = "ok"
     error: str | None = None
@@ -147,11 +151,15 @@ class InteractionIn(BaseModel):
         if self.model and self.model_service and self.model != self.model_service:
             raise ValueError("model_service: differs from model, its alias")
         if self.labels is not None and self.metadata is not None:
-            clash = [k for k in self.labels if k in self.metadata and self.labels[k] != self.metadata[k]]
+            clash = [
+                k for k in self.labels if k in self.metadata and self.labels[k] != self.metadata[k]
+            ]
             if clash:
                 raise ValueError(f"metadata: disagrees with labels on {clash[:5]}")
-            merged = {**self.metadata, **self.labels}
-            check_labels(merged)
+            try:
+                check_labels({**self.metadata, **self.labels})
+            except ValueError as exc:
+                raise ValueError(f"metadata: together with labels, {exc}") from None
         return self
 
     @property

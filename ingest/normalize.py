@@ -11,9 +11,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
-
 from ingest.ids import uuid7_many
+from store.jsonutil import dumps
 from store.rows import Columns, select
 from store.schema import FEEDBACK, INTERACTIONS
 
@@ -22,14 +21,15 @@ _US = timedelta(microseconds=1)
 _DAY_US = 86_400_000_000
 
 
-def _dump(value: Any) -> str:
-    return orjson.dumps(value).decode()
+_dump = dumps
 
 
 def completion_text(content: Any) -> str | None:
     if content is None or isinstance(content, str):
         return content
-    return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return "".join(
+        t for p in content if isinstance(p, dict) and isinstance(t := p.get("text"), str)
+    )
 
 
 def _micros(ts: datetime | None, now: int) -> int:

@@ -14,10 +14,25 @@ from pydantic import TypeAdapter, ValidationError
 from ingest.fastpath import canonical
 from ingest.models import InteractionIn
 from store.errors import InvalidRequest, ValidationFailed
+from store.jsonutil import loads
 
 _ONE = TypeAdapter(InteractionIn)
 
-NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines")
+NDJSON_TYPES = (
+    "application/x-ndjson",
+    "application/ndjson",
+    "application/jsonl",
+    "application/x-jsonlines",
+)
+
+
+def _is_tag(part: str) -> bool:
+    """pydantic's names for union members and validators, not field names."""
+    return (
+        part in ("str", "int", "float", "bool")
+        or any(c in part for c in "[(-")
+        or (part[:1].isupper())
+    )
 
 
 def loc_path(loc: tuple[Any, ...], prefix: str = "") -> str:
@@ -25,7 +40,7 @@ def loc_path(loc: tuple[Any, ...], prefix: str = "") -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        else:
+        elif not _is_tag(part):
             out += f".{part}" if out else str(part)
     return out
 
@@ -44,21 +59,15 @@ def _raise(exc: ValidationError, prefix: str) -> None:
     raise ValidationFailed(f"{where}{msg}{more}", param=param) from None
 
 
-def parse_ndjson(body: bytes) -> list[Any]:
-    lines = [line for line in body.splitlines() if line.strip()]
-    try:  # one parser call for the whole body; line by line only to locate an error
-        items = orjson.loads(b"[" + b",".join(lines) + b"]")
-        if len(items) == len(lines):
-            return items  # type: ignore[no-any-return]
-    except orjson.JSONDecodeError:
-        pass
+def parse_ndjson(body: bytes) -> list[tuple[int, Any]]:
+    """(line index, object) for every non-blank line."""
     items = []
     for n, line in enumerate(body.splitlines()):
         if not line.strip():
             continue
         try:
-            items.append(orjson.loads(line))
-        except orjson.JSONDecodeError as exc:
+            items.append((n, loads(line)))
+        except (orjson.JSONDecodeError, ValueError, UnicodeError) as exc:
             raise InvalidRequest(
                 f"line {n + 1} of the NDJSON body is not valid JSON: {exc}", param=f"body[{n}]"
             ) from None
@@ -81,20 +90,20 @@ def parse_interactions(body: bytes, content_type: str) -> tuple[list[dict[str, A
     """The validated interactions, and whether the body was a single object."""
     ctype = content_type.split(";")[0].strip().lower()
     if ctype in NDJSON_TYPES:
-        raw: Any = parse_ndjson(body)
-        single = False
+        numbered = parse_ndjson(body)
     else:
         try:
-            raw = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
+            raw = loads(body)
+        except (orjson.JSONDecodeError, ValueError, UnicodeError) as exc:
             raise InvalidRequest(f"the body is not valid JSON: {exc}", param="body") from None
-        single = isinstance(raw, dict)
-    if single:
-        return [validate(raw)], True
-    if not isinstance(raw, list):
-        raise InvalidRequest(
-            "the body must be an interaction object, an array of them, or NDJSON", param="body"
-        )
-    if not raw:
+        if isinstance(raw, dict):
+            return [validate(raw)], True
+        if not isinstance(raw, list):
+            raise InvalidRequest(
+                "the body must be an interaction object, an array of them, or NDJSON",
+                param="body",
+            )
+        numbered = list(enumerate(raw))
+    if not numbered:
         raise ValidationFailed("the body holds no interaction", param="body")
-    return [validate(item, f"body[{n}]") for n, item in enumerate(raw)], False
+    return [validate(item, f"body[{n}]") for n, item in numbered], False

@@ -136,7 +136,7 @@ def _import_files(
             chunk: list[bytes] = []
             first_line = 1
 
-            def flush(chunk: list[bytes], first_line: int) -> tuple[int, int]:
+            def flush(chunk: list[bytes], first_line: int, path: Path = path) -> tuple[int, int]:
                 try:
                     items, _ = parse_interactions(b"".join(chunk), "application/x-ndjson")
                 except StoreError as exc:
@@ -219,9 +219,7 @@ def sql(data: str | None, query: str, fmt: str, max_rows: int | None) -> None:
     else:
         df = pl.from_arrow(table)
         assert isinstance(df, pl.DataFrame)
-        with pl.Config(
-            tbl_rows=50, tbl_cols=20, fmt_str_lengths=60, tbl_hide_dataframe_shape=True
-        ):
+        with pl.Config(tbl_rows=50, tbl_cols=20, fmt_str_lengths=60, tbl_hide_dataframe_shape=True):
             click.echo(df)
         click.echo(f"{table.num_rows} row{'s' if table.num_rows != 1 else ''}")
     if truncated:
@@ -233,7 +231,9 @@ def _csv(df: Any) -> str:
 
     flat = df.with_columns(
         [
-            pl.col(c).map_elements(lambda v: orjson.dumps(v, default=str).decode(), return_dtype=pl.String)
+            pl.col(c).map_elements(
+                lambda v: orjson.dumps(v, default=str).decode(), return_dtype=pl.String
+            )
             for c, t in df.schema.items()
             if t.is_nested()
         ]

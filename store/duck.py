@@ -238,9 +238,7 @@ def check_select(sql: str) -> str:
     except duckdb.Error as exc:
         raise InvalidQuery(f"SQL does not parse: {exc}", param="sql") from exc
     if len(statements) != 1:
-        raise InvalidQuery(
-            f"exactly one statement is allowed, got {len(statements)}", param="sql"
-        )
+        raise InvalidQuery(f"exactly one statement is allowed, got {len(statements)}", param="sql")
     stmt = statements[0]
     if stmt.type != duckdb.StatementType.SELECT:
         kind = str(stmt.type).rsplit(".", 1)[-1]

@@ -46,7 +46,7 @@ class PayloadTooLarge(StoreError):
 
 
 class QueryTimeout(StoreError):
-    status = 408
+    status = 400
     type = "invalid_request_error"
     code = "query_timeout"
 

@@ -17,8 +17,13 @@ from store.errors import ValidationFailed
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+def _from_unix(value: float) -> datetime:
+    """Unix seconds, or milliseconds past 2e10 (pydantic's rule, also used for ingest)."""
+    return datetime.fromtimestamp(value / 1000 if abs(value) > 2e10 else value, UTC)
+
+
 def parse_time(value: str | float | int | datetime, param: str) -> datetime:
-    """ISO-8601 (naive = UTC) or unix seconds."""
+    """ISO-8601 (naive = UTC), unix seconds, or unix milliseconds (past 2e10)."""
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     bad = ValidationFailed(
@@ -26,7 +31,7 @@ def parse_time(value: str | float | int | datetime, param: str) -> datetime:
     )
     if isinstance(value, int | float):
         try:
-            return datetime.fromtimestamp(value, UTC)
+            return _from_unix(value)
         except (ValueError, OverflowError, OSError):
             raise bad from None
     text = value.strip()
@@ -36,7 +41,7 @@ def parse_time(value: str | float | int | datetime, param: str) -> datetime:
         seconds = None
     if seconds is not None:
         try:
-            return datetime.fromtimestamp(seconds, UTC)
+            return _from_unix(seconds)
         except (ValueError, OverflowError, OSError):
             raise bad from None
     try:
@@ -123,5 +128,5 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         us, id_ = orjson.loads(raw)
         return _EPOCH + timedelta(microseconds=int(us)), str(id_)
-    except (ValueError, TypeError, orjson.JSONDecodeError):
+    except (ValueError, TypeError, OverflowError, orjson.JSONDecodeError):
         raise ValidationFailed("after: not a cursor returned by this API", param="after") from None

@@ -50,7 +50,9 @@ def compact(root: str | Path, target_size: int = TARGET_FILE_BYTES) -> dict[str,
     return out
 
 
-def vacuum(root: str | Path, retention_hours: float, *, dry_run: bool = False) -> dict[str, list[str]]:
+def vacuum(
+    root: str | Path, retention_hours: float, *, dry_run: bool = False
+) -> dict[str, list[str]]:
     """Delete files that are no longer part of the table and older than the window."""
     if retention_hours < MIN_RETENTION_HOURS:
         raise InvalidRequest(
@@ -96,13 +98,25 @@ def table_stats(root: str | Path) -> list[dict[str, Any]]:
             rows.append(r)
         if pending:
             rows.append(
-                {"table": name, "use_case": "(unflushed)", "rows": pending, "files": 0,
-                 "bytes": 0, "version": version}  # fmt: skip
+                {
+                    "table": name,
+                    "use_case": "(unflushed)",
+                    "rows": pending,
+                    "files": 0,
+                    "bytes": 0,
+                    "version": version,
+                }  # fmt: skip
             )
         if not per and not pending:
             rows.append(
-                {"table": name, "use_case": "-", "rows": 0, "files": 0, "bytes": 0,
-                 "version": version}  # fmt: skip
+                {
+                    "table": name,
+                    "use_case": "-",
+                    "rows": 0,
+                    "files": 0,
+                    "bytes": 0,
+                    "version": version,
+                }  # fmt: skip
             )
     return rows
 

@@ -9,21 +9,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 import polars as pl
 import pyarrow as pa
 
 from store.duck import check_select
 from store.engine import Store
 from store.errors import NotFound, ValidationFailed
-from store.filters import Filter, decode_cursor, encode_cursor
+from store.filters import Filter, decode_cursor, encode_cursor, parse_label, parse_time
+from store.jsonutil import loads
 from store.schema import TABLES
 
 MAX_LIMIT = 1000
 
 _LIST_COLUMNS = (
     "id, created_at, use_case, model, messages, completion, completion_message, labels, "
-    "session_id, \"user\", ab_campaign, source, usage, latency_ms, ttft_ms, params, status, error"
+    'session_id, "user", ab_campaign, source, usage, latency_ms, ttft_ms, params, status, error'
 )
 
 
@@ -36,14 +36,14 @@ def to_api(row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
     out.pop("day", None)
     out["created_at"] = _iso(row["created_at"])
-    out["messages"] = orjson.loads(row["messages"])
+    out["messages"] = loads(row["messages"])
     message = out.pop("completion_message", None)
     if message is not None:
-        out["completion"] = orjson.loads(message)
+        out["completion"] = loads(message)
     labels = row.get("labels")
     out["labels"] = dict(labels) if labels is not None else None
     if row.get("params") is not None:
-        out["params"] = orjson.loads(row["params"])
+        out["params"] = loads(row["params"])
     return out
 
 
@@ -155,7 +155,6 @@ def _tuple(value: Any) -> tuple[str, ...]:
 
 def filter_from_kwargs(kw: dict[str, Any]) -> Filter:
     """Build a Filter from API-style names (``from``/``to``, ``label="k:v"``…)."""
-    from store.filters import parse_label, parse_time
 
     known = {
         "use_case", "model", "label", "has_label", "no_label", "from", "to", "since", "until",
@@ -188,5 +187,3 @@ def filter_from_kwargs(kw: dict[str, Any]) -> Filter:
 def open(path: str | Path) -> Reader:  # noqa: A001 - SPEC names it store.open
     """A read-only handle on a data root (works beside a running server)."""
     return Reader(Store(path, writable=False))
-
-

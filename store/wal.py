@@ -262,7 +262,9 @@ class WriteAheadLog:
         assert self._seg_path is not None
         with self._lock:
             self._seg_last_lsn[self._seg_path] = lsns[-1]
-        records = [(Record(lsn, p.code, p.payload), p.meta) for lsn, p in zip(lsns, batch, strict=True)]
+        records = [
+            (Record(lsn, p.code, p.payload), p.meta) for lsn, p in zip(lsns, batch, strict=True)
+        ]
         try:
             self._on_durable(records)
         except Exception as exc:  # the data is durable; recovery will replay it

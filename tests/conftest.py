@@ -60,8 +60,16 @@ class Server:
 
     def start(self, timeout: float = 30.0) -> Server:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "istore.cli", "serve", "--data", str(self.data),
-             "--port", str(self.port)],  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "istore.cli",
+                "serve",
+                "--data",
+                str(self.data),
+                "--port",
+                str(self.port),
+            ],  # fmt: skip
             cwd=ROOT,
             env=self.env,
             stdout=subprocess.DEVNULL,

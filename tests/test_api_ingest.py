@@ -294,11 +294,6 @@ async def test_duplicate_does_not_duplicate_inline_feedback(client: httpx.AsyncC
     assert await counts(client) == (1, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the ack of a duplicate (no-op) ingest reports feedback_ids that were "
-    "never stored (api/routes/interactions.py ingest + ingest/normalize.py Batch)",
-)
 async def test_duplicate_ack_reports_only_stored_feedback(client: httpx.AsyncClient) -> None:
     id_ = uid("fback")
     body = interaction(1, id=id_, feedbacks=[{"metric": "m", "value": 1}])
@@ -310,11 +305,6 @@ async def test_duplicate_ack_reports_only_stored_feedback(client: httpx.AsyncCli
     assert set(second["feedback_ids"]) <= stored
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the ack of a duplicate (no-op) ingest reports a fresh session_id, not the "
-    "stored interaction's (api/routes/interactions.py ingest)",
-)
 async def test_duplicate_ack_reports_stored_session(client: httpx.AsyncClient) -> None:
     id_ = uid("sdup")
     first = (await client.post(URL, json=interaction(1, id=id_))).json()
@@ -485,11 +475,6 @@ async def test_one_bad_ndjson_line_stores_none(client: httpx.AsyncClient) -> Non
     assert await counts(client) == (0, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: labels + metadata together over 64 keys → 422 with param null: the merged "
-    "check in InteractionIn._aliases raises without naming a field (ingest/models.py)",
-)
 async def test_merged_labels_over_limit_names_labels(client: httpx.AsyncClient) -> None:
     body = interaction(0, labels={f"a{i}": "v" for i in range(40)},
                        metadata={f"b{i}": "v" for i in range(40)})  # fmt: skip
@@ -499,12 +484,6 @@ async def test_merged_labels_over_limit_names_labels(client: httpx.AsyncClient) 
     assert err["param"] in ("labels", "metadata")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: NDJSON validation errors count items, not lines: after a blank line the "
-    "param names the wrong line (ingest/parse.py parse_ndjson drops blank lines), while "
-    "JSON errors in the same body count lines",
-)
 async def test_ndjson_error_names_the_line_after_blank_lines(client: httpx.AsyncClient) -> None:
     bad_json = _nd(_GOOD, "", "{nope")[0]
     assert_error(await client.post(URL, content=bad_json, headers=NDJSON), 400, param="body[2]")
@@ -513,12 +492,6 @@ async def test_ndjson_error_names_the_line_after_blank_lines(client: httpx.Async
     assert_error(r, 422, param="body[2].use_case")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the NDJSON fast path parses '[' + ','.join(lines) + ']' and only compares "
-    "counts, so an object split over two lines plus two objects on one line is accepted "
-    "(ingest/parse.py parse_ndjson)",
-)
 async def test_ndjson_lines_that_are_not_json_are_rejected(client: httpx.AsyncClient) -> None:
     one = json.dumps({"use_case": "u", "messages": [{"role": "user", "content": "x"}]})
     body = '{"use_case": "u"\n"messages": [{"role": "user", "content": "x"}]}\n' + one + "," + one
@@ -528,11 +501,6 @@ async def test_ndjson_lines_that_are_not_json_are_rejected(client: httpx.AsyncCl
     assert_error(r, 400, param="body[0]")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an unhashable role (list/dict) crashes the fast path with TypeError → 500 "
-    "(ingest/fastpath.py _message: `m.get('role') not in ROLES`)",
-)
 @pytest.mark.parametrize("role", [["user"], {"r": "user"}])
 async def test_unhashable_role_is_a_422(store: Any, data_dir: Any, role: Any) -> None:
     async with _no_raise_client(store, data_dir) as c:
@@ -540,12 +508,6 @@ async def test_unhashable_role_is_a_422(store: Any, data_dir: Any, role: Any) ->
         assert_error(r, 422, param="messages[0].role")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a union type's error param carries pydantic's union tag "
-    "('messages[0].content.str', 'completion.str'), not the field path "
-    "(ingest/parse.py _raise / loc_path)",
-)
 @pytest.mark.parametrize(
     ("over", "param"),
     [
@@ -559,11 +521,6 @@ async def test_union_errors_name_the_field(
     assert_error(await client.post(URL, json=interaction(0, **over)), 422, param=param)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='BUG: numeric fields are coerced in pydantic\'s lax mode ("1.5" and true become '
-    'floats, "3" an int) instead of being rejected (ingest/models.py InteractionIn/Usage)',
-)
 @pytest.mark.parametrize(
     ("over", "param"),
     [

@@ -17,7 +17,9 @@ from tests.conftest import Server, interaction
 ROUNDS = int(os.environ.get("ISTORE_CRASH_ROUNDS", "3"))
 
 
-def _writer(url: str, tag: str, stop: threading.Event, acked: list[list[str]], sent: list[list[str]]) -> None:
+def _writer(
+    url: str, tag: str, stop: threading.Event, acked: list[list[str]], sent: list[list[str]]
+) -> None:
     with httpx.Client(base_url=url, timeout=10) as c:
         k = 0
         while not stop.is_set():
@@ -28,7 +30,9 @@ def _writer(url: str, tag: str, stop: threading.Event, acked: list[list[str]], s
             if size == 1:
                 kwargs: dict[str, object] = {"json": interaction(0, id=batch_ids[0])}
             else:
-                lines = b"\n".join(orjson.dumps(interaction(j, id=i)) for j, i in enumerate(batch_ids))
+                lines = b"\n".join(
+                    orjson.dumps(interaction(j, id=i)) for j, i in enumerate(batch_ids)
+                )
                 kwargs = {"content": lines, "headers": {"content-type": "application/x-ndjson"}}
             try:
                 r = c.post("/api/v1/interactions", **kwargs)  # type: ignore[arg-type]
@@ -38,7 +42,9 @@ def _writer(url: str, tag: str, stop: threading.Event, acked: list[list[str]], s
                 acked.append(batch_ids)
 
 
-def test_kill_9_mid_load_loses_and_duplicates_nothing(tmp_path: Path, server_factory: type[Server]) -> None:
+def test_kill_9_mid_load_loses_and_duplicates_nothing(
+    tmp_path: Path, server_factory: type[Server]
+) -> None:
     data = tmp_path / "data"
     all_acked: list[list[str]] = []
     all_sent: list[list[str]] = []
@@ -73,7 +79,9 @@ def test_kill_9_mid_load_loses_and_duplicates_nothing(tmp_path: Path, server_fac
     acked_ids = [i for batch in all_acked for i in batch]
     lost = [i for i in acked_ids if i not in found]
     duplicated = [i for i, n in found.items() if n > 1]
-    print(f"acked={len(acked_ids)} found={len(found)} lost={len(lost)} duplicated={len(duplicated)}")
+    print(
+        f"acked={len(acked_ids)} found={len(found)} lost={len(lost)} duplicated={len(duplicated)}"
+    )
     assert not lost
     assert not duplicated
     # Unacknowledged batches are all-or-nothing: never half visible.

@@ -69,7 +69,9 @@ def test_readme_python_snippets_run(sample_store: Path) -> None:
 async def test_readme_curl_bodies_are_accepted(client: httpx.AsyncClient) -> None:
     bodies = []
     for block in blocks("bash"):
-        for m in re.finditer(r"curl -s (\S+interactions) -H 'content-type: application/json' -d '(.*?)'", block, re.S):
+        for m in re.finditer(
+            r"curl -s (\S+interactions) -H 'content-type: application/json' -d '(.*?)'", block, re.S
+        ):
             bodies.append(orjson.loads(m.group(2)))
     assert bodies
     for body in bodies:
@@ -81,7 +83,9 @@ async def test_readme_curl_bodies_are_accepted(client: httpx.AsyncClient) -> Non
             r = await client.post("/api/v1/sql", json=orjson.loads(m.group(1)))
             assert r.status_code == 200, r.text
     for block in blocks("bash"):
-        for m in re.finditer(r"curl -s '(http://127\.0\.0\.1:8080)?(/api/v1/interactions\?[^']*)'", block):
+        for m in re.finditer(
+            r"curl -s '(http://127\.0\.0\.1:8080)?(/api/v1/interactions\?[^']*)'", block
+        ):
             url = m.group(2)
             if "<" not in url:
                 r = await client.get(url)

@@ -239,12 +239,6 @@ async def test_500_is_in_the_error_shape_without_internals(
     assert "Traceback" not in r.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: malformed JSON to a pydantic-bodied route (/sql) is a 422 with param "
-    "'body[0]' (FastAPI's json_invalid loc), where /interactions answers 400 param 'body' "
-    "(api/errors.py _validation_error)",
-)
 async def test_malformed_json_is_400_on_every_json_route(
     app_client: tuple[FastAPI, httpx.AsyncClient],
 ) -> None:

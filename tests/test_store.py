@@ -211,7 +211,10 @@ def test_compaction_keeps_what_readers_see(data_dir: Path) -> None:
     assert sorted(ids(store)) == sorted([*expected, "i100"])
     # Vacuum within the window deletes nothing a reader could still need.
     assert vacuum(data_dir, retention_hours=1)["interactions"] == []
-    assert sorted(store.query("SELECT id FROM interactions", snapshot=before)["id"].to_pylist()) == expected
+    assert (
+        sorted(store.query("SELECT id FROM interactions", snapshot=before)["id"].to_pylist())
+        == expected
+    )
     store.close()
     stats = table_stats(data_dir)
     support = next(r for r in stats if r["table"] == "interactions" and r["use_case"] == "support")
@@ -225,7 +228,9 @@ def test_vacuum_refuses_a_window_that_could_break_readers(data_dir: Path) -> Non
         vacuum(data_dir, retention_hours=0)
 
 
-def test_write_failure_acknowledges_nothing(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_write_failure_acknowledges_nothing(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = Store(data_dir, options=SLOW_FLUSH)
     store.write(INTERACTIONS_TABLE, rows(1)).result()
     real = os.fdatasync

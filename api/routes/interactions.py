@@ -39,13 +39,15 @@ _BODY_SCHEMA = {
 _INLINE_ITEMS = 64
 
 
-async def persist(request: Request, batch: Batch) -> None:
-    """Durably store a batch: interactions first, then the feedback of those that were new."""
+async def persist(request: Request, batch: Batch) -> tuple[str, ...]:
+    """Durably store a batch: interactions first, then the feedback of those that were
+    new. Returns the ids that were already stored (idempotent repeats)."""
     store = request.app.state.store
     result = await asyncio.wrap_future(store.write(INTERACTIONS_TABLE, batch.interactions()))
     feedback = batch.feedback(skip_owners=result.duplicate_ids)
     if feedback is not None:
         await asyncio.wrap_future(store.write(FEEDBACK_TABLE, feedback))
+    return result.duplicate_ids
 
 
 @router.post(
@@ -66,9 +68,16 @@ async def ingest(request: Request) -> JSONResponse:
         batch = await run_in_threadpool(build_batch, items, source="api")
     else:
         batch = build_batch(items, source="api", new_session=single)
-    await persist(request, batch)
-    if single:
+    duplicates = await persist(request, batch)
+    if single and duplicates:  # a repeat: answer with what is stored, not what was sent
+        stored = await run_in_threadpool(request.app.state.reader.get, batch.ids[0])
         ack: dict[str, Any] = {
+            "completion_id": stored["id"],
+            "session_id": stored["session_id"],
+            "feedback_ids": [],
+        }
+    elif single:
+        ack = {
             "completion_id": batch.ids[0],
             "session_id": batch.session_ids[0],
             "feedback_ids": batch.feedback_ids[0],
