@@ -33,11 +33,24 @@ def _sql_str(s: str) -> str:
 
 
 @dataclass(frozen=True)
+class DataFile:
+    """One Parquet file of a Delta version, with its partition values."""
+
+    path: str
+    partition: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class TableSnapshot:
     spec: TableSpec
     version: int  # Delta table version (-1: no commit yet)
     files_view: str | None  # view over the committed files, None when there are none
     pending: pa.Table  # acknowledged rows not yet in Delta
+    files: tuple[DataFile, ...] = ()
+
+    @property
+    def pending_name(self) -> str:
+        return f"_pending_{self.spec.name}"
 
 
 @dataclass(frozen=True)
@@ -74,20 +87,25 @@ class Duck:
         self._lock = threading.Lock()
         self._views: dict[str, list[str]] = {}
 
+    @staticmethod
+    def scan_sql(spec: TableSpec, files: Sequence[str], *, filename: bool = False) -> str:
+        """``read_parquet`` over some of a table's files, partition columns typed."""
+        hive = ", ".join(
+            f"{_sql_str(c)}: {'DATE' if c == 'day' else 'VARCHAR'}" for c in spec.partition_by
+        )
+        file_list = "[" + ", ".join(_sql_str(f) for f in files) + "]"
+        extra = ", filename = true" if filename else ""
+        return (
+            f"read_parquet({file_list}, hive_partitioning = true, hive_types = {{{hive}}}{extra})"
+        )
+
     def files_view(self, spec: TableSpec, version: int, files: list[str]) -> str | None:
         """Create (once) the view over one Delta version's files."""
         if not files:
             return None
         name = f"_{spec.name}_v{version}"
-        hive = ", ".join(
-            f"{_sql_str(c)}: {'DATE' if c == 'day' else 'VARCHAR'}" for c in spec.partition_by
-        )
         cols = ", ".join(_quote(c) for c in spec.columns)
-        file_list = "[" + ", ".join(_sql_str(f) for f in files) + "]"
-        sql = (
-            f"CREATE OR REPLACE VIEW {_quote(name)} AS SELECT {cols} FROM read_parquet("
-            f"{file_list}, hive_partitioning = true, hive_types = {{{hive}}})"
-        )
+        sql = f"CREATE OR REPLACE VIEW {_quote(name)} AS SELECT {cols} FROM {self.scan_sql(spec, files)}"
         with self._lock:
             cur = self._db.cursor()
             try:
@@ -102,12 +120,16 @@ class Duck:
                 cur.close()
         return name
 
-    def cursor(self, snapshot: Snapshot) -> duckdb.DuckDBPyConnection:
-        """A cursor whose TEMP views show exactly ``snapshot``."""
+    def cursor(self, snapshot: Snapshot, views: bool = True) -> duckdb.DuckDBPyConnection:
+        """A cursor whose TEMP views show exactly ``snapshot``. Without ``views`` only
+        the pending rows are registered (``_pending_<table>``), for internal queries
+        that name their files themselves (see ``scan_sql``)."""
         cur = self._db.cursor()
         for name, t in snapshot.tables.items():
-            pending = f"_pending_{name}"
+            pending = t.pending_name
             cur.register(pending, t.pending)
+            if not views:
+                continue
             cols = ", ".join(_quote(c) for c in t.spec.columns)
             body = f"SELECT {cols} FROM {_quote(pending)}"
             if t.files_view is not None:
@@ -123,8 +145,9 @@ class Duck:
         *,
         timeout_s: float | None = None,
         max_rows: int | None = None,
+        views: bool = True,
     ) -> pa.Table:
-        cur = self.cursor(snapshot)
+        cur = self.cursor(snapshot, views)
         timer = None
         timed_out = threading.Event()
         if timeout_s:

@@ -21,11 +21,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
-from store.duck import Duck, Snapshot, TableSnapshot
+from store.duck import DataFile, Duck, Snapshot, TableSnapshot
 from store.errors import StoreError, StoreLocked, Unavailable
 from store.idindex import IdIndex, hash_ids
 from store.rows import Columns, decode, encode, num_rows, select, to_arrow
@@ -93,7 +94,7 @@ class Store:
         self._ids = IdIndex()
         self._inflight: dict[str, Future[int]] = {}
         self._deltas: dict[str, DeltaTable | None] = {}
-        self._files_views: dict[str, tuple[int, str | None]] = {}
+        self._files_views: dict[str, tuple[int, str | None, tuple[DataFile, ...]]] = {}
         self._durable_lsn = 0
         self._lock_fd: int | None = None
         self._wal: WriteAheadLog | None = None
@@ -189,7 +190,7 @@ class Store:
             self._flusher.start()
 
     def _load_ids(self) -> None:
-        view = self._files_views.get(INTERACTIONS_TABLE.name, (0, None))[1]
+        view = self._files_views.get(INTERACTIONS_TABLE.name, (0, None, ()))[1]
         if view is not None:
             table = self.duck.query(Snapshot({}), f'SELECT id FROM "{view}"')
             self._ids.load_committed(hash_ids(table.column("id").to_pylist()))
@@ -200,18 +201,19 @@ class Store:
         """Point the table's view at ``dt``'s version. Listing files and creating the
         DuckDB view happen without the store lock."""
         if dt is None:
-            self._files_views[spec.name] = (-1, None)
+            self._files_views[spec.name] = (-1, None, ())
             return
         version = dt.version()
         current = self._files_views.get(spec.name)
         if current is not None and current[0] >= version:
             return
-        view = self.duck.files_view(spec, version, dt.file_uris())
+        files = data_files(dt, spec)
+        view = self.duck.files_view(spec, version, [f.path for f in files])
         with self._lock:
             current = self._files_views.get(spec.name)
             if current is None or current[0] < version:
                 self._deltas[spec.name] = dt
-                self._files_views[spec.name] = (version, view)
+                self._files_views[spec.name] = (version, view, files)
 
     # -- writing ------------------------------------------------------------------------
     def write(self, spec: TableSpec, cols: Columns) -> Future[WriteResult]:
@@ -413,12 +415,12 @@ class Store:
                 name: (
                     list(self._tails[name].entries),
                     self._tails[name].cached,
-                    self._files_views.get(name, (-1, None)),
+                    self._files_views.get(name, (-1, None, ())),
                 )
                 for name in TABLES
             }
         tables = {}
-        for name, (entries, cached, (version, view)) in state.items():
+        for name, (entries, cached, (version, view, files)) in state.items():
             spec = TABLES[name]
             if cached is None:
                 parts = self._arrow(spec, entries)
@@ -427,7 +429,7 @@ class Store:
                     tail = self._tails[name]
                     if [e.lsn for e in tail.entries] == [e.lsn for e in entries]:
                         tail.cached = cached
-            tables[name] = TableSnapshot(spec, version, view, cached)
+            tables[name] = TableSnapshot(spec, version, view, cached, files)
         return Snapshot(tables)
 
     def query(
@@ -438,9 +440,18 @@ class Store:
         snapshot: Snapshot | None = None,
         timeout_s: float | None = None,
         max_rows: int | None = None,
+        views: bool = True,
     ) -> pa.Table:
+        """Run SQL on a snapshot. With ``views`` the tables are TEMP views by their
+        names; without, the query names files itself (``Duck.scan_sql``) and the
+        pending rows as ``_pending_<table>``, which skips binding every file."""
         return self.duck.query(
-            snapshot or self.snapshot(), sql, params, timeout_s=timeout_s, max_rows=max_rows
+            snapshot or self.snapshot(),
+            sql,
+            params,
+            timeout_s=timeout_s,
+            max_rows=max_rows,
+            views=views,
         )
 
     def status(self) -> dict[str, Any]:
@@ -451,7 +462,7 @@ class Store:
                 "pending_bytes": self._pending_bytes(),
                 "flush_error": self.flush_error,
                 "wal_error": self._wal.last_error if self._wal else None,
-                "versions": {n: v for n, (v, _) in self._files_views.items()},
+                "versions": {n: v[0] for n, v in self._files_views.items()},
             }
 
     def delta(self, spec: TableSpec) -> DeltaTable | None:
@@ -479,6 +490,17 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def data_files(dt: DeltaTable, spec: TableSpec) -> tuple[DataFile, ...]:
+    """The files of ``dt``'s version with their partition values."""
+    actions = pa.table(dt.get_add_actions(flatten=True))
+    root = dt.table_uri.removeprefix("file://").rstrip("/")
+    cols = {c: actions.column(f"partition.{c}").to_pylist() for c in spec.partition_by}
+    out = []
+    for i, path in enumerate(actions.column("path").to_pylist()):
+        out.append(DataFile(f"{root}/{unquote(path)}", {c: v[i] for c, v in cols.items()}))
+    return tuple(out)
 
 
 def _combine(futures: Sequence[Future[Any]], result: WriteResult) -> Future[WriteResult]:

@@ -6,12 +6,14 @@ all take a ``Filter``; nothing else builds WHERE clauses."""
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
+from store.duck import DataFile
 from store.errors import ValidationFailed
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -76,6 +78,22 @@ class Filter:
     status: tuple[str, ...] = ()
     ids: tuple[str, ...] = ()
     extra: tuple[tuple[str, tuple[Any, ...]], ...] = field(default=())
+
+    def prune(self, files: Sequence[DataFile]) -> list[str]:
+        """The paths of the files that can hold matching rows, by partition values
+        (use case and day), so a query opens only those."""
+        lo = self.since.date() if self.since is not None else None
+        hi = self.until.date() if self.until is not None else None
+        out = []
+        for f in files:
+            part = f.partition
+            if self.use_case and "use_case" in part and part["use_case"] not in self.use_case:
+                continue
+            day = part.get("day")
+            if day is not None and ((lo and day < lo) or (hi and day > hi)):
+                continue
+            out.append(f.path)
+        return out
 
     def where(self) -> tuple[str, list[Any]]:
         """A SQL condition over the ``interactions`` view, and its parameters."""

@@ -12,12 +12,12 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from store.duck import check_select
+from store.duck import Duck, Snapshot, TableSnapshot, check_select
 from store.engine import Store
 from store.errors import NotFound, ValidationFailed
 from store.filters import Filter, decode_cursor, encode_cursor, parse_label, parse_time
 from store.jsonutil import loads
-from store.schema import TABLES
+from store.schema import INTERACTIONS_TABLE, TABLES
 
 MAX_LIMIT = 1000
 
@@ -68,6 +68,9 @@ class Reader:
         order: str = "desc",
         after: str | None = None,
     ) -> Page:
+        """One page of matching interactions. Two phases: find the page's ids reading
+        only the filter and sort columns of the files the filter can touch, then read
+        the full rows from just the files that hold them."""
         if not 1 <= limit <= MAX_LIMIT:
             raise ValidationFailed(f"limit: must be 1 to {MAX_LIMIT}, got {limit}", param="limit")
         if order not in ("asc", "desc"):
@@ -79,15 +82,43 @@ class Reader:
             where += f" AND (created_at, id) {op} (?, ?)"
             params += [ts, id_]
         direction = "DESC" if order == "desc" else "ASC"
+        snap = self.store.snapshot()
+        t = snap.tables[INTERACTIONS_TABLE.name]
+        files = flt.prune(t.files)
+        parts = [f"SELECT id, created_at, NULL AS filename FROM {t.pending_name} WHERE {where}"]
+        args = list(params)
+        if files:
+            scan = Duck.scan_sql(INTERACTIONS_TABLE, files, filename=True)
+            parts.append(f"SELECT id, created_at, filename FROM {scan} WHERE {where}")
+            args += params
         sql = (
-            f"SELECT {_LIST_COLUMNS} FROM interactions WHERE {where} "
-            f"ORDER BY created_at {direction}, id {direction} LIMIT {limit + 1}"
+            " UNION ALL ".join(parts)
+            + f" ORDER BY created_at {direction}, id {direction} LIMIT {limit + 1}"
         )
-        rows = self.store.query(sql, params).to_pylist()
-        has_more = len(rows) > limit
-        rows = rows[:limit]
-        cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if has_more else None
+        hits = self.store.query(sql, args, snapshot=snap, views=False).to_pylist()
+        has_more = len(hits) > limit
+        hits = hits[:limit]
+        rows = self._fetch(snap, t, hits)
+        cursor = encode_cursor(hits[-1]["created_at"], hits[-1]["id"]) if has_more else None
         return Page([to_api(r) for r in rows], has_more, cursor)
+
+    def _fetch(
+        self, snap: Snapshot, t: TableSnapshot, hits: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Full rows for ``hits`` (id, filename), in the hits' order."""
+        if not hits:
+            return []
+        ids = [h["id"] for h in hits]
+        files = sorted({h["filename"] for h in hits if h["filename"] is not None})
+        parts = [f"SELECT {_LIST_COLUMNS} FROM {t.pending_name} WHERE list_contains(?, id)"]
+        args: list[Any] = [ids]
+        if files:
+            scan = Duck.scan_sql(INTERACTIONS_TABLE, files)
+            parts.append(f"SELECT {_LIST_COLUMNS} FROM {scan} WHERE list_contains(?, id)")
+            args.append(ids)
+        found = self.store.query(" UNION ALL ".join(parts), args, snapshot=snap, views=False)
+        by_id = {r["id"]: r for r in found.to_pylist()}
+        return [by_id[i] for i in ids if i in by_id]
 
     def get(self, id_: str) -> dict[str, Any]:
         snap = self.store.snapshot()
