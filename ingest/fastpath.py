@@ -11,7 +11,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from ingest.models import ID_RE, MAX_INT, USE_CASE_RE
+from ingest.models import ID_RE, MAX_INT, MAX_MS, USE_CASE_RE
 from store.schema import MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -128,7 +128,7 @@ def canonical(d: Any) -> dict[str, Any] | None:
         usage = {k: usage.get(k) for k in _USAGE_KEYS}
     for key in ("latency_ms", "ttft_ms"):
         x = d.get(key)
-        if not (x is None or (_number(x) and x >= 0)):
+        if not (x is None or (_number(x) and 0 <= x <= MAX_MS)):
             return None
     params = d.get("params")
     status = d.get("status", "ok")

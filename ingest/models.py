@@ -17,6 +17,8 @@ USE_CASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
 
 MAX_INT = 2**63 - 1  # Arrow int64
+MAX_MS = 1e12  # latencies beyond ~30 years are mistakes
+MAX_VALUE = 1e300  # feedback values: finite float64
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
@@ -61,7 +63,7 @@ class FeedbackItem(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     metric: Annotated[str, Field(min_length=1, max_length=128)]
-    value: float | bool
+    value: Annotated[float, Field(ge=-MAX_VALUE, le=MAX_VALUE, allow_inf_nan=False)] | bool
     reason: str | None = None
     details: str | None = None
     user_id: str | None = None
@@ -111,8 +113,8 @@ class InteractionIn(BaseModel):
         "default: the time of receipt.",
     )
     usage: Usage | None = None
-    latency_ms: Annotated[float, Field(ge=0, strict=True)] | None = None
-    ttft_ms: Annotated[float, Field(ge=0, strict=True)] | None = None
+    latency_ms: Annotated[float, Field(ge=0, le=MAX_MS, strict=True)] | None = None
+    ttft_ms: Annotated[float, Field(ge=0, le=MAX_MS, strict=True)] | None = None
     params: dict[str, Any] | None = None
     status: Literal["ok", "error"] = "ok"
     error: str | None = None

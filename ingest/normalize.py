@@ -24,6 +24,10 @@ _DAY_US = 86_400_000_000
 _dump = dumps
 
 
+def _float(x: float | None) -> float | None:
+    return None if x is None else float(x)
+
+
 def completion_text(content: Any) -> str | None:
     if content is None or isinstance(content, str):
         return content
@@ -78,8 +82,8 @@ class Batch:
         c["ab_campaign"].append(item["ab_campaign"])
         c["source"].append(source)
         c["usage"].append(item["usage"])
-        c["latency_ms"].append(item["latency_ms"])
-        c["ttft_ms"].append(item["ttft_ms"])
+        c["latency_ms"].append(_float(item["latency_ms"]))
+        c["ttft_ms"].append(_float(item["ttft_ms"]))
         c["params"].append(_dump(params) if params is not None else None)
         c["status"].append(item["status"])
         c["error"].append(item["error"])

@@ -112,55 +112,13 @@ def _is_empty(store: Any) -> bool:
 
 
 # -- import ------------------------------------------------------------------------------
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    with open(path, "rb") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                yield n, line
+def _import_files(store: Any, paths: list[Path], *, progress: bool) -> tuple[int, int]:
+    from ingest.importer import import_files
 
-
-def _import_files(
-    store: Any, paths: list[Path], *, progress: bool, batch_size: int = 2000
-) -> tuple[int, int]:
-    """Import NDJSON files; returns (interactions read, interactions newly stored)."""
-    from ingest.normalize import build_batch
-    from ingest.parse import parse_interactions
-    from store.schema import FEEDBACK_TABLE, INTERACTIONS_TABLE
-
-    total = stored = 0
     size = sum(p.stat().st_size for p in paths)
-    with click.progressbar(
-        length=size, label="Importing", file=sys.stderr if progress else _Null()
-    ) as bar:
-        for path in paths:
-            chunk: list[bytes] = []
-            first_line = 1
-
-            def flush(chunk: list[bytes], first_line: int, path: Path = path) -> tuple[int, int]:
-                try:
-                    items, _ = parse_interactions(b"".join(chunk), "application/x-ndjson")
-                except StoreError as exc:
-                    exc.message = f"{path}: from line {first_line}: {exc.message}"
-                    raise
-                batch = build_batch(items, source="import", new_session=False)
-                result = store.write(INTERACTIONS_TABLE, batch.interactions()).result()
-                fb = batch.feedback(skip_owners=result.duplicate_ids)
-                if fb is not None:
-                    store.write(FEEDBACK_TABLE, fb).result()
-                return len(items), result.stored
-
-            for n, line in _lines(path):
-                if not chunk:
-                    first_line = n
-                chunk.append(line if line.endswith(b"\n") else line + b"\n")
-                bar.update(len(line))
-                if len(chunk) >= batch_size:
-                    n, new = flush(chunk, first_line)
-                    total, stored, chunk = total + n, stored + new, []
-            if chunk:
-                n, new = flush(chunk, first_line)
-                total, stored = total + n, stored + new
-    return total, stored
+    out = sys.stderr if progress else _Null()
+    with click.progressbar(length=size, label="Importing", file=out) as bar:  # type: ignore[arg-type]
+        return import_files(store, paths, progress=bar.update)
 
 
 class _Null:

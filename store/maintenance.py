@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 from deltalake import DeltaTable
 
-from store.engine import APP_ID
+from store.engine import APP_ID, writer_properties
 from store.errors import InvalidRequest, StoreError
 from store.rows import decode, num_rows
 from store.schema import TABLES
@@ -41,7 +41,9 @@ def compact(root: str | Path, target_size: int = TARGET_FILE_BYTES) -> dict[str,
     """Bin-pack each partition's small files into files of about ``target_size``."""
     out = {}
     for name, dt in _tables(root).items():
-        metrics = dt.optimize.compact(target_size=target_size)
+        metrics = dt.optimize.compact(
+            target_size=target_size, writer_properties=writer_properties()
+        )
         out[name] = {
             "files_removed": int(metrics.get("numFilesRemoved", 0)),
             "files_added": int(metrics.get("numFilesAdded", 0)),
