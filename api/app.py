@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from api import errors
 from api.body import JSONResponse
+from api.fastlane import IngestFastLane
 from api.routes import health, interactions, sql
 from api.settings import Settings
 from store.engine import Store
@@ -49,6 +50,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     )
     app.state.settings = settings
     errors.install(app)
+    app.add_middleware(IngestFastLane)
     app.include_router(health.router)
     app.include_router(interactions.router, prefix="/api/v1")
     app.include_router(sql.router, prefix="/api/v1")

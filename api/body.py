@@ -32,8 +32,12 @@ async def read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
         chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "identity").lower()
+    return inflate(b"".join(chunks), request.headers.get("content-encoding", ""), limit)
+
+
+def inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """Undo ``Content-Encoding`` (gzip or none); the limit applies to the result."""
+    encoding = encoding.lower()
     if encoding in ("", "identity"):
         return body
     if encoding != "gzip":

@@ -30,6 +30,19 @@ _TYPES = {
 }
 
 
+def error_body(
+    status: int, message: str, type_: str | None, param: str | None, code: str | None
+) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": message,
+            "type": type_ or _TYPES.get(status, "server_error"),
+            "param": param,
+            "code": code,
+        }
+    }
+
+
 def error_response(
     status: int,
     message: str,
@@ -39,14 +52,7 @@ def error_response(
     code: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    body: dict[str, Any] = {
-        "error": {
-            "message": message,
-            "type": type_ or _TYPES.get(status, "server_error"),
-            "param": param,
-            "code": code,
-        }
-    }
+    body = error_body(status, message, type_, param, code)
     return Response(
         orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
     )

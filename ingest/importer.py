@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from ingest.normalize import Batch, build_batch
 from ingest.parse import parse_interactions
+from store.ack import Ack
 from store.engine import Store, WriteResult
 from store.errors import StoreError
 from store.schema import FEEDBACK_TABLE, INTERACTIONS_TABLE
@@ -52,7 +52,7 @@ def import_files(
 ) -> tuple[int, int]:
     """Import NDJSON interactions. Returns (interactions read, newly stored)."""
     total = stored = 0
-    pending: deque[tuple[Batch, Future[WriteResult]]] = deque()
+    pending: deque[tuple[Batch, Ack[WriteResult]]] = deque()
 
     def settle() -> None:
         nonlocal stored

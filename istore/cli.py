@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 

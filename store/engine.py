@@ -17,7 +17,6 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from deltalake import (
     write_deltalake,
 )
 
+from store.ack import Ack
 from store.duck import DataFile, Duck, Snapshot, TableSnapshot
 from store.errors import StoreError, StoreLocked, Unavailable
 from store.idindex import IdIndex, hash_ids
@@ -106,7 +106,7 @@ class Store:
         self._convert_lock = threading.Lock()
         self._tails: dict[str, _Tail] = {name: _Tail() for name in TABLES}
         self._ids = IdIndex()
-        self._inflight: dict[str, Future[int]] = {}
+        self._inflight: dict[str, Ack[int]] = {}
         self._deltas: dict[str, DeltaTable | None] = {}
         self._files_views: dict[str, tuple[int, str | None, tuple[DataFile, ...]]] = {}
         self._durable_lsn = 0
@@ -230,7 +230,7 @@ class Store:
                 self._files_views[spec.name] = (version, view, files)
 
     # -- writing ------------------------------------------------------------------------
-    def write(self, spec: TableSpec, cols: Columns) -> Future[WriteResult]:
+    def write(self, spec: TableSpec, cols: Columns) -> Ack[WriteResult]:
         """Persist rows (column lists in the JSON-native form of ``store.rows``). The
         future resolves once they are durable; rows whose ``id`` is already stored are
         skipped (idempotency)."""
@@ -244,7 +244,7 @@ class Store:
                     retry_after=5,
                 )
             raise Unavailable("the store is catching up with its backlog", retry_after=1)
-        waits: list[Future[int]] = []
+        waits: list[Ack[int]] = []
         dupes: tuple[str, ...] = ()
         ids: list[str] = []
         if spec is INTERACTIONS_TABLE:
@@ -261,9 +261,9 @@ class Store:
         else:
             fut = self._wal.append(spec.code, encode(cols), (cols, ids))
         n = num_rows(cols)
-        result: Future[WriteResult] = Future()
+        result: Ack[WriteResult] = Ack()
 
-        def _done(f: Future[int]) -> None:
+        def _done(f: Ack[int]) -> None:
             exc = f.exception()
             if exc is not None:
                 with self._lock:
@@ -279,12 +279,12 @@ class Store:
 
     def _dedupe(
         self, ids: list[str]
-    ) -> tuple[list[bool], list[str], list[Future[int]], tuple[str, ...]]:
+    ) -> tuple[list[bool], list[str], list[Ack[int]], tuple[str, ...]]:
         keep: list[bool] = []
         new: list[str] = []
         dupes: list[str] = []
         seen: set[str] = set()
-        waits: list[Future[int]] = []
+        waits: list[Ack[int]] = []
         maybe = self._ids.maybe_committed(ids)
         confirmed = self._confirm_committed(sorted(set(maybe))) if maybe else set()
         for id_ in ids:
@@ -518,16 +518,16 @@ def data_files(dt: DeltaTable, spec: TableSpec) -> tuple[DataFile, ...]:
     return tuple(out)
 
 
-def _combine(futures: Sequence[Future[Any]], result: WriteResult) -> Future[WriteResult]:
+def _combine(futures: Sequence[Ack[Any]], result: WriteResult) -> Ack[WriteResult]:
     """A future that resolves with ``result`` once every future in ``futures`` has."""
-    out: Future[WriteResult] = Future()
+    out: Ack[WriteResult] = Ack()
     if not futures:
         out.set_result(result)
         return out
     remaining = [len(futures)]
     lock = threading.Lock()
 
-    def _done(f: Future[Any]) -> None:
+    def _done(f: Ack[Any]) -> None:
         exc = f.exception()
         with lock:
             remaining[0] -= 1
@@ -543,18 +543,18 @@ def _combine(futures: Sequence[Future[Any]], result: WriteResult) -> Future[Writ
     return out
 
 
-def _chain(result: Future[WriteResult], waits: Sequence[Future[Any]]) -> Future[WriteResult]:
+def _chain(result: Ack[WriteResult], waits: Sequence[Ack[Any]]) -> Ack[WriteResult]:
     """Resolve after ``result`` and the writes it depends on (same ids in flight)."""
-    out: Future[WriteResult] = Future()
+    out: Ack[WriteResult] = Ack()
 
-    def _own(f: Future[WriteResult]) -> None:
+    def _own(f: Ack[WriteResult]) -> None:
         exc = f.exception()
         if exc is not None:
             out.set_exception(exc)
             return
         dep = _combine(waits, f.result())
 
-        def _deps(d: Future[WriteResult]) -> None:
+        def _deps(d: Ack[WriteResult]) -> None:
             dexc = d.exception()
             if dexc is not None:
                 out.set_exception(dexc)

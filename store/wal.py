@@ -20,10 +20,10 @@ import struct
 import threading
 import zlib
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from store.ack import Ack
 from store.errors import Unavailable
 
 log = logging.getLogger("istore.wal")
@@ -46,7 +46,7 @@ class Record:
 class _Pending:
     code: int
     payload: bytes
-    future: Future[int]
+    future: Ack[int]
     meta: object = None
 
 
@@ -164,8 +164,8 @@ class WriteAheadLog:
         self._thread.start()
 
     # -- public -------------------------------------------------------------------------
-    def append(self, code: int, payload: bytes, meta: object = None) -> Future[int]:
-        fut: Future[int] = Future()
+    def append(self, code: int, payload: bytes, meta: object = None) -> Ack[int]:
+        fut: Ack[int] = Ack()
         if self._closed:
             fut.set_exception(Unavailable("the store is shutting down"))
             return fut

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -12,6 +11,8 @@ from api.body import JSONResponse, read_body
 from ingest.models import BatchAck, IngestAck, InteractionIn
 from ingest.normalize import Batch, build_batch
 from ingest.parse import parse_interactions
+from store.ack import wait
+from store.engine import Store
 from store.errors import ValidationFailed
 from store.reader import Reader, filter_from_kwargs
 from store.schema import FEEDBACK_TABLE, INTERACTIONS_TABLE
@@ -39,15 +40,38 @@ _BODY_SCHEMA = {
 _INLINE_ITEMS = 64
 
 
-async def persist(request: Request, batch: Batch) -> tuple[str, ...]:
+async def persist(store: Store, batch: Batch) -> tuple[str, ...]:
     """Durably store a batch: interactions first, then the feedback of those that were
     new. Returns the ids that were already stored (idempotent repeats)."""
-    store = request.app.state.store
-    result = await asyncio.wrap_future(store.write(INTERACTIONS_TABLE, batch.interactions()))
+    result = await wait(store.write(INTERACTIONS_TABLE, batch.interactions()))
     feedback = batch.feedback(skip_owners=result.duplicate_ids)
     if feedback is not None:
-        await asyncio.wrap_future(store.write(FEEDBACK_TABLE, feedback))
+        await wait(store.write(FEEDBACK_TABLE, feedback))
     return result.duplicate_ids
+
+
+async def ingest_body(store: Store, reader: Reader, body: bytes, ctype: str) -> dict[str, Any]:
+    """Validate, persist and acknowledge one ingest body (the route and the fast lane)."""
+    if len(body) > 256 << 10:
+        items, single = await run_in_threadpool(parse_interactions, body, ctype)
+    else:
+        items, single = parse_interactions(body, ctype)
+    if len(items) > _INLINE_ITEMS:
+        batch = await run_in_threadpool(build_batch, items, source="api")
+    else:
+        batch = build_batch(items, source="api", new_session=single)
+    duplicates = await persist(store, batch)
+    if single and duplicates:  # a repeat: answer with what is stored, not what was sent
+        stored = await run_in_threadpool(reader.get, batch.ids[0])
+        return {"completion_id": stored["id"], "session_id": stored["session_id"],
+                "feedback_ids": []}  # fmt: skip
+    if single:
+        return {
+            "completion_id": batch.ids[0],
+            "session_id": batch.session_ids[0],
+            "feedback_ids": batch.feedback_ids[0],
+        }
+    return {"accepted": len(batch.ids), "completion_ids": batch.ids}
 
 
 @router.post(
@@ -58,33 +82,11 @@ async def persist(request: Request, batch: Batch) -> tuple[str, ...]:
     summary="Log interactions (one object, a JSON array, or NDJSON)",
 )
 async def ingest(request: Request) -> JSONResponse:
-    body = await read_body(request, request.app.state.settings.max_body_bytes)
+    # Normally answered by api.fastlane before FastAPI routing; same behaviour here.
+    state = request.app.state
+    body = await read_body(request, state.settings.max_body_bytes)
     ctype = request.headers.get("content-type", "application/json")
-    if len(body) > 256 << 10:
-        items, single = await run_in_threadpool(parse_interactions, body, ctype)
-    else:
-        items, single = parse_interactions(body, ctype)
-    if len(items) > _INLINE_ITEMS:
-        batch = await run_in_threadpool(build_batch, items, source="api")
-    else:
-        batch = build_batch(items, source="api", new_session=single)
-    duplicates = await persist(request, batch)
-    if single and duplicates:  # a repeat: answer with what is stored, not what was sent
-        stored = await run_in_threadpool(request.app.state.reader.get, batch.ids[0])
-        ack: dict[str, Any] = {
-            "completion_id": stored["id"],
-            "session_id": stored["session_id"],
-            "feedback_ids": [],
-        }
-    elif single:
-        ack = {
-            "completion_id": batch.ids[0],
-            "session_id": batch.session_ids[0],
-            "feedback_ids": batch.feedback_ids[0],
-        }
-    else:
-        ack = {"accepted": len(batch.ids), "completion_ids": batch.ids}
-    return JSONResponse(ack, status_code=201)
+    return JSONResponse(await ingest_body(state.store, state.reader, body, ctype), status_code=201)
 
 
 LIST_PARAMS = {

@@ -1,0 +1,89 @@
+"""The hot path, ``POST /api/v1/interactions``, answered as plain ASGI.
+
+FastAPI's routing, dependency and middleware layers cost about as much per request
+as validating and logging a small interaction. This wrapper answers that one route
+before them, with the same core (``ingest_body``), the same limits and the same error
+shape; everything else goes to the FastAPI app. The FastAPI route stays for the
+OpenAPI document and behaves identically (tests run both)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from api.errors import error_body
+from api.routes.interactions import ingest_body
+from store.errors import PayloadTooLarge, StoreError, Unavailable
+from store.jsonutil import dumps_bytes
+
+log = logging.getLogger("istore.api")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+PATH = "/api/v1/interactions"
+
+
+class IngestFastLane:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != PATH:
+            await self.app(scope, receive, send)
+            return
+        state = scope["app"].state  # set by Starlette before its middleware stack
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        extra: list[tuple[bytes, bytes]] = []
+        try:
+            body = await _read(receive, headers, state.settings.max_body_bytes)
+            ctype = headers.get("content-type", "application/json")
+            status, payload = 201, await ingest_body(state.store, state.reader, body, ctype)
+        except StoreError as exc:
+            status = exc.status
+            payload = error_body(exc.status, exc.message, exc.type, exc.param, exc.code)
+            if isinstance(exc, Unavailable):
+                extra.append((b"retry-after", str(exc.retry_after).encode()))
+        except Exception:
+            log.exception("POST %s: unexpected error", PATH)
+            status = 500
+            payload = error_body(500, "internal error; see the server log", None, None,
+                                 "internal_error")  # fmt: skip
+        data = dumps_bytes(payload)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(data)).encode()),
+                    *extra,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": data})
+
+
+async def _read(receive: Receive, headers: dict[str, str], limit: int) -> bytes:
+    from api.body import inflate
+
+    declared = headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body has {int(declared)} bytes; at most {limit} are accepted")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise StoreError("the client went away")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            break
+    return inflate(b"".join(chunks), headers.get("content-encoding", ""), limit)
