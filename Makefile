@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint fmt bench-ingest clean
+.PHONY: serve test lint fmt bench-load soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,16 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench-ingest: $(STAMP)
-	$(BIN)/python -m tests.loadgen
+# Load on loopback with wrk (installed from Debian if missing); LIST_ROWS=0 skips the
+# 1M-row list-latency part.
+LIST_ROWS ?= 1000000
+bench-load: $(STAMP)
+	@command -v wrk >/dev/null || (apt-get install -y -q wrk >/dev/null 2>&1 || sudo apt-get install -y -q wrk)
+	$(BIN)/python bench/load.py --list-rows $(LIST_ROWS) --json bench/results/load-$$(date +%F).json
+
+# The crash test, many rounds (CI runs 3).
+soak: $(STAMP)
+	ISTORE_CRASH_ROUNDS=$${ROUNDS:-50} $(BIN)/python -m pytest -q -s tests/test_crash.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache .mypy_cache

@@ -105,7 +105,8 @@ class Duck:
             return None
         name = f"_{spec.name}_v{version}"
         cols = ", ".join(_quote(c) for c in spec.columns)
-        sql = f"CREATE OR REPLACE VIEW {_quote(name)} AS SELECT {cols} FROM {self.scan_sql(spec, files)}"
+        scan = self.scan_sql(spec, files)
+        sql = f"CREATE OR REPLACE VIEW {_quote(name)} AS SELECT {cols} FROM {scan}"
         with self._lock:
             cur = self._db.cursor()
             try:
@@ -221,7 +222,8 @@ def check_tables(db: duckdb.DuckDBPyConnection, sql: str, allowed: Iterable[str]
     """Every table the query reads is one of ``allowed`` (or a CTE of the query): no
     table functions (read_parquet, glob, read_text …), no file paths, no other tables.
     Checked on DuckDB's own syntax tree (``json_serialize_sql``)."""
-    tree = orjson.loads(db.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
+    row = db.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
+    tree = orjson.loads(row[0]) if row else {"error": True, "error_message": "no result"}
     if tree.get("error"):
         raise InvalidQuery(f"SQL does not parse: {tree.get('error_message')}", param="sql")
     nodes = list(_walk(tree))

@@ -312,6 +312,8 @@ class Store:
     def _on_durable(self, records: list[tuple[Record, object]]) -> None:
         with self._lock:
             for record, meta in records:
+                cols: Columns
+                ids: list[str]
                 cols, ids = meta  # type: ignore[misc]
                 self._apply(record.lsn, record.code, cols, len(record.payload))
                 for id_ in ids:

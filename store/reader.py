@@ -60,7 +60,7 @@ class Reader:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def list(
+    def page(
         self,
         flt: Filter,
         *,

@@ -141,7 +141,7 @@ def list_interactions(
 ) -> JSONResponse:
     check_params(request, LIST_PARAMS)
     reader: Reader = request.app.state.reader
-    page = reader.list(
+    page = reader.page(
         filter_from_kwargs(filters_from_query(request)), limit=limit, order=order, after=after
     )
     return JSONResponse(
