@@ -16,6 +16,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,10 @@ from store.wal import Record, RecoveryReport, WriteAheadLog, scan
 log = logging.getLogger("istore.store")
 
 APP_ID = "istore-wal"
+
+_CONVERT_ERRORS = (pa.ArrowException, TypeError, ValueError, OverflowError, KeyError)
+
+REFRESH_S = 10.0  # how often the writer looks for commits made by other processes
 
 # Small row groups: fetching a page of rows by id reads ~2k rows per file, not a whole
 # day's worth, thanks to min/max statistics on time-ordered ids.
@@ -79,6 +84,7 @@ class _Entry:
     nrows: int
     nbytes: int
     table: pa.Table | None = None
+    quarantined: bool = False
 
 
 @dataclass
@@ -331,16 +337,50 @@ class Store:
         tail.cached = None
 
     def _arrow(self, spec: TableSpec, entries: list[_Entry]) -> list[pa.Table]:
-        """Arrow tables of ``entries``, converting the not-yet-converted ones in bulk."""
+        """Arrow tables of ``entries``, converting the not-yet-converted ones in bulk.
+        An entry that cannot be converted (validation should make that impossible) is
+        moved to ``quarantine/`` instead of blocking every read and flush after it."""
         with self._convert_lock:
-            todo = [e for e in entries if e.table is None]
+            todo = [e for e in entries if e.table is None and not e.quarantined]
             if todo:
-                table = to_arrow(spec.schema, [e.cols for e in todo])
-                offset = 0
-                for e in todo:
-                    e.table = table.slice(offset, e.nrows)
-                    offset += e.nrows
-        return [e.table for e in entries if e.table is not None]
+                try:
+                    self._convert(spec, todo)
+                except _CONVERT_ERRORS:
+                    for e in todo:
+                        try:
+                            self._convert(spec, [e])
+                        except _CONVERT_ERRORS as exc:
+                            self._quarantine(spec, e, exc)
+        return [e.table for e in entries if e.table is not None and not e.quarantined]
+
+    @staticmethod
+    def _convert(spec: TableSpec, todo: list[_Entry]) -> None:
+        table = to_arrow(spec.schema, [e.cols for e in todo])
+        offset = 0
+        for e in todo:
+            e.table = table.slice(offset, e.nrows)
+            offset += e.nrows
+
+    def _quarantine(self, spec: TableSpec, entry: _Entry, exc: Exception) -> None:
+        folder = self.root / "quarantine"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{spec.name}-{entry.lsn:020d}.json"
+        with open(path, "wb") as f:
+            f.write(encode(entry.cols))
+            f.flush()
+            os.fsync(f.fileno())
+        log.error(
+            "%d %s rows (log record %d) cannot be stored as Arrow (%s); kept in %s",
+            entry.nrows, spec.name, entry.lsn, exc, path,
+        )  # fmt: skip
+        entry.quarantined = True
+        with self._lock:
+            tail = self._tails[spec.name]
+            if entry in tail.entries:
+                tail.entries.remove(entry)
+                tail.nbytes -= entry.nbytes
+                tail.nrows -= entry.nrows
+                tail.cached = None
 
     def _pending_bytes(self) -> int:
         return sum(t.nbytes for t in self._tails.values())
@@ -351,6 +391,7 @@ class Store:
     # -- flushing -----------------------------------------------------------------------
     def _flush_loop(self) -> None:
         backoff = self.options.flush_interval_s
+        refreshed = time.monotonic()
         while not self._stop.is_set():
             self._kick.wait(backoff)
             self._kick.clear()
@@ -358,6 +399,11 @@ class Store:
                 self.flush()
                 self.flush_error = None
                 backoff = self.options.flush_interval_s
+                if time.monotonic() - refreshed > REFRESH_S:
+                    # Commits by other processes (`istore compact`) must reach our
+                    # snapshots long before `vacuum` may delete the files they replaced.
+                    self.refresh()
+                    refreshed = time.monotonic()
             except Exception as exc:  # keep the data in the log and the tail; retry
                 self.flush_error = str(exc)
                 log.error("flush to the tables failed (will retry): %s", exc)
@@ -385,11 +431,12 @@ class Store:
         dt = DeltaTable(path)
         done = dt.transaction_version(APP_ID) or 0
         todo = [e for e in entries if e.lsn > done]
-        if todo:
-            upto = todo[-1].lsn
+        tables = self._arrow(spec, todo) if todo else []
+        if tables:
+            upto = todo[-1].lsn  # past quarantined entries too: they are kept elsewhere
             write_deltalake(
                 dt,
-                pa.concat_tables(self._arrow(spec, todo)),
+                pa.concat_tables(tables),
                 partition_by=list(spec.partition_by),
                 mode="append",
                 writer_properties=writer_properties(),
@@ -400,7 +447,7 @@ class Store:
             self.flushes += 1
             dt = DeltaTable(path)
         else:
-            upto = entries[-1].lsn
+            upto = entries[-1].lsn if not todo else todo[-1].lsn
         self._refresh_files_view(spec, dt)
         flushed_ids: list[str] = []
         with self._lock:
@@ -417,7 +464,7 @@ class Store:
             tail.cached = None
             if flushed_ids:
                 self._ids.commit(flushed_ids)
-        return sum(e.nrows for e in todo)
+        return sum(e.nrows for e in todo if not e.quarantined)
 
     def refresh(self) -> None:
         """Pick up commits made by other processes (e.g. `istore compact`)."""

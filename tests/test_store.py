@@ -250,3 +250,20 @@ def test_write_failure_acknowledges_nothing(
     store._release_lock()
     with Store(data_dir, options=SLOW_FLUSH) as reopened:
         assert ids(reopened) == ["i0", "i1"]
+
+
+def test_a_row_that_cannot_be_stored_is_quarantined_not_blocking(data_dir: Path) -> None:
+    store = Store(data_dir, options=SLOW_FLUSH)
+    store.write(INTERACTIONS_TABLE, rows(2)).result()
+    bad = rows(1, start=5)
+    bad["usage"] = [{"prompt_tokens": "not a number"}]  # validation never lets this through
+    store.write(INTERACTIONS_TABLE, bad).result()
+    store.write(INTERACTIONS_TABLE, rows(1, start=9)).result()
+    assert ids(store) == ["i0", "i1", "i9"]  # reads go on
+    store.flush()
+    assert store.status()["pending_rows"] == 0
+    (kept,) = (data_dir / "quarantine").iterdir()
+    assert b"not a number" in kept.read_bytes()
+    store.close()
+    with Store(data_dir, options=SLOW_FLUSH) as reopened:
+        assert ids(reopened) == ["i0", "i1", "i9"]

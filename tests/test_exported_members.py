@@ -1,0 +1,15 @@
+"""The public Python surface is small and deliberate (httpx's test of the same name)."""
+
+import store
+
+
+def test_store_exports() -> None:
+    exported = {name for name in dir(store) if not name.startswith("_")}
+    expected = set(store.__all__)
+    modules = {"ack", "duck", "engine", "errors", "filters", "idindex", "jsonutil",
+               "maintenance", "reader", "rows", "schema", "wal"}  # fmt: skip
+    assert exported - modules == expected
+    assert expected == {
+        "InvalidQuery", "InvalidRequest", "NotFound", "PayloadTooLarge", "Reader", "Store",
+        "StoreError", "StoreOptions", "Unavailable", "ValidationFailed", "WriteResult", "open",
+    }  # fmt: skip
