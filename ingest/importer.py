@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ingest.normalize import Batch, build_batch
+from ingest.normalize import build_batch
 from ingest.parse import parse_interactions
 from store.ack import Ack
 from store.engine import Store, WriteResult
 from store.errors import StoreError
-from store.schema import FEEDBACK_TABLE, INTERACTIONS_TABLE
+from store.schema import INTERACTIONS_TABLE
 
 IN_FLIGHT = 4
 
@@ -52,16 +52,11 @@ def import_files(
 ) -> tuple[int, int]:
     """Import NDJSON interactions. Returns (interactions read, newly stored)."""
     total = stored = 0
-    pending: deque[tuple[Batch, Ack[WriteResult]]] = deque()
+    pending: deque[Ack[WriteResult]] = deque()
 
     def settle() -> None:
         nonlocal stored
-        batch, fut = pending.popleft()
-        result = fut.result()
-        stored += result.stored
-        fb = batch.feedback(skip_owners=result.duplicate_ids)
-        if fb is not None:
-            store.write(FEEDBACK_TABLE, fb).result()
+        stored += pending.popleft().result().stored
 
     try:
         for path in paths:
@@ -73,7 +68,8 @@ def import_files(
                         exc.message = f"{path}: from line {first}: {exc.message}"
                         raise
                     batch = build_batch(items, source=source, new_session=False)
-                    pending.append((batch, store.write(INTERACTIONS_TABLE, batch.interactions())))
+                    cols, fb = batch.interactions(), batch.feedback()
+                    pending.append(store.write(INTERACTIONS_TABLE, cols, feedback=fb))
                     total += len(items)
                     while len(pending) > IN_FLIGHT:
                         settle()

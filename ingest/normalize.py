@@ -13,7 +13,7 @@ from typing import Any
 
 from ingest.ids import uuid7_many
 from store.jsonutil import dumps
-from store.rows import Columns, select
+from store.rows import Columns
 from store.schema import FEEDBACK, INTERACTIONS
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -55,7 +55,6 @@ class Batch:
         self.feedback_ids: list[list[str]] = []
         self._cols: dict[str, list[Any]] = {n: [] for n in INTERACTIONS.names}
         self._fb: dict[str, list[Any]] = {n: [] for n in FEEDBACK.names}
-        self._fb_owner: list[str] = []
 
     def add(self, item: dict[str, Any], *, source: str, now: int, new_session: bool) -> None:
         c = self._cols
@@ -105,7 +104,6 @@ class Batch:
             f["details"].append(fb.get("details"))
             f["user_id"].append(fb.get("user_id"))
             f["day"].append(fcreated // _DAY_US)
-            self._fb_owner.append(id_)
             fids.append(fid)
         self.feedback_ids.append(fids)
 
@@ -117,15 +115,9 @@ class Batch:
     def interactions(self) -> Columns:
         return self._cols
 
-    def feedback(self, skip_owners: Sequence[str] = ()) -> Columns | None:
-        """Feedback rows, without those of interactions that were duplicates."""
-        if not self._fb_owner:
-            return None
-        if not skip_owners:
-            return self._fb
-        skip = set(skip_owners)
-        keep = [o not in skip for o in self._fb_owner]
-        return select(self._fb, keep) if any(keep) else None
+    def feedback(self) -> Columns | None:
+        """The inline feedback rows (the store drops those of duplicate interactions)."""
+        return self._fb if self._fb["id"] else None
 
 
 def build_batch(

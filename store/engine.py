@@ -36,13 +36,14 @@ from store.ack import Ack
 from store.duck import DataFile, Duck, Snapshot, TableSnapshot
 from store.errors import StoreError, StoreLocked, Unavailable
 from store.idindex import IdIndex, hash_ids
-from store.rows import Columns, decode, encode, num_rows, select, to_arrow
-from store.schema import INTERACTIONS_TABLE, TABLES, TABLES_BY_CODE, TableSpec
-from store.wal import Record, RecoveryReport, WriteAheadLog, scan
+from store.rows import Columns, decode_tables, encode_tables, num_rows, select, to_arrow
+from store.schema import FEEDBACK_TABLE, INTERACTIONS_TABLE, TABLES, TableSpec
+from store.wal import Record, RecoveryReport, WriteAheadLog, fsync_dir, scan
 
 log = logging.getLogger("istore.store")
 
 APP_ID = "istore-wal"
+RECORD_FORMAT = 1  # WAL payload: {table name: columns}, see store.rows
 
 _CONVERT_ERRORS = (pa.ArrowException, TypeError, ValueError, OverflowError, KeyError)
 
@@ -161,32 +162,28 @@ class Store:
         return self.root / spec.name
 
     def _open(self) -> None:
-        applied: dict[int, int] = {}
-        for spec in TABLES.values():
-            path = self.table_path(spec)
-            if DeltaTable.is_deltatable(str(path)):
-                dt = DeltaTable(str(path))
-            elif self.writable:
-                dt = DeltaTable.create(
-                    str(path),
-                    schema=spec.schema,
-                    partition_by=list(spec.partition_by),
-                    name=spec.name,
-                    configuration={"delta.checkpointInterval": "50"},
-                )
-            else:
-                dt = None
-            self._deltas[spec.name] = dt
-            applied[spec.code] = (dt.transaction_version(APP_ID) or 0) if dt else 0
-
-        records, self.recovery = scan(self.root / "wal", repair=self.writable)
+        for _attempt in range(5):
+            applied = self._load_tables()
+            records, self.recovery = scan(self.root / "wal", repair=self.writable)
+            # A writer may flush and delete segments between the two reads: if the
+            # tables moved on meanwhile, read again, or those rows would be in neither.
+            if self.writable or self._applied() == applied:
+                break
         max_lsn = max([r.lsn for r in records] + list(applied.values()) + [0])
-        replay = [r for r in records if r.code in TABLES_BY_CODE and r.lsn > applied[r.code]]
-        for r in replay:
-            self._apply(r.lsn, r.code, decode(r.payload), len(r.payload))
+        replayed = 0
+        for r in records:
+            if r.code != RECORD_FORMAT:
+                raise StoreError(f"write-ahead log record {r.lsn} has unknown format {r.code}")
+            tables = {
+                name: cols for name, cols in decode_tables(r.payload).items()
+                if name in TABLES and r.lsn > applied[name]
+            }  # fmt: skip
+            if tables:
+                self._apply(r.lsn, tables, len(r.payload))
+                replayed += 1
         self._durable_lsn = max_lsn
-        if replay:
-            log.info("recovered %d write-ahead log records not yet in the tables", len(replay))
+        if replayed:
+            log.info("recovered %d write-ahead log records not yet in the tables", replayed)
 
         self.duck = Duck(
             [self.table_path(s) for s in TABLES.values()],
@@ -209,6 +206,34 @@ class Store:
             )
             self._flusher.start()
 
+    def _load_tables(self) -> dict[str, int]:
+        """Open (or create) the Delta tables; the log position each has applied."""
+        for spec in TABLES.values():
+            path = self.table_path(spec)
+            if DeltaTable.is_deltatable(str(path)):
+                dt = DeltaTable(str(path))
+            elif self.writable:
+                dt = DeltaTable.create(
+                    str(path),
+                    schema=spec.schema,
+                    partition_by=list(spec.partition_by),
+                    name=spec.name,
+                    configuration={"delta.checkpointInterval": "50"},
+                )
+            else:
+                dt = None
+            self._deltas[spec.name] = dt
+        return self._applied()
+
+    def _applied(self) -> dict[str, int]:
+        out = {}
+        for spec in TABLES.values():
+            dt = self._deltas.get(spec.name)
+            if dt is not None and not self.writable:
+                dt = self.delta(spec)
+            out[spec.name] = (dt.transaction_version(APP_ID) or 0) if dt else 0
+        return out
+
     def _load_ids(self) -> None:
         view = self._files_views.get(INTERACTIONS_TABLE.name, (0, None, ()))[1]
         if view is not None:
@@ -218,28 +243,46 @@ class Store:
             self._ids.add_pending(entry.cols["id"])
 
     def _refresh_files_view(self, spec: TableSpec, dt: DeltaTable | None) -> None:
-        """Point the table's view at ``dt``'s version. Listing files and creating the
-        DuckDB view happen without the store lock."""
+        """Point the table's view at ``dt``'s version."""
+        prepared = self._prepare_view(spec, dt)
+        with self._lock:
+            self._install_view(spec, dt, prepared)
+
+    def _prepare_view(
+        self, spec: TableSpec, dt: DeltaTable | None
+    ) -> tuple[int, str | None, tuple[DataFile, ...]] | None:
+        """Listing files and creating the DuckDB view, done without the store lock."""
         if dt is None:
-            self._files_views[spec.name] = (-1, None, ())
-            return
+            return (-1, None, ())
         version = dt.version()
         current = self._files_views.get(spec.name)
         if current is not None and current[0] >= version:
+            return None
+        files = data_files(self.table_path(spec), dt, spec)
+        return version, self.duck.files_view(spec, version, [f.path for f in files]), files
+
+    def _install_view(
+        self,
+        spec: TableSpec,
+        dt: DeltaTable | None,
+        prepared: tuple[int, str | None, tuple[DataFile, ...]] | None,
+    ) -> None:
+        """Make a prepared view current (caller holds the store lock)."""
+        if prepared is None:
             return
-        files = data_files(dt, spec)
-        view = self.duck.files_view(spec, version, [f.path for f in files])
-        with self._lock:
-            current = self._files_views.get(spec.name)
-            if current is None or current[0] < version:
-                self._deltas[spec.name] = dt
-                self._files_views[spec.name] = (version, view, files)
+        current = self._files_views.get(spec.name)
+        if current is None or current[0] < prepared[0]:
+            self._deltas[spec.name] = dt
+            self._files_views[spec.name] = prepared
 
     # -- writing ------------------------------------------------------------------------
-    def write(self, spec: TableSpec, cols: Columns) -> Ack[WriteResult]:
-        """Persist rows (column lists in the JSON-native form of ``store.rows``). The
-        future resolves once they are durable; rows whose ``id`` is already stored are
-        skipped (idempotency)."""
+    def write(
+        self, spec: TableSpec, cols: Columns, *, feedback: Columns | None = None
+    ) -> Ack[WriteResult]:
+        """Persist rows (column lists in the JSON-native form of ``store.rows``), with
+        ``feedback`` rows in the same log record when given. The ack resolves once they
+        are durable. Interactions whose ``id`` is already stored are skipped, and so is
+        the feedback that came with them (idempotent retries)."""
         if self._wal is None:
             raise StoreError("this store handle is read-only")
         if self._pending_bytes() > self.options.max_pending_bytes:
@@ -253,19 +296,36 @@ class Store:
         waits: list[Ack[int]] = []
         dupes: tuple[str, ...] = ()
         ids: list[str] = []
+        tables: dict[str, Columns] = {spec.name: cols}
         if spec is INTERACTIONS_TABLE:
             with self._lock:
-                keep, ids, waits, dupes = self._dedupe(cols["id"])
+                maybe = self._ids.maybe_committed(cols["id"])
+            confirmed = self._confirm_committed(maybe) if maybe else set()
+            with self._lock:
+                # Ids flushed since the first look are committed now: check those too.
+                later = [x for x in self._ids.maybe_committed(cols["id"]) if x not in maybe]
+                if later:
+                    confirmed |= self._confirm_committed(later)
+                keep, ids, waits, dupes = self._dedupe(cols["id"], confirmed)
                 if dupes:
                     cols = select(cols, keep)
+                    tables[spec.name] = cols
+                if feedback is not None:
+                    skip = set(dupes)
+                    fb_keep = [c not in skip for c in feedback["completion_id"]]
+                    feedback = select(feedback, fb_keep) if skip else feedback
+                    if any(fb_keep):
+                        tables[FEEDBACK_TABLE.name] = feedback
                 if not ids:
                     return _combine(waits, WriteResult(None, 0, dupes))
                 self._ids.add_pending(ids)
-                fut = self._wal.append(spec.code, encode(cols), (cols, ids))
+                ack = self._wal.append(RECORD_FORMAT, encode_tables(tables), (tables, ids))
                 for id_ in ids:
-                    self._inflight[id_] = fut
+                    self._inflight[id_] = ack
         else:
-            fut = self._wal.append(spec.code, encode(cols), (cols, ids))
+            if feedback is not None:
+                raise StoreError("feedback rides along with interactions only")
+            ack = self._wal.append(RECORD_FORMAT, encode_tables(tables), (tables, ids))
         n = num_rows(cols)
         result: Ack[WriteResult] = Ack()
 
@@ -280,19 +340,17 @@ class Store:
             else:
                 result.set_result(WriteResult(f.result(), n, dupes))
 
-        fut.add_done_callback(_done)
+        ack.add_done_callback(_done)
         return _chain(result, waits) if waits else result
 
     def _dedupe(
-        self, ids: list[str]
+        self, ids: list[str], confirmed: set[str]
     ) -> tuple[list[bool], list[str], list[Ack[int]], tuple[str, ...]]:
         keep: list[bool] = []
         new: list[str] = []
         dupes: list[str] = []
         seen: set[str] = set()
         waits: list[Ack[int]] = []
-        maybe = self._ids.maybe_committed(ids)
-        confirmed = self._confirm_committed(sorted(set(maybe))) if maybe else set()
         for id_ in ids:
             if id_ in seen or id_ in confirmed or self._ids.pending(id_):
                 keep.append(False)
@@ -307,34 +365,40 @@ class Store:
         return keep, new, waits, tuple(dupes)
 
     def _confirm_committed(self, ids: list[str]) -> set[str]:
+        """Which of ``ids`` are in the committed table (a hash hit is only a maybe)."""
         view = self._files_views[INTERACTIONS_TABLE.name][1]
         if view is None:
             return set()
-        t = self.duck.query(
-            Snapshot({}), f'SELECT id FROM "{view}" WHERE list_contains(?, id)', [ids]
-        )
+        try:
+            t = self.duck.query(
+                Snapshot({}), f'SELECT id FROM "{view}" WHERE list_contains(?, id)', [ids]
+            )
+        except StoreError as exc:
+            raise Unavailable(f"could not check ids against the table: {exc.message}") from exc
         return set(t.column("id").to_pylist())
 
     def _on_durable(self, records: list[tuple[Record, object]]) -> None:
         with self._lock:
             for record, meta in records:
-                cols: Columns
+                tables: dict[str, Columns]
                 ids: list[str]
-                cols, ids = meta  # type: ignore[misc]
-                self._apply(record.lsn, record.code, cols, len(record.payload))
+                tables, ids = meta  # type: ignore[misc]
+                self._apply(record.lsn, tables, len(record.payload))
                 for id_ in ids:
                     self._inflight.pop(id_, None)
                 self._durable_lsn = max(self._durable_lsn, record.lsn)
         if self._pending_rows() >= self.options.flush_rows:
             self._kick.set()
 
-    def _apply(self, lsn: int, code: int, cols: Columns, nbytes: int) -> None:
-        tail = self._tails[TABLES_BY_CODE[code].name]
-        n = num_rows(cols)
-        tail.entries.append(_Entry(lsn, cols, n, nbytes))
-        tail.nbytes += nbytes
-        tail.nrows += n
-        tail.cached = None
+    def _apply(self, lsn: int, tables: dict[str, Columns], nbytes: int) -> None:
+        share = nbytes // max(len(tables), 1)
+        for name, cols in tables.items():
+            tail = self._tails[name]
+            n = num_rows(cols)
+            tail.entries.append(_Entry(lsn, cols, n, share))
+            tail.nbytes += share
+            tail.nrows += n
+            tail.cached = None
 
     def _arrow(self, spec: TableSpec, entries: list[_Entry]) -> list[pa.Table]:
         """Arrow tables of ``entries``, converting the not-yet-converted ones in bulk.
@@ -366,9 +430,10 @@ class Store:
         folder.mkdir(exist_ok=True)
         path = folder / f"{spec.name}-{entry.lsn:020d}.json"
         with open(path, "wb") as f:
-            f.write(encode(entry.cols))
+            f.write(encode_tables({spec.name: entry.cols}))
             f.flush()
             os.fsync(f.fileno())
+        fsync_dir(folder)
         log.error(
             "%d %s rows (log record %d) cannot be stored as Arrow (%s); kept in %s",
             entry.nrows, spec.name, entry.lsn, exc, path,
@@ -381,6 +446,8 @@ class Store:
                 tail.nbytes -= entry.nbytes
                 tail.nrows -= entry.nrows
                 tail.cached = None
+            if spec is INTERACTIONS_TABLE:  # not stored: a retry must be able to store it
+                self._ids.drop_pending(entry.cols["id"])
 
     def _pending_bytes(self) -> int:
         return sum(t.nbytes for t in self._tails.values())
@@ -448,9 +515,16 @@ class Store:
             dt = DeltaTable(path)
         else:
             upto = entries[-1].lsn if not todo else todo[-1].lsn
-        self._refresh_files_view(spec, dt)
+        before = {f.path for f in self._files_views.get(spec.name, (0, None, ()))[2]}
+        prepared = self._prepare_view(spec, dt)
+        if tables and prepared is not None:
+            # The log segments holding these rows are deleted next: the commit must be
+            # on disk first (delta-rs does not fsync local files).
+            self._sync_commit(spec, dt, [f.path for f in prepared[2] if f.path not in before])
         flushed_ids: list[str] = []
         with self._lock:
+            # One lock hold: the new files appear exactly when the rows leave the tail.
+            self._install_view(spec, dt, prepared)
             tail = self._tails[spec.name]
             k = 0
             while k < len(tail.entries) and tail.entries[k].lsn <= upto:
@@ -465,6 +539,19 @@ class Store:
             if flushed_ids:
                 self._ids.commit(flushed_ids)
         return sum(e.nrows for e in todo if not e.quarantined)
+
+    def _sync_commit(self, spec: TableSpec, dt: DeltaTable, new_files: list[str]) -> None:
+        root = self.table_path(spec)
+        dirs: set[Path] = {root, root / "_delta_log"}
+        for path in new_files:
+            fsync_file(Path(path))
+            d = Path(path).parent
+            while d != root and root in d.parents:
+                dirs.add(d)
+                d = d.parent
+        fsync_file(root / "_delta_log" / f"{dt.version():020d}.json")
+        for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+            fsync_dir(d)
 
     def refresh(self) -> None:
         """Pick up commits made by other processes (e.g. `istore compact`)."""
@@ -556,14 +643,21 @@ class Store:
         self.close()
 
 
-def data_files(dt: DeltaTable, spec: TableSpec) -> tuple[DataFile, ...]:
-    """The files of ``dt``'s version with their partition values."""
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def data_files(root: Path, dt: DeltaTable, spec: TableSpec) -> tuple[DataFile, ...]:
+    """The files of ``dt``'s version (a table at ``root``) with their partition values."""
     actions = pa.table(dt.get_add_actions(flatten=True))
-    root = dt.table_uri.removeprefix("file://").rstrip("/")
     cols = {c: actions.column(f"partition.{c}").to_pylist() for c in spec.partition_by}
     out = []
     for i, path in enumerate(actions.column("path").to_pylist()):
-        out.append(DataFile(f"{root}/{unquote(path)}", {c: v[i] for c, v in cols.items()}))
+        out.append(DataFile(str(root / unquote(path)), {c: v[i] for c, v in cols.items()}))
     return tuple(out)
 
 

@@ -17,7 +17,7 @@ from deltalake import DeltaTable
 
 from store.engine import APP_ID, writer_properties
 from store.errors import InvalidRequest, StoreError
-from store.rows import decode, num_rows
+from store.rows import decode_tables, num_rows
 from store.schema import TABLES
 from store.wal import scan
 
@@ -79,7 +79,6 @@ def table_stats(root: str | Path) -> list[dict[str, Any]]:
     tables = _tables(root)
     wal_records, _ = scan(Path(root) / "wal", repair=False)
     for name, dt in tables.items():
-        spec = TABLES[name]
         version = dt.version()
         actions = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
         per: dict[str, dict[str, Any]] = {}
@@ -93,7 +92,9 @@ def table_stats(root: str | Path) -> list[dict[str, Any]]:
             r["bytes"] += int(a.get("size_bytes") or 0)
         applied = dt.transaction_version(APP_ID) or 0
         pending = sum(
-            _rows(rec.payload) for rec in wal_records if rec.code == spec.code and rec.lsn > applied
+            num_rows(decode_tables(rec.payload).get(name, {}))
+            for rec in wal_records
+            if rec.lsn > applied
         )
         for r in sorted(per.values(), key=lambda r: r["use_case"]):
             r["version"] = version
@@ -122,6 +123,3 @@ def table_stats(root: str | Path) -> list[dict[str, Any]]:
             )
     return rows
 
-
-def _rows(payload: bytes) -> int:
-    return num_rows(decode(payload))

@@ -15,15 +15,16 @@ import pyarrow as pa
 Columns = dict[str, list[Any]]
 
 
-def encode(cols: Columns) -> bytes:
-    return orjson.dumps(cols)
+def encode_tables(tables: dict[str, Columns]) -> bytes:
+    """One write-ahead log record: rows of one or more tables, written atomically."""
+    return orjson.dumps(tables)
 
 
-def decode(payload: bytes) -> Columns:
-    cols = orjson.loads(payload)
-    if not isinstance(cols, dict):
-        raise ValueError("write-ahead log record is not a column object")
-    return cols
+def decode_tables(payload: bytes) -> dict[str, Columns]:
+    tables = orjson.loads(payload)
+    if not isinstance(tables, dict):
+        raise ValueError("write-ahead log record is not a table map")
+    return tables
 
 
 def num_rows(cols: Columns) -> int:

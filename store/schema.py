@@ -71,23 +71,21 @@ FEEDBACK = pa.schema(
 @dataclass(frozen=True)
 class TableSpec:
     """A stored table: its name (folder under the data root and SQL view name), its
-    schema, its partition columns, and a one-byte code used in write-ahead-log frames."""
+    schema and its partition columns."""
 
     name: str
     schema: pa.Schema
     partition_by: tuple[str, ...]
-    code: int
 
     @property
     def columns(self) -> list[str]:
         return self.schema.names
 
 
-INTERACTIONS_TABLE = TableSpec("interactions", INTERACTIONS, ("use_case", "day"), 1)
-FEEDBACK_TABLE = TableSpec("feedback", FEEDBACK, ("day",), 2)
+INTERACTIONS_TABLE = TableSpec("interactions", INTERACTIONS, ("use_case", "day"))
+FEEDBACK_TABLE = TableSpec("feedback", FEEDBACK, ("day",))
 
 TABLES: dict[str, TableSpec] = {t.name: t for t in (INTERACTIONS_TABLE, FEEDBACK_TABLE)}
-TABLES_BY_CODE: dict[int, TableSpec] = {t.code: t for t in TABLES.values()}
 
 # Input limits that are part of the data model (SPEC: labels).
 MAX_LABELS = 64

@@ -122,7 +122,7 @@ def scan(directory: Path, *, repair: bool) -> tuple[list[Record], RecoveryReport
     return records, report
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -203,7 +203,7 @@ class WriteAheadLog:
             os.close(self._fd)
         path = self.directory / _segment_name(first_lsn)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         self._seg_path = path
         self._seg_size = os.fstat(self._fd).st_size
         with self._lock:

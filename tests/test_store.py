@@ -78,7 +78,7 @@ def test_flush_is_idempotent_when_commit_landed_but_tail_was_not_dropped(data_di
     store.flush()
     # Re-insert the flushed entry into the tail as if the process died right after commit.
     lsn = DeltaTable(str(data_dir / "interactions")).transaction_version(APP_ID)
-    store._apply(lsn, INTERACTIONS_TABLE.code, rows(4), 1)
+    store._apply(lsn, {"interactions": rows(4)}, 1)
     store.flush()
     assert len(ids(store)) == 4
     store.close()

@@ -15,7 +15,7 @@ from store.ack import wait
 from store.engine import Store
 from store.errors import ValidationFailed
 from store.reader import Reader, filter_from_kwargs
-from store.schema import FEEDBACK_TABLE, INTERACTIONS_TABLE
+from store.schema import INTERACTIONS_TABLE
 
 router = APIRouter(tags=["interactions"])
 
@@ -43,11 +43,8 @@ _INLINE_ITEMS = 64
 async def persist(store: Store, batch: Batch) -> tuple[str, ...]:
     """Durably store a batch: interactions first, then the feedback of those that were
     new. Returns the ids that were already stored (idempotent repeats)."""
-    result = await wait(store.write(INTERACTIONS_TABLE, batch.interactions()))
-    feedback = batch.feedback(skip_owners=result.duplicate_ids)
-    if feedback is not None:
-        await wait(store.write(FEEDBACK_TABLE, feedback))
-    return result.duplicate_ids
+    ack = store.write(INTERACTIONS_TABLE, batch.interactions(), feedback=batch.feedback())
+    return (await wait(ack)).duplicate_ids
 
 
 async def ingest_body(store: Store, reader: Reader, body: bytes, ctype: str) -> dict[str, Any]:
