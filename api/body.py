@@ -49,4 +49,6 @@ def inflate(body: bytes, encoding: str, limit: int) -> bytes:
         raise InvalidRequest(f"the gzip body does not inflate: {exc}") from None
     if len(out) > limit or inflater.unconsumed_tail:
         raise PayloadTooLarge(f"the inflated body is over the limit of {limit} bytes")
+    if not inflater.eof or inflater.unused_data:
+        raise InvalidRequest("the gzip body is truncated or has several members; send one")
     return out

@@ -11,7 +11,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from ingest.models import ID_RE, MAX_INT, MAX_MS, USE_CASE_RE
+from ingest.models import ID_RE, MAX_INT, MAX_MS, MAX_TIME, MIN_TIME, USE_CASE_RE
 from store.schema import MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -72,12 +72,14 @@ def _time(v: Any) -> datetime | None | bool:
             return False
         try:
             ts = datetime.fromisoformat(v)
-        except ValueError:
+            ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+        except (ValueError, OverflowError):
             return False
-        return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-    if _number(v) and abs(v) <= 2e10:  # larger: milliseconds, pydantic's path
-        return datetime.fromtimestamp(v, UTC)
-    return False
+    elif _number(v) and abs(v) <= 2e10:  # larger: milliseconds, pydantic's path
+        ts = datetime.fromtimestamp(v, UTC)
+    else:
+        return False
+    return ts if MIN_TIME <= ts < MAX_TIME else False
 
 
 def canonical(d: Any) -> dict[str, Any] | None:

@@ -6,7 +6,7 @@ stored column is reachable from these models."""
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -69,8 +69,31 @@ class FeedbackItem(BaseModel):
     user_id: str | None = None
     created_at: datetime | None = None
 
+    @field_validator("created_at")
+    @classmethod
+    def _time(cls, v: datetime | None) -> datetime | None:
+        return check_time(v)
+
 
 Labels = dict[str, str]
+
+# Times we store: wide enough for any log, narrow enough for every engine's timestamp.
+MIN_TIME = datetime(1900, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+def check_time(v: datetime | None) -> datetime | None:
+    if v is None:
+        return None
+    if v.tzinfo is None:
+        v = v.replace(tzinfo=UTC)
+    try:
+        utc = v.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not MIN_TIME <= utc < MAX_TIME:
+        raise ValueError("must be between 1900-01-01 and 9999-12-30 (UTC)")
+    return utc
 
 
 def check_labels(labels: Labels | None) -> Labels | None:
@@ -128,6 +151,11 @@ class InteractionIn(BaseModel):
                 "id must be 1 to 128 characters of letters, digits, '_', '.', ':' or '-'"
             )
         return v
+
+    @field_validator("created_at")
+    @classmethod
+    def _created(cls, v: datetime | None) -> datetime | None:
+        return check_time(v)
 
     @field_validator("use_case", "project")
     @classmethod

@@ -7,11 +7,13 @@ when somebody blocks on it. ``wait()`` awaits one from asyncio."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger("istore.store")
 
 _UNSET: Any = object()
 
@@ -42,7 +44,13 @@ class Ack(Generic[T]):
         if event is not None:
             event.set()
         for cb in callbacks:
+            self._run(cb)
+
+    def _run(self, cb: Callable[[Ack[T]], Any]) -> None:
+        try:
             cb(self)
+        except Exception:  # a waiter's problem must not take down the thread resolving it
+            log.exception("acknowledgement callback failed")
 
     def set_result(self, value: T) -> None:
         with self._lock:
@@ -63,7 +71,7 @@ class Ack(Generic[T]):
             if not self.done():
                 self._callbacks.append(fn)
                 return
-        fn(self)
+        self._run(fn)
 
     def exception(self) -> BaseException | None:
         self._wait(None)

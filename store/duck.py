@@ -10,6 +10,7 @@ still in the write-ahead log.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ import pyarrow as pa
 
 from store.errors import InvalidQuery, QueryTimeout, StoreError
 from store.schema import TableSpec
+
+MAX_RESULT_BYTES = 256 << 20
 
 
 def _quote(name: str) -> str:
@@ -79,7 +82,8 @@ class Duck:
             }
         )
         dirs = ", ".join(_sql_str(str(d.resolve()) + "/") for d in readable_dirs)
-        self._db.execute("SET TimeZone = 'UTC'")
+        self._db.execute("SET GLOBAL TimeZone = 'UTC'")
+        self._db.execute("SET python_enable_replacements = false")
         self._db.execute("SET parquet_metadata_cache = true")
         self._db.execute(f"SET allowed_directories = [{dirs}]")
         self._db.execute("SET enable_external_access = false")
@@ -165,10 +169,17 @@ class Duck:
             if max_rows is None:
                 return rel.to_arrow_table()
             reader = rel.to_arrow_reader(min(max_rows + 1, 100_000))
-            batches, n = [], 0
+            batches, n, size = [], 0, 0
             for b in reader:
                 batches.append(b)
                 n += b.num_rows
+                size += b.nbytes
+                if size > MAX_RESULT_BYTES:
+                    raise InvalidQuery(
+                        f"the result is larger than {MAX_RESULT_BYTES >> 20} MiB; "
+                        "select fewer rows or columns",
+                        param="sql",
+                    )
                 if n > max_rows:
                     break
             table = pa.Table.from_batches(batches, schema=reader.schema)
@@ -214,6 +225,9 @@ def _walk(node: Any) -> Iterator[dict[str, Any]]:
             yield from _walk(v)
 
 
+_IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
+# Scalar functions that would show server configuration.
+DENIED_FUNCTIONS = frozenset({"current_setting", "getvariable", "getenv"})
 # Table functions that compute rows and touch nothing outside the query.
 SAFE_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest", "json_each", "json_tree"})
 
@@ -235,6 +249,9 @@ def check_tables(db: duckdb.DuckDBPyConnection, sql: str, allowed: Iterable[str]
     }
     names = {a.lower() for a in allowed}
     for n in nodes:
+        fn_name = str(n.get("function_name", "")).lower()
+        if n.get("class") == "FUNCTION" and fn_name in DENIED_FUNCTIONS:
+            raise InvalidQuery(f"function {fn_name}() is not allowed", param="sql")
         kind = n.get("type")
         if kind == "TABLE_FUNCTION":
             fn = str((n.get("function") or {}).get("function_name", "?"))
@@ -248,7 +265,10 @@ def check_tables(db: duckdb.DuckDBPyConnection, sql: str, allowed: Iterable[str]
         if kind == "BASE_TABLE":
             name = str(n.get("table_name", "")).lower()
             qualified = n.get("schema_name") or n.get("catalog_name")
-            if qualified or (name not in names and name not in ctes):
+            # Plain identifiers only: no paths or globs, and no internal (_…) views,
+            # whatever CTE a query names after them.
+            plain = _IDENT.match(name) is not None and not name.startswith("_")
+            if qualified or not plain or (name not in names and name not in ctes):
                 raise InvalidQuery(
                     f"unknown table {n.get('table_name')!r}; SQL may read the views "
                     f"{', '.join(sorted(names))} only",

@@ -82,8 +82,9 @@ class Filter:
     def prune(self, files: Sequence[DataFile]) -> list[str]:
         """The paths of the files that can hold matching rows, by partition values
         (use case and day), so a query opens only those."""
-        lo = self.since.date() if self.since is not None else None
-        hi = self.until.date() if self.until is not None else None
+        # Partitions are UTC days.
+        lo = self.since.astimezone(UTC).date() if self.since is not None else None
+        hi = self.until.astimezone(UTC).date() if self.until is not None else None
         out = []
         for f in files:
             part = f.partition

@@ -122,4 +122,3 @@ def table_stats(root: str | Path) -> list[dict[str, Any]]:
                 }  # fmt: skip
             )
     return rows
-

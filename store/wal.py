@@ -108,6 +108,11 @@ def scan(directory: Path, *, repair: bool) -> tuple[list[Record], RecoveryReport
             report.cut_bytes += size - valid
             report.cut_segments.append(path.name)
             if repair:
+                # Keep the cut bytes: whatever they hold is out of the log, not gone.
+                aside = directory / f"cut-{path.name}-{valid}.bin"
+                with open(path, "rb") as src:
+                    src.seek(valid)
+                    aside.write_bytes(src.read())
                 log.warning(
                     "write-ahead log %s: %d corrupt or torn bytes after offset %d cut",
                     path.name,
@@ -200,7 +205,8 @@ class WriteAheadLog:
     # -- writer thread --------------------------------------------------------------
     def _open_segment(self, first_lsn: int) -> None:
         if self._fd is not None:
-            os.close(self._fd)
+            fd, self._fd = self._fd, None
+            os.close(fd)
         path = self.directory / _segment_name(first_lsn)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         fsync_dir(self.directory)

@@ -25,8 +25,17 @@ BASE = {"use_case": "x", "messages": [{"role": "user", "content": "a"}]}
         ({"feedbacks": [{"metric": "m", "value": 10**30}]}, 201, None),
         ({"params": {"seed": 10**30}}, 201, None),
         ({"messages": [{"role": "user", "content": "a", "n": -(10**40)}]}, 201, None),
-        ({"created_at": "9999-12-31T23:59:59Z"}, 201, None),
-        ({"created_at": "0001-01-01T00:00:00Z"}, 201, None),
+        ({"created_at": "9999-12-31T23:59:59Z"}, 422, "created_at"),
+        ({"created_at": "0001-01-01T00:00:00+01:00"}, 422, "created_at"),
+        ({"created_at": "9999-12-31T23:59:59-01:00"}, 422, "created_at"),
+        ({"created_at": "0001-01-01T00:00:00Z", "completion": {"content": "x"}}, 422, "created_at"),
+        (
+            {"feedbacks": [{"metric": "m", "value": 1, "created_at": "0001-01-01T00:00:00+01:00"}]},
+            422,
+            "feedbacks[0].created_at",
+        ),  # fmt: skip
+        ({"created_at": "9999-12-30T00:00:00Z"}, 201, None),
+        ({"created_at": "1900-01-01T00:00:00+00:00"}, 201, None),
         ({"created_at": 1764000000000}, 201, None),  # milliseconds
     ],
 )
@@ -52,3 +61,36 @@ async def test_edge_values(
         assert got["messages"] == json.loads(body)["messages"]
         if "params" in extra:
             assert got["params"] == extra["params"]
+
+
+async def test_sql_values_json_cannot_hold_are_a_400(client: httpx.AsyncClient) -> None:
+    r = await client.post("/api/v1/sql", json={"sql": "SELECT 'infinity'::TIMESTAMP AS t"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "sql"
+
+
+async def test_truncated_or_multi_member_gzip_is_refused(client: httpx.AsyncClient) -> None:
+    import gzip
+
+    one = gzip.compress(json.dumps(BASE).encode())
+    for body in (one[:-8], one + one):
+        r = await client.post(
+            "/api/v1/interactions",
+            content=body,
+            headers={"content-type": "application/json", "content-encoding": "gzip"},
+        )
+        assert r.status_code == 400, r.text
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT current_setting('allowed_directories')",
+        'WITH q AS (WITH "/etc/passwd" AS (SELECT 1) SELECT 1) SELECT * FROM "/etc/passwd"',
+        "WITH q AS (WITH _interactions_v1 AS (SELECT 1) SELECT 1) SELECT * FROM _interactions_v1",
+        "SELECT * FROM _pending_interactions",
+    ],
+)
+async def test_sql_sandbox_holes_found_in_review(client: httpx.AsyncClient, sql: str) -> None:
+    r = await client.post("/api/v1/sql", json={"sql": sql})
+    assert r.status_code == 400, r.text

@@ -267,3 +267,42 @@ def test_a_row_that_cannot_be_stored_is_quarantined_not_blocking(data_dir: Path)
     store.close()
     with Store(data_dir, options=SLOW_FLUSH) as reopened:
         assert ids(reopened) == ["i0", "i1", "i9"]
+
+
+def test_time_filters_with_offsets_prune_utc_days(data_dir: Path) -> None:
+    from store.reader import filter_from_kwargs
+
+    store = Store(data_dir, options=SLOW_FLUSH)
+    store.write(INTERACTIONS_TABLE, rows(1, created_at="2024-01-01T20:00:00Z")).result()
+    store.flush()
+    reader = Reader(store)
+    # 2024-01-02T01:00+05:00 is 2024-01-01T20:00Z: the row's UTC day must not be pruned.
+    page = reader.page(filter_from_kwargs({"from": "2024-01-02T01:00:00+05:00"}))
+    assert [r["id"] for r in page.data] == ["i0"]
+    page = reader.page(filter_from_kwargs({"to": "2024-01-01T15:00:01-05:00"}))
+    assert [r["id"] for r in page.data] == ["i0"]
+    store.close()
+
+
+def test_data_root_with_spaces_and_percent(tmp_path: Path) -> None:
+    root = tmp_path / "my data %2k"
+    with Store(root, options=SLOW_FLUSH) as store:
+        store.write(INTERACTIONS_TABLE, rows(3)).result()
+        store.flush()
+        assert store.flush_error is None
+        assert ids(store) == ["i0", "i1", "i2"]
+    with Store(root, options=SLOW_FLUSH) as store:
+        assert ids(store) == ["i0", "i1", "i2"]
+
+
+def test_cut_bytes_are_kept_aside(data_dir: Path) -> None:
+    store = Store(data_dir, options=SLOW_FLUSH)
+    store.write(INTERACTIONS_TABLE, rows(1)).result()
+    store._wal.close()  # type: ignore[union-attr]
+    store._release_lock()
+    (seg,) = list_segments(data_dir / "wal")
+    seg.write_bytes(seg.read_bytes() + b"garbage tail")
+    with Store(data_dir, options=SLOW_FLUSH) as reopened:
+        assert ids(reopened) == ["i0"]
+    (aside,) = (data_dir / "wal").glob("cut-*.bin")
+    assert aside.read_bytes() == b"garbage tail"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.body import JSONResponse
+from store.errors import InvalidQuery
 from store.reader import Reader
 
 router = APIRouter(tags=["sql"])
@@ -23,11 +25,18 @@ def run_sql(request: Request, body: SqlRequest) -> JSONResponse:
     table, truncated = reader.run_sql(
         body.sql, timeout_s=settings.sql_timeout_s, max_rows=settings.sql_max_rows
     )
+    try:
+        rows = table.to_pylist()
+    except (OverflowError, ValueError, pa.ArrowException) as exc:
+        raise InvalidQuery(
+            f"a value in the result cannot be returned as JSON ({exc}); cast it to VARCHAR",
+            param="sql",
+        ) from exc
     return JSONResponse(
         {
             "object": "list",
             "columns": [{"name": f.name, "type": str(f.type)} for f in table.schema],
-            "data": table.to_pylist(),
+            "data": rows,
             "truncated": truncated,
         }
     )
