@@ -11,7 +11,15 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from ingest.models import ID_RE, MAX_INT, MAX_MS, MAX_TIME, MIN_TIME, USE_CASE_RE
+from ingest.models import (
+    ID_RE,
+    MAX_INT,
+    MAX_MS,
+    MAX_TIME,
+    MAX_VALUE,
+    MIN_TIME,
+    USE_CASE_RE,
+)
 from store.schema import MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -50,6 +58,55 @@ def _message(m: Any) -> bool:
         if type(tool_calls) is not list or any(type(t) is not dict for t in tool_calls):
             return False
     return _opt_str(m.get("name")) and _opt_str(m.get("tool_call_id"))
+
+
+def _completion(c: Any) -> bool:
+    """An assistant message given as the completion (AssistantCompletion)."""
+    if type(c) is not dict or c.get("role", "assistant") != "assistant":
+        return False
+    content = c.get("content")
+    if not (content is None or type(content) is str):
+        if type(content) is not list:
+            return False
+        for part in content:
+            if type(part) is not dict or type(part.get("type")) is not str:
+                return False
+    tool_calls = c.get("tool_calls")
+    if tool_calls is not None:
+        if type(tool_calls) is not list or any(type(t) is not dict for t in tool_calls):
+            return False
+    return _opt_str(c.get("refusal"))
+
+
+_FEEDBACK_KEYS = frozenset({"metric", "value", "reason", "details", "user_id", "created_at"})
+
+
+def _feedbacks(v: Any) -> list[dict[str, Any]] | None:
+    """FeedbackItem.model_dump() of each item, or None to let pydantic decide."""
+    if type(v) is not list:
+        return None
+    out = []
+    for f in v:
+        if type(f) is not dict or not _FEEDBACK_KEYS.issuperset(f):
+            return None
+        metric, value = f.get("metric"), f.get("value")
+        if type(metric) is not str or not 0 < len(metric) <= 128:
+            return None
+        if type(value) is not bool:
+            if not _number(value) or not -MAX_VALUE <= value <= MAX_VALUE:
+                return None
+            value = float(value)
+        if not (_opt_str(f.get("reason")) and _opt_str(f.get("details"))):
+            return None
+        if not _opt_str(f.get("user_id")):
+            return None
+        created = _time(f.get("created_at"))
+        if created is False:
+            return None
+        out.append({"metric": metric, "value": value, "reason": f.get("reason"),
+                    "details": f.get("details"), "user_id": f.get("user_id"),
+                    "created_at": created})  # fmt: skip
+    return out
 
 
 def _labels(v: Any) -> bool:
@@ -106,8 +163,8 @@ def canonical(d: Any) -> dict[str, Any] | None:
     if type(messages) is not list or not messages or not all(map(_message, messages)):
         return None
     completion = d.get("completion")
-    if not _opt_str(completion):
-        return None  # assistant-message completions take the pydantic path
+    if not (_opt_str(completion) or _completion(completion)):
+        return None
     labels, metadata = d.get("labels"), d.get("metadata")
     if not (_labels(labels) and _labels(metadata)):
         return None
@@ -136,7 +193,8 @@ def canonical(d: Any) -> dict[str, Any] | None:
     status = d.get("status", "ok")
     if not (params is None or type(params) is dict) or status not in ("ok", "error"):
         return None
-    if d.get("feedbacks"):
+    feedbacks = _feedbacks(d["feedbacks"]) if d.get("feedbacks") is not None else []
+    if feedbacks is None:
         return None
     return {
         "id": id_,
@@ -155,5 +213,5 @@ def canonical(d: Any) -> dict[str, Any] | None:
         "params": params,
         "status": status,
         "error": d.get("error"),
-        "feedbacks": [],
+        "feedbacks": feedbacks,
     }

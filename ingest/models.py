@@ -176,9 +176,13 @@ class InteractionIn(BaseModel):
     def _aliases(self) -> InteractionIn:
         if self.use_case is None and self.project is None:
             raise ValueError("use_case: required (or its alias project)")
-        if self.use_case and self.project and self.use_case != self.project:
+        if self.use_case is not None and self.project is not None and self.use_case != self.project:
             raise ValueError("project: differs from use_case, its alias")
-        if self.model and self.model_service and self.model != self.model_service:
+        if (
+            self.model is not None
+            and self.model_service is not None
+            and self.model != self.model_service
+        ):
             raise ValueError("model_service: differs from model, its alias")
         if self.labels is not None and self.metadata is not None:
             clash = [
@@ -194,11 +198,11 @@ class InteractionIn(BaseModel):
 
     @property
     def use_case_key(self) -> str:
-        return self.use_case or self.project or ""
+        return self.use_case if self.use_case is not None else (self.project or "")
 
     @property
     def model_key(self) -> str | None:
-        return self.model or self.model_service
+        return self.model if self.model is not None else self.model_service
 
     def canonical(self) -> dict[str, Any]:
         """The shape ``ingest.normalize`` builds rows from (see ``ingest.fastpath``)."""
