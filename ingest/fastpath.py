@@ -89,11 +89,13 @@ def _feedbacks(v: Any) -> list[dict[str, Any]] | None:
     for f in v:
         if type(f) is not dict or not _FEEDBACK_KEYS.issuperset(f):
             return None
-        metric, value = f.get("metric"), f.get("value")
+        metric, value = f.get("metric"), f["value"] if "value" in f else None
         if type(metric) is not str or not 0 < len(metric) <= 128:
             return None
         if type(value) is not bool:
-            if not _number(value) or not -MAX_VALUE <= value <= MAX_VALUE:
+            if not (type(value) is int or type(value) is float):
+                return None
+            if not -MAX_VALUE <= value <= MAX_VALUE:
                 return None
             value = float(value)
         if not (_opt_str(f.get("reason")) and _opt_str(f.get("details"))):
