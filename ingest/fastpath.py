@@ -43,9 +43,8 @@ def _number(v: Any) -> bool:
     return type(v) is float or type(v) is int
 
 
-def _message(m: Any) -> bool:
-    if type(m) is not dict or type(m.get("role")) is not str or m["role"] not in ROLES:
-        return False
+def _content_and_tools(m: dict[str, Any]) -> bool:
+    """``content`` (text, null or parts with a string ``type``) and ``tool_calls``."""
     content = m.get("content")
     if not (content is None or type(content) is str):
         if type(content) is not list:
@@ -57,25 +56,20 @@ def _message(m: Any) -> bool:
     if tool_calls is not None:
         if type(tool_calls) is not list or any(type(t) is not dict for t in tool_calls):
             return False
-    return _opt_str(m.get("name")) and _opt_str(m.get("tool_call_id"))
+    return True
+
+
+def _message(m: Any) -> bool:
+    if type(m) is not dict or type(m.get("role")) is not str or m["role"] not in ROLES:
+        return False
+    return _content_and_tools(m) and _opt_str(m.get("name")) and _opt_str(m.get("tool_call_id"))
 
 
 def _completion(c: Any) -> bool:
     """An assistant message given as the completion (AssistantCompletion)."""
     if type(c) is not dict or c.get("role", "assistant") != "assistant":
         return False
-    content = c.get("content")
-    if not (content is None or type(content) is str):
-        if type(content) is not list:
-            return False
-        for part in content:
-            if type(part) is not dict or type(part.get("type")) is not str:
-                return False
-    tool_calls = c.get("tool_calls")
-    if tool_calls is not None:
-        if type(tool_calls) is not list or any(type(t) is not dict for t in tool_calls):
-            return False
-    return _opt_str(c.get("refusal"))
+    return _content_and_tools(c) and _opt_str(c.get("refusal"))
 
 
 _FEEDBACK_KEYS = frozenset({"metric", "value", "reason", "details", "user_id", "created_at"})

@@ -38,7 +38,7 @@ from store.errors import StoreError, StoreLocked, Unavailable
 from store.idindex import IdIndex, hash_ids
 from store.rows import Columns, decode_tables, encode_tables, num_rows, select, to_arrow
 from store.schema import FEEDBACK_TABLE, INTERACTIONS_TABLE, TABLES, TableSpec
-from store.wal import Record, RecoveryReport, WriteAheadLog, fsync_dir, scan
+from store.wal import Record, RecoveryReport, WriteAheadLog, fsync_path, scan
 
 log = logging.getLogger("istore.store")
 
@@ -433,7 +433,7 @@ class Store:
             f.write(encode_tables({spec.name: entry.cols}))
             f.flush()
             os.fsync(f.fileno())
-        fsync_dir(folder)
+        fsync_path(folder)
         log.error(
             "%d %s rows (log record %d) cannot be stored as Arrow (%s); kept in %s",
             entry.nrows, spec.name, entry.lsn, exc, path,
@@ -544,14 +544,14 @@ class Store:
         root = self.table_path(spec)
         dirs: set[Path] = {root, root / "_delta_log"}
         for path in new_files:
-            fsync_file(Path(path))
+            fsync_path(Path(path))
             d = Path(path).parent
             while d != root and root in d.parents:
                 dirs.add(d)
                 d = d.parent
-        fsync_file(root / "_delta_log" / f"{dt.version():020d}.json")
+        fsync_path(root / "_delta_log" / f"{dt.version():020d}.json")
         for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
-            fsync_dir(d)
+            fsync_path(d)
 
     def refresh(self) -> None:
         """Pick up commits made by other processes (e.g. `istore compact`)."""
@@ -641,14 +641,6 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def data_files(root: Path, dt: DeltaTable, spec: TableSpec) -> tuple[DataFile, ...]:

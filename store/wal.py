@@ -127,8 +127,9 @@ def scan(directory: Path, *, repair: bool) -> tuple[list[Record], RecoveryReport
     return records, report
 
 
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory: so new entries in it survive)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -209,7 +210,7 @@ class WriteAheadLog:
             os.close(fd)
         path = self.directory / _segment_name(first_lsn)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        fsync_dir(self.directory)
+        fsync_path(self.directory)
         self._seg_path = path
         self._seg_size = os.fstat(self._fd).st_size
         with self._lock:
