@@ -162,6 +162,7 @@ class WriteAheadLog:
         self._closed = False
         self.fsyncs = 0
         self.last_error: str | None = None
+        self.fatal: str | None = None
         directory.mkdir(parents=True, exist_ok=True)
         for path in list_segments(directory):
             recs, _ = read_segment(path)
@@ -174,6 +175,9 @@ class WriteAheadLog:
         fut: Ack[int] = Ack()
         if self._closed:
             fut.set_exception(Unavailable("the store is shutting down"))
+            return fut
+        if self.fatal is not None:
+            fut.set_exception(Unavailable(self.fatal, retry_after=30))
             return fut
         self._queue.put(_Pending(code, payload, fut, meta))
         return fut
@@ -264,7 +268,7 @@ class WriteAheadLog:
                 p.future.set_exception(err)
             return
         self.fsyncs += 1
-        self.last_error = None
+        self.last_error = self.fatal
         self._seg_size += len(buf)
         assert self._seg_path is not None
         with self._lock:
@@ -274,10 +278,14 @@ class WriteAheadLog:
         ]
         try:
             self._on_durable(records)
-        except Exception as exc:  # the data is durable; recovery will replay it
-            log.exception("applying durable records in memory failed")
+        except Exception as exc:
+            # The records are durable but not visible: the in-memory state can no longer
+            # be trusted. Refuse every further write; a restart replays the log.
+            log.exception("applying durable records in memory failed; restart the server")
+            self.fatal = f"in-memory state lost after a durable write ({exc}); restart needed"
+            self.last_error = self.fatal
             for p in batch:
-                p.future.set_exception(Unavailable(f"internal error after persisting: {exc}"))
+                p.future.set_exception(Unavailable(self.fatal, retry_after=30))
             return
         for lsn, p in zip(lsns, batch, strict=True):
             p.future.set_result(lsn)

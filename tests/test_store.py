@@ -306,3 +306,24 @@ def test_cut_bytes_are_kept_aside(data_dir: Path) -> None:
         assert ids(reopened) == ["i0"]
     (aside,) = (data_dir / "wal").glob("cut-*.bin")
     assert aside.read_bytes() == b"garbage tail"
+
+
+def test_state_lost_after_a_durable_write_stops_writes_until_restart(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(data_dir, options=SLOW_FLUSH)
+
+    def broken(records: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(store._wal, "_on_durable", broken)
+    with pytest.raises(Exception, match="restart needed"):
+        store.write(INTERACTIONS_TABLE, rows(1)).result()
+    with pytest.raises(Exception, match="restart needed"):
+        store.write(INTERACTIONS_TABLE, rows(1, start=1)).result()
+    assert store.status()["wal_error"]  # /readyz answers 503
+    store._wal.close()  # type: ignore[union-attr]
+    store._release_lock()
+    with Store(data_dir, options=SLOW_FLUSH) as reopened:  # the durable record is replayed
+        assert ids(reopened) == ["i0"]
+        assert reopened.write(INTERACTIONS_TABLE, rows(1)).result().stored == 0
