@@ -135,23 +135,24 @@ def _time(v: Any) -> datetime | None | bool:
     return ts if MIN_TIME <= ts < MAX_TIME else False
 
 
+_CLASH = object()  # aliases that disagree: not a valid value of any type
+
+
+def _alias(d: dict[str, Any], name: str, alias: str) -> Any:
+    """The value under ``name`` or its ``alias``; _CLASH when both are set and differ."""
+    value, other = d.get(name), d.get(alias)
+    if value is None:
+        return other
+    return _CLASH if other is not None and other != value else value
+
+
 def canonical(d: Any) -> dict[str, Any] | None:
     if type(d) is not dict or not KNOWN.issuperset(d):
         return None
-    use_case = d.get("use_case")
-    project = d.get("project")
-    if use_case is None:
-        use_case = project
-    elif project is not None and project != use_case:
-        return None
+    use_case = _alias(d, "use_case", "project")
     if type(use_case) is not str or not USE_CASE_RE.match(use_case):
         return None
-    model = d.get("model")
-    service = d.get("model_service")
-    if model is None:
-        model = service
-    elif service is not None and service != model:
-        return None
+    model = _alias(d, "model", "model_service")
     id_ = d.get("id")
     if not _opt_str(model) or not (id_ is None or (type(id_) is str and ID_RE.match(id_))):
         return None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -77,7 +77,6 @@ class Filter:
     source: tuple[str, ...] = ()
     status: tuple[str, ...] = ()
     ids: tuple[str, ...] = ()
-    extra: tuple[tuple[str, tuple[Any, ...]], ...] = field(default=())
 
     def prune(self, files: Sequence[DataFile]) -> list[str]:
         """The paths of the files that can hold matching rows, by partition values
@@ -131,9 +130,6 @@ class Filter:
         if self.until is not None:
             conds.append("created_at < ?")
             params.append(self.until)
-        for sql, p in self.extra:
-            conds.append(sql)
-            params.extend(p)
         return (" AND ".join(conds) if conds else "TRUE"), params
 
 

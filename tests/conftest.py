@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -133,3 +134,42 @@ def interaction(i: int = 0, **over: object) -> dict[str, object]:
     }
     body.update(over)
     return body
+
+
+def assert_error(
+    resp: httpx.Response, status: int, param: str | None = None, prefix: str | None = None
+) -> dict[str, Any]:
+    """``resp`` is exactly ``{"error": {"message","type","param","code"}}`` with ``status``."""
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/json")
+    body = resp.json()
+    assert set(body) == {"error"}, body
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"}, err
+    assert isinstance(err["message"], str) and err["message"]
+    assert isinstance(err["type"], str) and err["type"]
+    assert err["param"] is None or isinstance(err["param"], str)
+    assert err["code"] is None or isinstance(err["code"], str)
+    if param is not None:
+        assert err["param"] == param, err
+    if prefix is not None:
+        assert isinstance(err["param"], str) and err["param"].startswith(prefix), err
+    return err
+
+
+@pytest.fixture
+def slow_store(tmp_path: Path) -> Iterator[Store]:
+    """The flusher does not run on its own: reads before ``flush()`` come from the tail."""
+    s = Store(tmp_path / "slow", options=StoreOptions(flush_interval_s=3600))
+    yield s
+    s.close()
+
+
+@pytest_asyncio.fixture
+async def slow_client(slow_store: Store) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of an app on ``slow_store``; a crash is a 500 response, not an exception."""
+    app = create_app(Settings(data=str(slow_store.root), max_body_bytes=8 << 20), store=slow_store)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            yield c

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import interaction
+from tests.conftest import assert_error, interaction
 
 URL = "/api/v1/interactions"
 NDJSON = {"content-type": "application/x-ndjson"}
@@ -21,25 +21,6 @@ JSON = {"content-type": "application/json"}
 
 
 # -- helpers -------------------------------------------------------------------------------
-def assert_error(
-    resp: httpx.Response, status: int, param: str | None = None, prefix: str | None = None
-) -> dict[str, Any]:
-    """``resp`` is exactly ``{"error": {"message","type","param","code"}}`` with ``status``."""
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].startswith("application/json")
-    body = resp.json()
-    assert set(body) == {"error"}, body
-    err = body["error"]
-    assert set(err) == {"message", "type", "param", "code"}, err
-    assert isinstance(err["message"], str) and err["message"]
-    assert isinstance(err["type"], str) and err["type"]
-    assert err["param"] is None or isinstance(err["param"], str)
-    assert err["code"] is None or isinstance(err["code"], str)
-    if param is not None:
-        assert err["param"] == param, err
-    if prefix is not None:
-        assert isinstance(err["param"], str) and err["param"].startswith(prefix), err
-    return err
 
 
 async def sql(client: httpx.AsyncClient, query: str) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,27 +19,13 @@ import pytest_asyncio
 
 from api.app import create_app
 from api.settings import Settings
-from store.engine import Store, StoreOptions
-from tests.conftest import interaction
+from store.engine import Store
+from tests.conftest import assert_error, interaction
 
 URL = "/api/v1/interactions"
 
 
 # -- helpers -------------------------------------------------------------------------------
-def assert_error(resp: httpx.Response, status: int, param: str | None = None) -> dict[str, Any]:
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].startswith("application/json")
-    body = resp.json()
-    assert set(body) == {"error"}, body
-    err = body["error"]
-    assert set(err) == {"message", "type", "param", "code"}, err
-    assert isinstance(err["message"], str) and err["message"]
-    assert isinstance(err["type"], str) and err["type"]
-    assert err["param"] is None or isinstance(err["param"], str)
-    assert err["code"] is None or isinstance(err["code"], str)
-    if param is not None:
-        assert err["param"] == param, err
-    return err
 
 
 async def sql(client: httpx.AsyncClient, query: str) -> list[dict[str, Any]]:
@@ -474,23 +460,6 @@ async def test_sql_time_limit(limited: httpx.AsyncClient) -> None:
 
 
 # -- visibility: the unflushed tail and the Delta files, exactly once -------------------------
-@pytest.fixture
-def slow_store(tmp_path: Path) -> Iterator[Store]:
-    """A store whose flusher does not run on its own during a test."""
-    s = Store(tmp_path / "slow", options=StoreOptions(flush_interval_s=3600))
-    yield s
-    s.close()
-
-
-@pytest_asyncio.fixture
-async def slow_client(slow_store: Store) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Settings(data=str(slow_store.root), max_body_bytes=8 << 20), store=slow_store)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            yield c
-
-
 async def test_visible_in_the_tail_then_in_delta_exactly_once(
     slow_client: httpx.AsyncClient, slow_store: Store
 ) -> None:

@@ -5,39 +5,16 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api.app import create_app
-from api.settings import Settings
-from store.engine import Store, StoreOptions
+from store.engine import Store
 
 URL = "/api/v1/interactions"
-
-
-@pytest.fixture
-def slow_store(tmp_path: Path) -> Iterator[Store]:
-    """The flusher does not run on its own: reads before ``flush()`` come from the tail."""
-    s = Store(tmp_path / "rt", options=StoreOptions(flush_interval_s=3600))
-    yield s
-    s.close()
-
-
-@pytest_asyncio.fixture
-async def rt_client(slow_store: Store) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Settings(data=str(slow_store.root), max_body_bytes=8 << 20), store=slow_store)
-    async with app.router.lifespan_context(app):
-        # A crash is a 500 response here (not an exception), so a failure shows its status.
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            yield c
 
 
 # -- strategies ------------------------------------------------------------------------------
@@ -229,7 +206,7 @@ def _encode(body: dict[str, Any], ascii_only: bool) -> bytes:
     ascii_only=st.booleans(),
 )
 async def test_round_trip(
-    rt_client: httpx.AsyncClient,
+    slow_client: httpx.AsyncClient,
     slow_store: Store,
     messages: list[dict[str, Any]],
     completion: Any,
@@ -246,20 +223,22 @@ async def test_round_trip(
     if labels is not None:
         body["metadata" if as_metadata else "labels"] = labels
 
-    r = await rt_client.post(URL, content=_encode(body, ascii_only),
+    r = await slow_client.post(URL, content=_encode(body, ascii_only),
                              headers={"content-type": "application/json"})  # fmt: skip
     assert r.status_code == 201, r.text
     assert r.json()["completion_id"] == id_
 
     assert slow_store.status()["pending_rows"] >= 1  # read back from the in-memory tail
-    await check_everywhere(rt_client, id_, session, body)
+    await check_everywhere(slow_client, id_, session, body)
 
     slow_store.flush()
     assert slow_store.status()["pending_rows"] == 0  # now read back from Parquet in Delta
-    await check_everywhere(rt_client, id_, session, body)
+    await check_everywhere(slow_client, id_, session, body)
 
 
-async def test_round_trip_ndjson_and_array(rt_client: httpx.AsyncClient, slow_store: Store) -> None:
+async def test_round_trip_ndjson_and_array(
+    slow_client: httpx.AsyncClient, slow_store: Store
+) -> None:
     """The batch paths keep the same values as the single-object path."""
     msgs = [
         {"role": "system", "content": ""},
@@ -278,27 +257,27 @@ async def test_round_trip_ndjson_and_array(rt_client: httpx.AsyncClient, slow_st
         for i in range(4)
     ]  # fmt: skip
     nd = "\n".join(json.dumps(b, ensure_ascii=False) for b in bodies[:2]).encode()
-    r = await rt_client.post(URL, content=nd, headers={"content-type": "application/x-ndjson"})
+    r = await slow_client.post(URL, content=nd, headers={"content-type": "application/x-ndjson"})
     assert r.status_code == 201, r.text
-    r = await rt_client.post(URL, json=bodies[2:])
+    r = await slow_client.post(URL, json=bodies[2:])
     assert r.status_code == 201, r.text
     for flushed in (False, True):
         if flushed:
             slow_store.flush()
         for b in bodies:
-            await check_everywhere(rt_client, b["id"], b["session_id"], b)
+            await check_everywhere(slow_client, b["id"], b["session_id"], b)
 
 
 @pytest.mark.parametrize("big", [2**64, -(2**63) - 1, 10**30])
 async def test_big_integers_round_trip(
-    rt_client: httpx.AsyncClient, slow_store: Store, big: int
+    slow_client: httpx.AsyncClient, slow_store: Store, big: int
 ) -> None:
     msgs = [{"role": "user", "content": "x", "n": big}]
     body = {"id": f"big-{uuid.uuid4().hex}", "use_case": "rt", "messages": msgs}
-    r = await rt_client.post(URL, json=body)
+    r = await slow_client.post(URL, json=body)
     # Either refuse it (4xx, nothing stored) or keep it exactly; never store something else.
     if r.status_code == 201:
-        got = (await rt_client.get(f"{URL}/{body['id']}")).json()
+        got = (await slow_client.get(f"{URL}/{body['id']}")).json()
         assert same(got["messages"], msgs)
     else:
         assert r.status_code == 422, r.text
@@ -306,15 +285,15 @@ async def test_big_integers_round_trip(
 
 @pytest.mark.parametrize("value", [5, None, {"a": 1}])
 async def test_completion_part_with_non_string_text(
-    rt_client: httpx.AsyncClient, value: Any
+    slow_client: httpx.AsyncClient, value: Any
 ) -> None:
     comp = {"role": "assistant", "content": [{"type": "text", "text": value}]}
     body = {"id": f"np-{uuid.uuid4().hex}", "use_case": "rt",
             "messages": [{"role": "user", "content": "x"}], "completion": comp}  # fmt: skip
-    r = await rt_client.post(URL, json=body)
+    r = await slow_client.post(URL, json=body)
     # Either refuse it naming the field, or keep it exactly.
     if r.status_code == 201:
-        got = (await rt_client.get(f"{URL}/{body['id']}")).json()
+        got = (await slow_client.get(f"{URL}/{body['id']}")).json()
         assert same(got["completion"], comp)
     else:
         assert r.status_code == 422, r.text

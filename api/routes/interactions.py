@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from api.body import JSONResponse, read_body
-from ingest.models import BatchAck, IngestAck, InteractionIn
+from ingest.models import BatchAck, IngestAck
 from ingest.normalize import Batch, build_batch
 from ingest.parse import parse_interactions
 from store.ack import wait
@@ -155,6 +155,3 @@ def list_interactions(
 def get_interaction(request: Request, interaction_id: str) -> JSONResponse:
     reader: Reader = request.app.state.reader
     return JSONResponse(reader.get(interaction_id))
-
-
-__all__ = ["InteractionIn", "router"]
