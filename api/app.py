@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,7 +13,8 @@ from fastapi import FastAPI
 from api import errors
 from api.body import JSONResponse
 from api.fastlane import IngestFastLane
-from api.routes import health, interactions, sql
+from api.keys import KeyRing, usage_saver
+from api.routes import feedback, health, interactions, sql
 from api.settings import Settings
 from store.engine import Store
 from store.reader import Reader
@@ -29,6 +32,9 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         st = store or Store(settings.data, options=settings.store_options())
         app.state.store = st
         app.state.reader = Reader(st)
+        app.state.keys = KeyRing(st.root)
+        stop_usage = threading.Event()
+        usage_saver(app.state.keys, stop_usage)
         if st.recovery.cut_bytes:
             log.warning(
                 "recovery cut %d corrupt bytes from the write-ahead log (%s)",
@@ -38,6 +44,9 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         try:
             yield
         finally:
+            stop_usage.set()
+            with contextlib.suppress(OSError):
+                app.state.keys.save_usage()
             if own:
                 st.close()
 
@@ -53,6 +62,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.add_middleware(IngestFastLane)
     app.include_router(health.router)
     app.include_router(interactions.router, prefix="/api/v1")
+    app.include_router(feedback.router, prefix="/api/v1")
     app.include_router(sql.router, prefix="/api/v1")
     _add_body_schemas(app)
     return app
@@ -62,6 +72,7 @@ def _add_body_schemas(app: FastAPI) -> None:
     """Routes that read their body raw (NDJSON, size limits) still document it."""
     from typing import Any
 
+    from ingest.feedback import ComparisonIn, FeedbackIn, OutcomeIn
     from ingest.models import InteractionIn
 
     base = app.openapi
@@ -70,10 +81,11 @@ def _add_body_schemas(app: FastAPI) -> None:
         if app.openapi_schema:
             return app.openapi_schema
         schema = base()
-        model = InteractionIn.model_json_schema(ref_template="#/components/schemas/{model}")
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components.update(model.pop("$defs", {}))
-        components["InteractionIn"] = model
+        for cls in (InteractionIn, FeedbackIn, ComparisonIn, OutcomeIn):
+            model = cls.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(model.pop("$defs", {}))
+            components[cls.__name__] = model
         app.openapi_schema = schema
         return schema
 

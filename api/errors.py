@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from ingest.parse import loc_path
-from store.errors import StoreError, Unavailable
+from store.errors import StoreError, Unauthorized, Unavailable
 
 log = logging.getLogger("istore.api")
 
@@ -63,6 +63,8 @@ async def _store_error(request: Request, exc: Exception) -> Response:
     headers = None
     if isinstance(exc, Unavailable):
         headers = {"Retry-After": str(exc.retry_after)}
+    elif isinstance(exc, Unauthorized):
+        headers = {"WWW-Authenticate": "Bearer"}
     if exc.status >= 500 and not isinstance(exc, Unavailable):
         log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
     return error_response(

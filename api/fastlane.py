@@ -12,9 +12,10 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from api.auth import authorize
 from api.errors import error_body
 from api.routes.interactions import ingest_body
-from store.errors import PayloadTooLarge, StoreError, Unavailable
+from store.errors import PayloadTooLarge, StoreError, Unauthorized, Unavailable
 from store.jsonutil import dumps_bytes
 
 log = logging.getLogger("istore.api")
@@ -39,14 +40,18 @@ class IngestFastLane:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         extra: list[tuple[bytes, bytes]] = []
         try:
+            principal = authorize(state.keys, headers, "ingest")
             body = await _read(receive, headers, state.settings.max_body_bytes)
             ctype = headers.get("content-type", "application/json")
-            status, payload = 201, await ingest_body(state.store, state.reader, body, ctype)
+            status = 201
+            payload = await ingest_body(state.store, state.reader, body, ctype, principal)
         except StoreError as exc:
             status = exc.status
             payload = error_body(exc.status, exc.message, exc.type, exc.param, exc.code)
             if isinstance(exc, Unavailable):
                 extra.append((b"retry-after", str(exc.retry_after).encode()))
+            elif isinstance(exc, Unauthorized):
+                extra.append((b"www-authenticate", b"Bearer"))
         except Exception:
             log.exception("POST %s: unexpected error", PATH)
             status = 500

@@ -6,7 +6,7 @@ an array or the fourth line of NDJSON. Nothing is stored unless all items valida
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import TypeAdapter, ValidationError
@@ -17,6 +17,7 @@ from store.errors import InvalidRequest, ValidationFailed
 from store.jsonutil import loads
 
 _ONE = TypeAdapter(InteractionIn)
+T = TypeVar("T")
 
 NDJSON_TYPES = (
     "application/x-ndjson",
@@ -86,8 +87,11 @@ def validate(raw: Any, prefix: str = "") -> dict[str, Any]:
     raise AssertionError("unreachable")
 
 
-def parse_interactions(body: bytes, content_type: str) -> tuple[list[dict[str, Any]], bool]:
-    """The validated interactions, and whether the body was a single object."""
+def split_body(
+    body: bytes, content_type: str, what: str = "interaction"
+) -> tuple[list[tuple[int, Any]], bool]:
+    """The items of a body that is one JSON object, a JSON array of them, or NDJSON,
+    numbered by array index or line; and whether it was a single object."""
     ctype = content_type.split(";")[0].strip().lower()
     if ctype in NDJSON_TYPES:
         numbered = parse_ndjson(body)
@@ -97,13 +101,29 @@ def parse_interactions(body: bytes, content_type: str) -> tuple[list[dict[str, A
         except (orjson.JSONDecodeError, ValueError, UnicodeError) as exc:
             raise InvalidRequest(f"the body is not valid JSON: {exc}", param="body") from None
         if isinstance(raw, dict):
-            return [validate(raw)], True
+            return [(0, raw)], True
         if not isinstance(raw, list):
             raise InvalidRequest(
-                "the body must be an interaction object, an array of them, or NDJSON",
-                param="body",
+                f"the body must be an {what} object, an array of them, or NDJSON", param="body"
             )
         numbered = list(enumerate(raw))
     if not numbered:
-        raise ValidationFailed("the body holds no interaction", param="body")
+        raise ValidationFailed(f"the body holds no {what}", param="body")
+    return numbered, False
+
+
+def validate_model(adapter: TypeAdapter[T], raw: Any, prefix: str = "") -> T:
+    """``raw`` as the adapter's type, or ValidationFailed naming the field."""
+    try:
+        return adapter.validate_python(raw)
+    except ValidationError as exc:
+        _raise(exc, prefix)
+    raise AssertionError("unreachable")
+
+
+def parse_interactions(body: bytes, content_type: str) -> tuple[list[dict[str, Any]], bool]:
+    """The validated interactions, and whether the body was a single object."""
+    numbered, single = split_body(body, content_type)
+    if single:
+        return [validate(numbered[0][1])], True
     return [validate(item, f"body[{n}]") for n, item in numbered], False

@@ -52,37 +52,55 @@ def main() -> None:
     is_flag=True,
     help="Load sample_data/ into an empty store first (what `make serve` does).",
 )
+@click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    help="Serve on a non-loopback address although no API key exists (anyone may do anything).",
+)
 def serve(
     data: str | None,
     host: str | None,
     port: int | None,
     gateway_config: str | None,
     load_sample_if_empty: bool,
+    insecure_no_auth: bool,
 ) -> None:
     """Serve the HTTP API."""
     import uvicorn
 
     from api.app import create_app
+    from api.keys import KeyRing
     from store.engine import Store
 
     settings = _settings(data=data, host=host, port=port, gateway_config=gateway_config)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if not _is_loopback(settings.host):
+    keys = KeyRing(settings.data)
+    secured = keys.active()
+    if not secured and not _is_loopback(settings.host) and not insecure_no_auth:
         raise click.UsageError(
-            f"refusing to listen on {settings.host}: no API key is configured, so the server "
-            "only serves on loopback (127.0.0.1 or ::1)"
+            f"refusing to listen on {settings.host}: no API key is configured, so anyone who "
+            "can reach the port could read and write everything. Create one with "
+            "`istore keys create --scope admin`, or pass --insecure-no-auth"
         )
     store = Store(settings.data, options=settings.store_options())
     try:
         if load_sample_if_empty and _is_empty(store) and SAMPLE.exists():
             n, _ = _import_files(store, [SAMPLE], progress=False)
             click.echo(f"Loaded {n} sample interactions from {SAMPLE.name} into {store.root}")
-        click.echo(
-            f"istore serving {store.root} on http://{settings.host}:{settings.port} "
-            "(no API key configured: loopback only)"
-        )
+        where = f"istore serving {store.root} on http://{settings.host}:{settings.port}"
+        if secured:
+            click.echo(f"{where} (API keys required)")
+        else:
+            banner = (
+                "WARNING: no API key is configured: every request may read, write and delete "
+                "everything. Create one with `istore keys create --scope admin`."
+            )
+            if not _is_loopback(settings.host):
+                banner = "WARNING: --insecure-no-auth on a non-loopback address. " + banner
+            click.secho(banner, fg="red", bold=True, err=True)
+            click.echo(f"{where} (no API key: open)")
         app = create_app(settings, store=store)
         uvicorn.run(
             app,
@@ -252,6 +270,88 @@ def stats(data: str | None, as_json: bool) -> None:
             f"{r['table']:<13}{r['use_case']:<24}{r['rows']:>10}{r['files']:>8}"
             f"{r['bytes']:>14}{r['version']:>9}"
         )
+
+
+# -- keys --------------------------------------------------------------------------------
+@main.group()
+def keys() -> None:
+    """API keys: create, list, revoke. While no key exists the server is open."""
+
+
+@keys.command("create")
+@data_option
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    required=True,
+    type=click.Choice(["ingest", "read", "admin"]),
+    help="ingest: write; read: list, stats, SQL, export; admin: everything. Repeatable.",
+)
+@click.option(
+    "--use-case",
+    "use_cases",
+    multiple=True,
+    help="Limit the key to this use case (repeatable). Default: every use case.",
+)
+@click.option("--name", default=None, help="A name to recognise the key by.")
+def keys_create(
+    data: str | None, scopes: tuple[str, ...], use_cases: tuple[str, ...], name: str | None
+) -> None:
+    """Create a key. Its secret is printed once, as the last line."""
+    from api.keys import KeyRing
+    from ingest.models import USE_CASE_RE
+
+    for uc in use_cases:
+        if not USE_CASE_RE.match(uc):
+            raise click.BadParameter(f"{uc!r} is not a valid use case key", param_hint="--use-case")
+    settings = _settings(data=data)
+    record, secret = KeyRing(settings.data).create(list(scopes), list(use_cases), name)
+    limit = ", ".join(record["use_cases"]) if record["use_cases"] else "all use cases"
+    click.echo(
+        f"Created key {record['id']}"
+        + (f" ({record['name']})" if record["name"] else "")
+        + f": scope {', '.join(record['scopes'])}; {limit}."
+    )
+    click.echo("The secret is shown only now; store it safely:", err=True)
+    click.echo(secret)
+
+
+@keys.command("list")
+@data_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def keys_list(data: str | None, as_json: bool) -> None:
+    """Every key's id, name, scopes, use cases and times (never secrets)."""
+    from api.keys import KeyRing
+
+    rows = KeyRing(_settings(data=data).data).list()
+    if as_json:
+        click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
+        return
+    if not rows:
+        click.echo("No API keys: the server is open (loopback only).")
+        return
+    click.echo(
+        f"{'id':<14}{'name':<16}{'scopes':<18}{'use cases':<22}{'created':<22}"
+        f"{'last used':<22}revoked"
+    )
+    for r in rows:
+        click.echo(
+            f"{r['id']:<14}{(r['name'] or '-'):<16}{','.join(r['scopes']):<18}"
+            f"{','.join(r['use_cases'] or ['*']):<22}{r['created_at']:<22}"
+            f"{(r['last_used_at'] or '-'):<22}{r['revoked_at'] or '-'}"
+        )
+
+
+@keys.command("revoke")
+@data_option
+@click.argument("key")
+def keys_revoke(data: str | None, key: str) -> None:
+    """Revoke the key with this id (or name). A running server stops accepting it at once."""
+    from api.keys import KeyRing
+
+    record = KeyRing(_settings(data=data).data).revoke(key)
+    click.echo(f"Revoked key {record['id']} at {record['revoked_at']}")
 
 
 if __name__ == "__main__":

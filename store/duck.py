@@ -22,7 +22,7 @@ import orjson
 import pyarrow as pa
 
 from store.errors import InvalidQuery, QueryTimeout, StoreError
-from store.schema import TableSpec
+from store.schema import TABLES, TableSpec
 
 MAX_RESULT_BYTES = 256 << 20
 
@@ -125,11 +125,21 @@ class Duck:
                 cur.close()
         return name
 
-    def cursor(self, snapshot: Snapshot, views: bool = True) -> duckdb.DuckDBPyConnection:
-        """A cursor whose TEMP views show exactly ``snapshot``. Without ``views`` only
-        the pending rows are registered (``_pending_<table>``), for internal queries
-        that name their files themselves (see ``scan_sql``)."""
+    def cursor(
+        self,
+        snapshot: Snapshot,
+        views: bool = True,
+        use_cases: Sequence[str] | None = None,
+    ) -> duckdb.DuckDBPyConnection:
+        """A cursor whose TEMP views show exactly ``snapshot`` (only the rows of
+        ``use_cases`` when given: what a use-case-limited API key may see). Without
+        ``views`` only the pending rows are registered (``_pending_<table>``), for
+        internal queries that name their files themselves (see ``scan_sql``)."""
         cur = self._db.cursor()
+        only = ""
+        if use_cases is not None:
+            only = "(" + ", ".join(_sql_str(u) for u in use_cases) + ")" if use_cases else ""
+            only = f" WHERE use_case IN {only}" if only else " WHERE false"
         for name, t in snapshot.tables.items():
             pending = t.pending_name
             cur.register(pending, t.pending)
@@ -139,6 +149,8 @@ class Duck:
             body = f"SELECT {cols} FROM {_quote(pending)}"
             if t.files_view is not None:
                 body = f"SELECT {cols} FROM {_quote(t.files_view)} UNION ALL {body}"
+            if only:
+                body = f"SELECT * FROM ({body}){only}"
             cur.execute(f"CREATE OR REPLACE TEMP VIEW {_quote(name)} AS {body}")
         return cur
 
@@ -151,8 +163,9 @@ class Duck:
         timeout_s: float | None = None,
         max_rows: int | None = None,
         views: bool = True,
+        use_cases: Sequence[str] | None = None,
     ) -> pa.Table:
-        cur = self.cursor(snapshot, views)
+        cur = self.cursor(snapshot, views, use_cases)
         timer = None
         timed_out = threading.Event()
         if timeout_s:
@@ -192,7 +205,7 @@ class Duck:
             raise InvalidQuery(str(exc), param="sql") from exc
         except duckdb.PermissionException as exc:
             raise InvalidQuery(
-                f"not allowed: {exc}. SQL may read the views interactions and feedback only",
+                f"not allowed: {exc}. SQL may read the views " + ", ".join(TABLES) + " only",
                 param="sql",
             ) from exc
         except duckdb.OutOfMemoryException as exc:

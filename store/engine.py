@@ -592,10 +592,12 @@ class Store:
         timeout_s: float | None = None,
         max_rows: int | None = None,
         views: bool = True,
+        use_cases: Sequence[str] | None = None,
     ) -> pa.Table:
         """Run SQL on a snapshot. With ``views`` the tables are TEMP views by their
-        names; without, the query names files itself (``Duck.scan_sql``) and the
-        pending rows as ``_pending_<table>``, which skips binding every file."""
+        names (holding only ``use_cases``' rows when given); without, the query names
+        files itself (``Duck.scan_sql``) and the pending rows as ``_pending_<table>``,
+        which skips binding every file."""
         return self.duck.query(
             snapshot or self.snapshot(),
             sql,
@@ -603,7 +605,18 @@ class Store:
             timeout_s=timeout_s,
             max_rows=max_rows,
             views=views,
+            use_cases=use_cases,
         )
+
+    def candidates(self, ids: Sequence[str]) -> list[str]:
+        """Those of ``ids`` that may be stored: a fast negative for the writer (whose
+        id index knows every stored and pending id); every id for a read-only handle."""
+        if not self.writable:
+            return list(ids)
+        with self._lock:
+            pending = [i for i in ids if self._ids.pending(i)]
+            rest = [i for i in ids if not self._ids.pending(i)]
+            return pending + self._ids.maybe_committed(rest)
 
     def status(self) -> dict[str, Any]:
         with self._lock:

@@ -68,3 +68,19 @@ class StoreLocked(StoreError):
     status = 409
     type = "conflict"
     code = "store_locked"
+
+
+class Unauthorized(StoreError):
+    """No API key, or one that is unknown or revoked."""
+
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(StoreError):
+    """A valid key without the scope or the use case the request needs."""
+
+    status = 403
+    type = "permission_error"
+    code = "forbidden"

@@ -120,32 +120,73 @@ class Reader:
         by_id = {r["id"]: r for r in found.to_pylist()}
         return [by_id[i] for i in ids if i in by_id]
 
-    def get(self, id_: str) -> dict[str, Any]:
+    def get(self, id_: str, *, use_cases: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """One interaction with its feedback and the comparisons that name it.
+        ``use_cases``: what the caller may see (others are not found)."""
         snap = self.store.snapshot()
+        scope = {"snapshot": snap, "use_cases": use_cases}
         rows = self.store.query(
-            f"SELECT {_LIST_COLUMNS} FROM interactions WHERE id = ? LIMIT 1", [id_], snapshot=snap
+            f"SELECT {_LIST_COLUMNS} FROM interactions WHERE id = ? LIMIT 1", [id_], **scope
         ).to_pylist()
         if not rows:
             raise NotFound(f"no interaction with id {id_!r}", param="id")
         item = to_api(rows[0])
         fb = self.store.query(
             "SELECT id, created_at, metric, value, reason, details, user_id FROM feedback "
-            "WHERE completion_id = ? ORDER BY created_at",
+            "WHERE completion_id = ? ORDER BY created_at, id",
             [id_],
-            snapshot=snap,
+            **scope,
         ).to_pylist()
         for f in fb:
             f["created_at"] = _iso(f["created_at"])
         item["feedback"] = fb
+        comparisons = self.store.query(
+            "SELECT id, created_at, metric, preferred_id, preferred_text, preferred_model, "
+            "other_id, other_text, other_model, tied, user_id FROM comparisons "
+            "WHERE preferred_id = ? OR other_id = ? ORDER BY created_at, id",
+            [id_, id_],
+            **scope,
+        ).to_pylist()
+        for c in comparisons:
+            c["created_at"] = _iso(c["created_at"])
+            c["preferred"] = c["preferred_id"] == id_
+        item["comparisons"] = comparisons
         return item
 
+    def locate(self, ids: list[str]) -> dict[str, str]:
+        """{id: use case} for those of ``ids`` that are stored (acknowledged)."""
+        maybe = self.store.candidates(list(dict.fromkeys(ids)))
+        if not maybe:
+            return {}
+        marks = ", ".join("?" for _ in maybe)
+        rows = self.store.query(
+            f"SELECT id, use_case FROM interactions WHERE id IN ({marks})", maybe
+        ).to_pylist()
+        return {r["id"]: r["use_case"] for r in rows}
+
+    def session_use_case(self, session_id: str, use_case: str | None = None) -> str | None:
+        """The use case of a stored session (within ``use_case`` when given), or None."""
+        where, args = "session_id = ?", [session_id]
+        if use_case is not None:
+            where, args = where + " AND use_case = ?", [*args, use_case]
+        rows = self.store.query(
+            f"SELECT use_case FROM interactions WHERE {where} LIMIT 1", args
+        ).to_pylist()
+        return rows[0]["use_case"] if rows else None
+
     def run_sql(
-        self, sql: str, *, timeout_s: float | None = 30.0, max_rows: int | None = 100_000
+        self,
+        sql: str,
+        *,
+        timeout_s: float | None = 30.0,
+        max_rows: int | None = 100_000,
+        use_cases: tuple[str, ...] | None = None,
     ) -> tuple[pa.Table, bool]:
-        """Run one read-only SELECT. Returns the rows and whether they were cut at max_rows."""
+        """Run one read-only SELECT. Returns the rows and whether they were cut at
+        max_rows. ``use_cases``: the views hold only these use cases' rows."""
         query = check_select(sql)
         self.store.duck.check_tables(query, TABLES)
-        table = self.store.query(query, timeout_s=timeout_s, max_rows=max_rows)
+        table = self.store.query(query, timeout_s=timeout_s, max_rows=max_rows, use_cases=use_cases)
         truncated = max_rows is not None and table.num_rows > max_rows
         if truncated:
             table = table.slice(0, max_rows)

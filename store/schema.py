@@ -68,6 +68,44 @@ FEEDBACK = pa.schema(
 )
 
 
+# A preference between two completions of one prompt (Adaptive ``AddComparisonRequest``).
+# Each side names a stored interaction (``*_id``) or carries its text and model inline.
+COMPARISONS = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("created_at", TIMESTAMP, nullable=False),
+        pa.field("use_case", pa.string(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("preferred_id", pa.string()),
+        pa.field("preferred_text", pa.string()),
+        pa.field("preferred_model", pa.string()),
+        pa.field("other_id", pa.string()),
+        pa.field("other_text", pa.string()),
+        pa.field("other_model", pa.string()),
+        pa.field("messages", pa.string()),  # JSON text; the prompt of inline completions
+        pa.field("tied", pa.string()),  # null, "good" or "bad"
+        pa.field("user_id", pa.string()),
+        pa.field("day", pa.date32(), nullable=False),
+    ]
+)
+
+# A metric on a whole session (``POST /outcome``), e.g. "ticket resolved".
+OUTCOMES = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("created_at", TIMESTAMP, nullable=False),
+        pa.field("session_id", pa.string(), nullable=False),
+        pa.field("use_case", pa.string()),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+        pa.field("reason", pa.string()),
+        pa.field("details", pa.string()),
+        pa.field("user_id", pa.string()),
+        pa.field("day", pa.date32(), nullable=False),
+    ]
+)
+
+
 @dataclass(frozen=True)
 class TableSpec:
     """A stored table: its name (folder under the data root and SQL view name), its
@@ -84,8 +122,12 @@ class TableSpec:
 
 INTERACTIONS_TABLE = TableSpec("interactions", INTERACTIONS, ("use_case", "day"))
 FEEDBACK_TABLE = TableSpec("feedback", FEEDBACK, ("day",))
+COMPARISONS_TABLE = TableSpec("comparisons", COMPARISONS, ("day",))
+OUTCOMES_TABLE = TableSpec("outcomes", OUTCOMES, ("day",))
 
-TABLES: dict[str, TableSpec] = {t.name: t for t in (INTERACTIONS_TABLE, FEEDBACK_TABLE)}
+TABLES: dict[str, TableSpec] = {
+    t.name: t for t in (INTERACTIONS_TABLE, FEEDBACK_TABLE, COMPARISONS_TABLE, OUTCOMES_TABLE)
+}
 
 # Input limits that are part of the data model (SPEC: labels).
 MAX_LABELS = 64

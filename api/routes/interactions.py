@@ -7,7 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
+from api.auth import Ingest, Read
 from api.body import JSONResponse, read_body
+from api.keys import OPEN, Principal
 from ingest.models import BatchAck, IngestAck
 from ingest.normalize import Batch, build_batch
 from ingest.parse import parse_interactions
@@ -47,12 +49,19 @@ async def persist(store: Store, batch: Batch) -> tuple[str, ...]:
     return (await wait(ack)).duplicate_ids
 
 
-async def ingest_body(store: Store, reader: Reader, body: bytes, ctype: str) -> dict[str, Any]:
+async def ingest_body(
+    store: Store, reader: Reader, body: bytes, ctype: str, principal: Principal = OPEN
+) -> dict[str, Any]:
     """Validate, persist and acknowledge one ingest body (the route and the fast lane)."""
     if len(body) > 256 << 10:
         items, single = await run_in_threadpool(parse_interactions, body, ctype)
     else:
         items, single = parse_interactions(body, ctype)
+    if principal.use_cases is not None:
+        for n, item in enumerate(items):
+            principal.check_use_case(
+                item["use_case"], "use_case" if single else f"body[{n}].use_case"
+            )
     if len(items) > _INLINE_ITEMS:
         batch = await run_in_threadpool(build_batch, items, source="api")
     else:
@@ -78,12 +87,13 @@ async def ingest_body(store: Store, reader: Reader, body: bytes, ctype: str) -> 
     openapi_extra=_BODY_SCHEMA,
     summary="Log interactions (one object, a JSON array, or NDJSON)",
 )
-async def ingest(request: Request) -> JSONResponse:
+async def ingest(request: Request, principal: Ingest) -> JSONResponse:
     # Normally answered by api.fastlane before FastAPI routing; same behaviour here.
     state = request.app.state
     body = await read_body(request, state.settings.max_body_bytes)
     ctype = request.headers.get("content-type", "application/json")
-    return JSONResponse(await ingest_body(state.store, state.reader, body, ctype), status_code=201)
+    ack = await ingest_body(state.store, state.reader, body, ctype, principal)
+    return JSONResponse(ack, status_code=201)
 
 
 LIST_PARAMS = {
@@ -119,6 +129,7 @@ def filters_from_query(request: Request) -> dict[str, Any]:
 @router.get("/interactions", summary="List interactions, newest first, with filters")
 def list_interactions(
     request: Request,
+    principal: Read,
     use_case: Annotated[list[str] | None, Query(description="Repeatable: any of")] = None,
     model: Annotated[list[str] | None, Query(description="Repeatable: any of")] = None,
     label: Annotated[
@@ -138,9 +149,11 @@ def list_interactions(
 ) -> JSONResponse:
     check_params(request, LIST_PARAMS)
     reader: Reader = request.app.state.reader
-    page = reader.page(
-        filter_from_kwargs(filters_from_query(request)), limit=limit, order=order, after=after
-    )
+    filters = filters_from_query(request)
+    visible = principal.visible(tuple(filters.get("use_case", ())))
+    if visible is not None:
+        filters["use_case"] = list(visible)
+    page = reader.page(filter_from_kwargs(filters), limit=limit, order=order, after=after)
     return JSONResponse(
         {
             "object": "list",
@@ -152,6 +165,6 @@ def list_interactions(
 
 
 @router.get("/interactions/{interaction_id}", summary="One interaction with its feedback")
-def get_interaction(request: Request, interaction_id: str) -> JSONResponse:
+def get_interaction(request: Request, principal: Read, interaction_id: str) -> JSONResponse:
     reader: Reader = request.app.state.reader
-    return JSONResponse(reader.get(interaction_id))
+    return JSONResponse(reader.get(interaction_id, use_cases=principal.visible(None)))

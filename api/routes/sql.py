@@ -6,6 +6,7 @@ import pyarrow as pa
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.auth import Read
 from api.body import JSONResponse
 from store.errors import InvalidQuery
 from store.reader import Reader
@@ -18,12 +19,15 @@ class SqlRequest(BaseModel):
     sql: str = Field(..., min_length=1, max_length=100_000, description="One SELECT or WITH.")
 
 
-@router.post("/sql", summary="Run one read-only SELECT over interactions and feedback")
-def run_sql(request: Request, body: SqlRequest) -> JSONResponse:
+@router.post("/sql", summary="Run one read-only SELECT over the store's views")
+def run_sql(request: Request, principal: Read, body: SqlRequest) -> JSONResponse:
     settings = request.app.state.settings
     reader: Reader = request.app.state.reader
     table, truncated = reader.run_sql(
-        body.sql, timeout_s=settings.sql_timeout_s, max_rows=settings.sql_max_rows
+        body.sql,
+        timeout_s=settings.sql_timeout_s,
+        max_rows=settings.sql_max_rows,
+        use_cases=principal.visible(None),
     )
     try:
         rows = table.to_pylist()

@@ -1,0 +1,295 @@
+"""API keys: created by ``istore keys create``, checked on every ``/api/v1`` request.
+
+A key looks like ``isk_<key id>_<secret>``. The key id (12 hex digits) is public: it
+names the key in ``keys list`` and finds its record without trying every hash. The
+secret is 32 random bytes; only its scrypt hash (with a per-key salt) is stored, in
+``<data>/keys.json`` with mode 0600. Hashes are compared with ``hmac.compare_digest``.
+
+scrypt costs ~30 ms on purpose (a stolen keys file does not give the keys away), so
+a verified key is remembered by the SHA-256 of the whole key (in memory only), and a
+wrong secret for a real key id is remembered too, so a client repeating a bad key
+cannot make the server burn CPU. A request whose key id is unknown costs nothing.
+Both memories are dropped whenever the file changes (a revoke takes effect at the
+next request).
+
+Writers (the CLI, and the server recording ``last_used_at``) take an exclusive
+``fcntl`` lock on ``keys.lock`` and replace the file atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from store.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from store.wal import fsync_path
+
+SCOPES = ("ingest", "read", "admin")
+PREFIX = "isk_"
+FILE = "keys.json"
+
+_SCRYPT = {"n": 1 << 14, "r": 8, "p": 1, "dklen": 32}
+_NEGATIVE_MAX = 4096
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request acts for. ``use_cases`` None: every use case."""
+
+    key_id: str | None
+    name: str | None
+    scopes: frozenset[str]
+    use_cases: frozenset[str] | None
+
+    def allows(self, scope: str) -> bool:
+        return "admin" in self.scopes or scope in self.scopes
+
+    def require(self, scope: str) -> None:
+        if not self.allows(scope):
+            have = ", ".join(sorted(self.scopes))
+            raise Forbidden(
+                f"this API key has scope {have}; this request needs {scope}",
+                code="insufficient_scope",
+            )
+
+    def check_use_case(self, use_case: str, param: str = "use_case") -> None:
+        if self.use_cases is not None and use_case not in self.use_cases:
+            raise Forbidden(
+                f"{param}: this API key may not use use case {use_case!r}",
+                param=param,
+                code="use_case_forbidden",
+            )
+
+    def visible(self, requested: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        """The use cases a read may cover: ``requested`` (each must be allowed), or all
+        the key's use cases when none are requested. None: no restriction."""
+        if self.use_cases is None:
+            return requested
+        if requested:
+            for uc in requested:
+                self.check_use_case(uc)
+            return requested
+        return tuple(sorted(self.use_cases))
+
+
+OPEN = Principal(None, None, frozenset(SCOPES), None)  # no keys configured
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _hash(secret: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(secret.encode(), salt=salt, **_SCRYPT)  # type: ignore[arg-type]
+
+
+class KeyRing:
+    """The keys of one data root."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.path = self.root / FILE
+        self._mu = threading.Lock()
+        self._stamp: tuple[int, int] | None = None
+        self._keys: dict[str, dict[str, Any]] = {}
+        self._good: dict[bytes, Principal] = {}
+        self._bad: set[bytes] = set()
+        self._used: dict[str, str] = {}  # key id → last use, not yet written
+
+    # -- reading -------------------------------------------------------------------------
+    def _load(self) -> None:
+        """Re-read the file if it changed since the last look (one ``stat`` otherwise)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            stamp = None
+        else:
+            stamp = (st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
+            return
+        keys = self._read() if stamp is not None else {}
+        self._keys = keys
+        self._stamp = stamp
+        # Keep what was verified for keys that are unchanged (``last_used_at`` updates
+        # rewrite the file every half minute); forget everything else.
+        self._good = {
+            d: p for d, p in self._good.items()
+            if (k := keys.get(p.key_id or "")) is not None and not k.get("revoked_at")
+            and _principal(k) == p
+        }  # fmt: skip
+        self._bad.clear()
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        data = orjson.loads(self.path.read_bytes() or b"{}")
+        return {k["id"]: k for k in data.get("keys", [])}
+
+    def active(self) -> bool:
+        """Whether any unrevoked key exists (then every request needs one)."""
+        with self._mu:
+            self._load()
+            return any(not k.get("revoked_at") for k in self._keys.values())
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """The principal of an ``Authorization`` header; ``OPEN`` when no key exists."""
+        with self._mu:
+            self._load()
+            if not any(not k.get("revoked_at") for k in self._keys.values()):
+                return OPEN
+            if not authorization:
+                raise Unauthorized(
+                    "missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key"
+                )
+            scheme, _, token = authorization.strip().partition(" ")
+            token = token.strip()
+            if scheme.lower() != "bearer" or not token:
+                raise Unauthorized("the Authorization header must be 'Bearer <key>'")
+            digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+            known = self._good.get(digest)
+            if known is not None:
+                self._used[known.key_id or ""] = _now()
+                return known
+            if digest in self._bad:
+                raise Unauthorized("invalid API key")
+            key_id, secret = _split(token)
+            record = self._keys.get(key_id) if key_id else None
+            if record is None or record.get("revoked_at"):
+                raise Unauthorized("invalid API key")
+        # The slow hash runs outside the lock; concurrent first uses may both run it.
+        expected = bytes.fromhex(record["hash"])
+        ok = hmac.compare_digest(_hash(secret, bytes.fromhex(record["salt"])), expected)
+        with self._mu:
+            if not ok:
+                if len(self._bad) >= _NEGATIVE_MAX:
+                    self._bad.clear()
+                self._bad.add(digest)
+                raise Unauthorized("invalid API key")
+            p = _principal(record)
+            self._good[digest] = p
+            self._used[record["id"]] = _now()
+            return p
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every key's public fields (never a hash or a secret)."""
+        with self._mu:
+            self._load()
+            keys = list(self._keys.values())
+        public = ("id", "name", "scopes", "use_cases", "created_at", "last_used_at", "revoked_at")
+        return [{f: k.get(f) for f in public} for k in keys]
+
+    # -- writing -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _editing(self) -> Iterator[dict[str, dict[str, Any]]]:
+        """The keys, locked against other writers; written back atomically on exit."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / "keys.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            keys = self._read() if self.path.exists() else {}
+            yield keys
+            tmp = self.path.with_suffix(".tmp")
+            data = orjson.dumps({"keys": list(keys.values())}, option=orjson.OPT_INDENT_2)
+            wfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(wfd, data)
+                os.fsync(wfd)
+            finally:
+                os.close(wfd)
+            os.replace(tmp, self.path)
+            fsync_path(self.root)
+        finally:
+            os.close(fd)
+
+    def create(
+        self, scopes: list[str], use_cases: list[str] | None = None, name: str | None = None
+    ) -> tuple[dict[str, Any], str]:
+        """A new key: its public record and the secret (shown once, never stored)."""
+        bad = [s for s in scopes if s not in SCOPES]
+        if not scopes or bad:
+            raise InvalidRequest(
+                f"scope must be one of {', '.join(SCOPES)}, got {bad or scopes}", param="scope"
+            )
+        key_id = secrets.token_hex(6)
+        secret = secrets.token_urlsafe(32)
+        salt = secrets.token_bytes(16)
+        record = {
+            "id": key_id,
+            "name": name,
+            "scopes": sorted(set(scopes)),
+            "use_cases": sorted(set(use_cases)) if use_cases else None,
+            "created_at": _now(),
+            "last_used_at": None,
+            "revoked_at": None,
+            "salt": salt.hex(),
+            "hash": _hash(secret, salt).hex(),
+        }
+        with self._editing() as keys:
+            keys[key_id] = record
+        public = {k: v for k, v in record.items() if k not in ("salt", "hash")}
+        return public, f"{PREFIX}{key_id}_{secret}"
+
+    def revoke(self, ref: str) -> dict[str, Any]:
+        """Revoke the key with id (or name) ``ref``."""
+        with self._editing() as keys:
+            hits = [k for k in keys.values() if ref in (k["id"], k.get("name"))]
+            if not hits:
+                raise NotFound(f"no API key with id or name {ref!r}", param="key")
+            if len(hits) > 1:
+                raise InvalidRequest(
+                    f"{len(hits)} keys are named {ref!r}; revoke by id", param="key"
+                )
+            key = hits[0]
+            key["revoked_at"] = key.get("revoked_at") or _now()
+        return {k: v for k, v in key.items() if k not in ("salt", "hash")}
+
+    def save_usage(self) -> None:
+        """Write the ``last_used_at`` times seen since the last call."""
+        with self._mu:
+            used, self._used = self._used, {}
+        if not used:
+            return
+        with self._editing() as keys:
+            for key_id, when in used.items():
+                if key_id in keys:
+                    keys[key_id]["last_used_at"] = max(keys[key_id].get("last_used_at") or "", when)
+
+
+def _principal(record: dict[str, Any]) -> Principal:
+    return Principal(
+        record["id"],
+        record.get("name"),
+        frozenset(record["scopes"]),
+        frozenset(record["use_cases"]) if record.get("use_cases") else None,
+    )
+
+
+def _split(token: str) -> tuple[str | None, str]:
+    if not token.startswith(PREFIX):
+        return None, ""
+    key_id, sep, secret = token[len(PREFIX) :].partition("_")
+    if not sep or len(key_id) != 12:
+        return None, ""
+    return key_id, secret
+
+
+def usage_saver(ring: KeyRing, stop: threading.Event, every_s: float = 30.0) -> threading.Thread:
+    """A thread that records key use every ``every_s`` seconds until ``stop``."""
+
+    def run() -> None:
+        while not stop.wait(every_s):
+            with contextlib.suppress(OSError):
+                ring.save_usage()
+
+    t = threading.Thread(target=run, name="istore-keys", daemon=True)
+    t.start()
+    return t
