@@ -2,7 +2,7 @@
 
 ``ingest``: write interactions, feedback, comparisons, outcomes, chat.
 ``read``: list, get, stats, SQL, export.  ``admin``: everything, plus deletes and keys.
-With no key configured (``keys.json`` absent or all revoked) every request acts with
+With no key ever created (no ``keys.json``) every request acts with
 full rights; ``istore serve`` then refuses non-loopback addresses."""
 
 from __future__ import annotations

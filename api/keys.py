@@ -135,16 +135,17 @@ class KeyRing:
         return {k["id"]: k for k in data.get("keys", [])}
 
     def active(self) -> bool:
-        """Whether any unrevoked key exists (then every request needs one)."""
+        """Whether any key was ever created: then every request needs a valid one.
+        Revoking the last key locks the API; deleting ``keys.json`` opens it again."""
         with self._mu:
             self._load()
-            return any(not k.get("revoked_at") for k in self._keys.values())
+            return bool(self._keys)
 
     def authenticate(self, authorization: str | None) -> Principal:
         """The principal of an ``Authorization`` header; ``OPEN`` when no key exists."""
         with self._mu:
             self._load()
-            if not any(not k.get("revoked_at") for k in self._keys.values()):
+            if not self._keys:
                 return OPEN
             if not authorization:
                 raise Unauthorized(
