@@ -1,0 +1,132 @@
+"""The real ``adaptive-sdk`` client, unchanged, against a live server (uvicorn, loopback)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from adaptive_sdk import Adaptive
+
+from api.keys import KeyRing
+from tests.conftest import Server
+
+
+@pytest.fixture
+def live(server_factory: type[Server], tmp_path: Path) -> tuple[Server, str]:
+    data = tmp_path / "data"
+    _, secret = KeyRing(data).create(["ingest", "read"], name="sdk")
+    return server_factory(data).start(), secret
+
+
+@contextlib.contextmanager
+def adaptive(url: str, key: str) -> Iterator[Adaptive]:
+    client = Adaptive(base_url=url, api_key=key)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def test_adaptive_sdk_interactions_and_preferences(live: tuple[Server, str]) -> None:
+    server, key = live
+    with adaptive(server.url, key) as client:
+        _create_and_check(client, server, key)
+
+
+def _create_and_check(client: Adaptive, server: Server, key: str) -> None:
+    user = "5b1d1c39-9c07-4c1a-b0b8-8b3f7d0e2c11"
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [
+            {"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": "https://example.com/drill.png"}},
+        ]},
+    ]  # fmt: skip
+    first = client.interactions.create(
+        messages=messages,  # type: ignore[arg-type]
+        completion="A cordless drill.",
+        model="small",
+        project="support",
+        labels={"project": "RAG Bot", "topic": "Industrial Tools"},
+        feedbacks=[{"feedback_key": "thumbs_up", "value": 1, "details": "spot on"}],
+        user=user,
+        created_at="2026-03-01T12:00:00Z",
+    )
+    second = client.interactions.create(
+        messages=[{"role": "user", "content": "What is this?"}],
+        completion="A tool.",
+        model="large",
+        project="support",
+        session_id=first.session_id,
+    )
+    by_id = client.feedback.log_preference(
+        feedback_key="helpful",
+        preferred_completion=first.completion_id,
+        other_completion=second.completion_id,
+        project="support",
+        user=user,
+    )
+    inline = client.feedback.log_preference(
+        feedback_key="helpful",
+        preferred_completion={"text": "A cordless drill.", "model": "small"},
+        other_completion={"text": "Unsure.", "model": "large"},
+        messages=[{"role": "user", "content": "What is this?"}],
+        project="support",
+    )
+
+    h = {"Authorization": f"Bearer {key}"}
+    got = httpx.get(f"{server.url}/api/v1/interactions/{first.completion_id}", headers=h).json()
+    assert got["use_case"] == "support" and got["model"] == "small"
+    assert got["completion"] == "A cordless drill."
+    assert got["labels"] == {"project": "RAG Bot", "topic": "Industrial Tools"}
+    assert got["user"] == user and got["session_id"] == str(first.session_id)
+    assert got["created_at"] == "2026-03-01T12:00:00Z"
+    assert got["source"] == "api" and got["status"] == "ok"
+    # What the SDK sent, exactly (it flattens image_url to a string).
+    assert got["messages"][1]["content"][1] == {
+        "type": "image_url",
+        "image_url": "https://example.com/drill.png",
+    }
+    assert [(f["id"], f["metric"], f["value"], f["details"]) for f in got["feedback"]] == [
+        (str(first.feedback_ids[0]), "thumbs_up", 1.0, "spot on")
+    ]
+    assert [(c["id"], c["preferred"]) for c in got["comparisons"]] == [
+        (str(by_id.comparison_id), True)
+    ]
+    second_got = httpx.get(
+        f"{server.url}/api/v1/interactions/{second.completion_id}", headers=h
+    ).json()
+    assert second_got["session_id"] == str(first.session_id)
+    rows = httpx.post(
+        f"{server.url}/api/v1/sql",
+        json={"sql": "SELECT id, preferred_text, other_model, user_id FROM comparisons "
+                     "ORDER BY created_at"},
+        headers=h,
+    ).json()["data"]  # fmt: skip
+    assert rows == [
+        {"id": str(by_id.comparison_id), "preferred_text": None, "other_model": None,
+         "user_id": user},
+        {"id": str(inline.comparison_id), "preferred_text": "A cordless drill.",
+         "other_model": "large", "user_id": None},
+    ]  # fmt: skip
+
+
+def test_adaptive_sdk_sees_our_errors(live: tuple[Server, str]) -> None:
+    server, key = live
+    with (
+        adaptive(server.url, "isk_000000000000_wrong") as client,
+        pytest.raises(Exception, match="401"),
+    ):
+        client.interactions.create(
+            messages=[{"role": "user", "content": "x"}], completion="y", project="support"
+        )
+    with adaptive(server.url, key) as client, pytest.raises(Exception, match="404"):
+        client.feedback.log_preference(
+            feedback_key="helpful",
+            preferred_completion="01a2159a-8b4c-7fc2-9dca-e771885f7e3e",
+            other_completion="01a2159a-8b4c-7fc2-9dca-e771885f7e3f",
+            project="support",
+        )
