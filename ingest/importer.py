@@ -1,4 +1,4 @@
-"""Bulk import of NDJSON files into a store (``istore import``, sample loading).
+"""Bulk import of JSONL files into a store (``istore import``, sample loading).
 
 Chunks are parsed while earlier chunks are being made durable (a few writes in
 flight), so parsing and fsync overlap. A bad line stops the import with its file and
@@ -48,9 +48,12 @@ def import_files(
     *,
     source: str = "import",
     chunk_rows: int = 2000,
+    use_case: str | None = None,
     progress: Callable[[int], Any] = lambda n: None,
 ) -> tuple[int, int]:
-    """Import NDJSON interactions. Returns (interactions read, newly stored)."""
+    """Import JSONL files: interactions, gateway logs, OpenAI fine-tuning examples or
+    Adaptive dataset lines (``ingest.formats``), mixed freely; ``use_case`` for lines
+    that have none. Returns (interactions read, newly stored)."""
     total = stored = 0
     pending: deque[Ack[WriteResult]] = deque()
 
@@ -63,7 +66,9 @@ def import_files(
             for first, lines, nbytes in _chunks(path, chunk_rows):
                 if lines:
                     try:
-                        items, _ = parse_interactions(b"".join(lines), "application/x-ndjson")
+                        items, _ = parse_interactions(
+                            b"".join(lines), "application/x-ndjson", files=True, use_case=use_case
+                        )
                     except StoreError as exc:
                         exc.message = f"{path}: from line {first}: {exc.message}"
                         raise

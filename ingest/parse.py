@@ -12,6 +12,14 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from ingest.fastpath import canonical
+from ingest.formats import (
+    from_adaptive_dataset,
+    from_gateway_log,
+    from_openai_finetune,
+    is_gateway_log,
+    is_openai_finetune,
+    rename_error,
+)
 from ingest.models import InteractionIn
 from store.errors import InvalidRequest, ValidationFailed
 from store.jsonutil import loads
@@ -121,9 +129,38 @@ def validate_model(adapter: TypeAdapter[T], raw: Any, prefix: str = "") -> T:
     raise AssertionError("unreachable")
 
 
-def parse_interactions(body: bytes, content_type: str) -> tuple[list[dict[str, Any]], bool]:
-    """The validated interactions, and whether the body was a single object."""
+def expand(
+    raw: Any, prefix: str = "", *, files: bool = False, use_case: str | None = None
+) -> list[dict[str, Any]]:
+    """One item of a body → canonical interactions. An interaction object gives
+    itself; a gateway log record one per response choice (``ingest.formats``). With
+    ``files`` (``istore import``) also OpenAI fine-tuning and Adaptive dataset lines,
+    ``use_case`` filling in a missing use case."""
+    if is_gateway_log(raw):
+        out = []
+        for item in from_gateway_log(raw, prefix):
+            try:
+                out.append(validate(item, prefix))
+            except ValidationFailed as exc:
+                raise rename_error(exc, prefix) from None
+        return out
+    if files:
+        if is_openai_finetune(raw):
+            raw = from_openai_finetune(raw, use_case, prefix)
+        elif isinstance(raw, dict):
+            raw = from_adaptive_dataset(raw, use_case)
+    return [validate(raw, prefix)]
+
+
+def parse_interactions(
+    body: bytes, content_type: str, *, files: bool = False, use_case: str | None = None
+) -> tuple[list[dict[str, Any]], bool]:
+    """The validated interactions, and whether the body was a single one."""
     numbered, single = split_body(body, content_type)
     if single:
-        return [validate(numbered[0][1])], True
-    return [validate(item, f"body[{n}]") for n, item in numbered], False
+        items = expand(numbered[0][1], files=files, use_case=use_case)
+        return items, len(items) == 1
+    out: list[dict[str, Any]] = []
+    for n, item in numbered:
+        out.extend(expand(item, f"body[{n}]", files=files, use_case=use_case))
+    return out, False

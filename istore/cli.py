@@ -129,13 +129,15 @@ def _is_empty(store: Any) -> bool:
 
 
 # -- import ------------------------------------------------------------------------------
-def _import_files(store: Any, paths: list[Path], *, progress: bool) -> tuple[int, int]:
+def _import_files(
+    store: Any, paths: list[Path], *, progress: bool, use_case: str | None = None
+) -> tuple[int, int]:
     from ingest.importer import import_files
 
     size = sum(p.stat().st_size for p in paths)
     out = sys.stderr if progress else _Null()
     with click.progressbar(length=size, label="Importing", file=out) as bar:  # type: ignore[arg-type]
-        return import_files(store, paths, progress=bar.update)
+        return import_files(store, paths, use_case=use_case, progress=bar.update)
 
 
 class _Null:
@@ -151,14 +153,21 @@ class _Null:
 
 @main.command("import")
 @data_option
+@click.option(
+    "--use-case",
+    default=None,
+    help="Use case for lines without one (OpenAI fine-tuning and Adaptive dataset files).",
+)
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-def import_(data: str | None, files: tuple[str, ...]) -> None:
-    """Import interactions from NDJSON files (one interaction per line)."""
+def import_(data: str | None, use_case: str | None, files: tuple[str, ...]) -> None:
+    """Import JSONL files, one record per line: interactions, gateway logs
+    ({"request", "response"}), OpenAI fine-tuning examples ({"messages"} ending with
+    the assistant's) or Adaptive dataset lines ({"messages", "completion"})."""
     from store.engine import Store
 
     settings = _settings(data=data)
     with Store(settings.data, options=settings.store_options()) as store:
-        n, new = _import_files(store, [Path(f) for f in files], progress=True)
+        n, new = _import_files(store, [Path(f) for f in files], progress=True, use_case=use_case)
     dup = f" ({n - new} were already stored)" if n != new else ""
     click.echo(f"Imported {new} of {n} interactions into {store.root}{dup}")
 
