@@ -44,7 +44,9 @@ class IngestFastLane:
             body = await _read(receive, headers, state.settings.max_body_bytes)
             ctype = headers.get("content-type", "application/json")
             status = 201
-            payload = await ingest_body(state.store, state.reader, body, ctype, principal)
+            payload = await ingest_body(
+                state.store, state.reader, body, ctype, principal, state.settings.limits()
+            )
         except StoreError as exc:
             status = exc.status
             payload = error_body(exc.status, exc.message, exc.type, exc.param, exc.code)

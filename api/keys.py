@@ -180,7 +180,7 @@ class KeyRing:
             self._used[record["id"]] = _now()
             return p
 
-    def list(self) -> list[dict[str, Any]]:
+    def describe(self) -> list[dict[str, Any]]:
         """Every key's public fields (never a hash or a secret)."""
         with self._mu:
             self._load()

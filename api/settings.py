@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ingest.parse import Limits
 from store.engine import StoreOptions
 
 
@@ -19,6 +20,16 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(
         32 << 20, description="Largest accepted request body, in bytes (larger: 413)."
+    )
+    max_batch_items: int = Field(
+        10_000, description="Most records in one ingest request (more: 413)."
+    )
+    max_messages: int = Field(
+        2_000, description="Most chat messages in one interaction (more: 422)."
+    )
+    max_content_chars: int = Field(
+        1 << 20,
+        description="Most characters in one message's content or one completion (more: 422).",
     )
     flush_interval_s: float = Field(
         1.0, description="How often the write-ahead log is appended to the Delta tables."
@@ -35,6 +46,9 @@ class Settings(BaseSettings):
     query_memory_limit: str = Field("2GB", description="DuckDB memory cap for queries.")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     access_log: bool = Field(False, description="Log every HTTP request (uvicorn access log).")
+
+    def limits(self) -> Limits:
+        return Limits(self.max_batch_items, self.max_messages, self.max_content_chars)
 
     def store_options(self) -> StoreOptions:
         return StoreOptions(

@@ -6,6 +6,7 @@ an array or the fourth line of NDJSON. Nothing is stored unless all items valida
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -21,7 +22,7 @@ from ingest.formats import (
     rename_error,
 )
 from ingest.models import InteractionIn
-from store.errors import InvalidRequest, ValidationFailed
+from store.errors import InvalidRequest, PayloadTooLarge, ValidationFailed
 from store.jsonutil import loads
 
 _ONE = TypeAdapter(InteractionIn)
@@ -152,15 +153,79 @@ def expand(
     return [validate(raw, prefix)]
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Per-request ingest limits (``api.settings``; the label limits are in the model)."""
+
+    max_items: int = 10_000
+    max_messages: int = 2_000
+    max_content_chars: int = 1 << 20
+
+
+def _chars(content: Any) -> int:
+    """Characters of a content: a string, or the strings in a list of parts (their
+    text, image URLs, audio data …; not the part ``type``)."""
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(_chars(p) for p in content)
+    if isinstance(content, dict):
+        return sum(_chars(v) for k, v in content.items() if k != "type")
+    return 0
+
+
+def check_limits(item: dict[str, Any], limits: Limits, prefix: str) -> None:
+    messages = item["messages"]
+    if len(messages) > limits.max_messages:
+        where = _join(prefix, "messages")
+        raise ValidationFailed(
+            f"{where}: {len(messages)} messages, at most {limits.max_messages} are accepted",
+            param=where,
+        )
+    for j, m in enumerate(messages):
+        n = _chars(m.get("content"))
+        if n > limits.max_content_chars:
+            where = _join(prefix, f"messages[{j}].content")
+            raise ValidationFailed(
+                f"{where}: {n} characters, at most {limits.max_content_chars} are accepted",
+                param=where,
+            )
+    completion = item["completion"]
+    n = _chars(completion.get("content") if isinstance(completion, dict) else completion)
+    if n > limits.max_content_chars:
+        where = _join(prefix, "completion")
+        raise ValidationFailed(
+            f"{where}: {n} characters, at most {limits.max_content_chars} are accepted",
+            param=where,
+        )
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
 def parse_interactions(
-    body: bytes, content_type: str, *, files: bool = False, use_case: str | None = None
+    body: bytes,
+    content_type: str,
+    *,
+    files: bool = False,
+    use_case: str | None = None,
+    limits: Limits | None = None,
 ) -> tuple[list[dict[str, Any]], bool]:
     """The validated interactions, and whether the body was a single one."""
     numbered, single = split_body(body, content_type)
-    if single:
-        items = expand(numbered[0][1], files=files, use_case=use_case)
-        return items, len(items) == 1
+    if limits is not None and len(numbered) > limits.max_items:
+        raise PayloadTooLarge(
+            f"the body holds {len(numbered)} records; at most {limits.max_items} are accepted "
+            "per request",
+            param="body",
+        )
     out: list[dict[str, Any]] = []
-    for n, item in numbered:
-        out.extend(expand(item, f"body[{n}]", files=files, use_case=use_case))
-    return out, False
+    for n, raw in numbered:
+        prefix = "" if single else f"body[{n}]"
+        items = expand(raw, prefix, files=files, use_case=use_case)
+        if limits is not None:
+            for item in items:
+                check_limits(item, limits, prefix)
+        out.extend(items)
+    return out, single and len(out) == 1

@@ -333,7 +333,7 @@ def keys_list(data: str | None, as_json: bool) -> None:
     """Every key's id, name, scopes, use cases and times (never secrets)."""
     from api.keys import KeyRing
 
-    rows = KeyRing(_settings(data=data).data).list()
+    rows = KeyRing(_settings(data=data).data).describe()
     if as_json:
         click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
         return

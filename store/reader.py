@@ -124,29 +124,28 @@ class Reader:
         """One interaction with its feedback and the comparisons that name it.
         ``use_cases``: what the caller may see (others are not found)."""
         snap = self.store.snapshot()
-        scope = {"snapshot": snap, "use_cases": use_cases}
-        rows = self.store.query(
-            f"SELECT {_LIST_COLUMNS} FROM interactions WHERE id = ? LIMIT 1", [id_], **scope
-        ).to_pylist()
+
+        def q(sql: str, args: list[Any]) -> list[dict[str, Any]]:
+            return self.store.query(sql, args, snapshot=snap, use_cases=use_cases).to_pylist()
+
+        rows = q(f"SELECT {_LIST_COLUMNS} FROM interactions WHERE id = ? LIMIT 1", [id_])
         if not rows:
             raise NotFound(f"no interaction with id {id_!r}", param="id")
         item = to_api(rows[0])
-        fb = self.store.query(
+        fb = q(
             "SELECT id, created_at, metric, value, reason, details, user_id FROM feedback "
             "WHERE completion_id = ? ORDER BY created_at, id",
             [id_],
-            **scope,
-        ).to_pylist()
+        )
         for f in fb:
             f["created_at"] = _iso(f["created_at"])
         item["feedback"] = fb
-        comparisons = self.store.query(
+        comparisons = q(
             "SELECT id, created_at, metric, preferred_id, preferred_text, preferred_model, "
             "other_id, other_text, other_model, tied, user_id FROM comparisons "
             "WHERE preferred_id = ? OR other_id = ? ORDER BY created_at, id",
             [id_, id_],
-            **scope,
-        ).to_pylist()
+        )
         for c in comparisons:
             c["created_at"] = _iso(c["created_at"])
             c["preferred"] = c["preferred_id"] == id_

@@ -552,8 +552,10 @@ async def test_100mb_chunked_body_is_413(client: httpx.AsyncClient) -> None:
 
 
 async def test_body_just_under_the_limit_is_accepted(client: httpx.AsyncClient) -> None:
-    body = json.dumps(interaction(0, completion="x" * ((8 << 20) - 4096))).encode()
-    assert len(body) < 8 << 20
+    # Eight messages just under the per-message limit (1 Mi characters) fill the body.
+    big = [{"role": "user", "content": "x" * ((1 << 20) - 600)} for _ in range(8)]
+    body = json.dumps(interaction(0, messages=big)).encode()
+    assert (8 << 20) - 8192 < len(body) < 8 << 20
     r = await client.post(URL, content=body, headers=JSON)
     assert r.status_code == 201, r.text
 

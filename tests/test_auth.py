@@ -205,5 +205,5 @@ def test_last_used_is_recorded(tmp_path: Path) -> None:
     record, secret = ring.create(["read"])
     ring.authenticate(f"Bearer {secret}")
     ring.save_usage()
-    (row,) = KeyRing(tmp_path).list()
+    (row,) = KeyRing(tmp_path).describe()
     assert row["id"] == record["id"] and row["last_used_at"] is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -12,7 +13,7 @@ from api.body import JSONResponse, read_body
 from api.keys import OPEN, Principal
 from ingest.models import BatchAck, IngestAck
 from ingest.normalize import Batch, build_batch
-from ingest.parse import parse_interactions
+from ingest.parse import Limits, parse_interactions
 from store.ack import wait
 from store.engine import Store
 from store.errors import ValidationFailed
@@ -50,13 +51,19 @@ async def persist(store: Store, batch: Batch) -> tuple[str, ...]:
 
 
 async def ingest_body(
-    store: Store, reader: Reader, body: bytes, ctype: str, principal: Principal = OPEN
+    store: Store,
+    reader: Reader,
+    body: bytes,
+    ctype: str,
+    principal: Principal = OPEN,
+    limits: Limits | None = None,
 ) -> dict[str, Any]:
     """Validate, persist and acknowledge one ingest body (the route and the fast lane)."""
+    parse = partial(parse_interactions, body, ctype, limits=limits or Limits())
     if len(body) > 256 << 10:
-        items, single = await run_in_threadpool(parse_interactions, body, ctype)
+        items, single = await run_in_threadpool(parse)
     else:
-        items, single = parse_interactions(body, ctype)
+        items, single = parse()
     if principal.use_cases is not None:
         for n, item in enumerate(items):
             principal.check_use_case(
@@ -92,7 +99,9 @@ async def ingest(request: Request, principal: Ingest) -> JSONResponse:
     state = request.app.state
     body = await read_body(request, state.settings.max_body_bytes)
     ctype = request.headers.get("content-type", "application/json")
-    ack = await ingest_body(state.store, state.reader, body, ctype, principal)
+    ack = await ingest_body(
+        state.store, state.reader, body, ctype, principal, state.settings.limits()
+    )
     return JSONResponse(ack, status_code=201)
 
 
