@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint fmt bench-load soak clean
+.PHONY: serve test lint fmt bench-load bench-validate soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ LIST_ROWS ?= 1000000
 bench-load: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get install -y -q wrk >/dev/null 2>&1 || sudo apt-get install -y -q wrk)
 	$(BIN)/python bench/load.py --list-rows $(LIST_ROWS) --json bench/results/load-$$(date +%F).json
+
+# Ingest validation cost per row: fast path vs pydantic vs gateway-log records.
+bench-validate: $(STAMP)
+	$(BIN)/python bench/validate.py
 
 # The crash test, many rounds (CI runs 3).
 soak: $(STAMP)
