@@ -14,7 +14,7 @@ from api import errors
 from api.body import JSONResponse
 from api.fastlane import IngestFastLane
 from api.keys import KeyRing, usage_saver
-from api.routes import feedback, health, interactions, sql
+from api.routes import analytics, feedback, health, interactions, sql
 from api.settings import Settings
 from store.engine import Store
 from store.reader import Reader
@@ -61,6 +61,8 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(IngestFastLane)
     app.include_router(health.router)
+    # Before interactions: /interactions/stats and /query are not interaction ids.
+    app.include_router(analytics.router, prefix="/api/v1")
     app.include_router(interactions.router, prefix="/api/v1")
     app.include_router(feedback.router, prefix="/api/v1")
     app.include_router(sql.router, prefix="/api/v1")

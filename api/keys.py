@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from store.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from store.errors import Forbidden, InvalidRequest, NotFound, Unauthorized, Unavailable
 from store.wal import fsync_path
 
 SCOPES = ("ingest", "read", "admin")
@@ -101,7 +101,7 @@ class KeyRing:
         self.root = Path(root)
         self.path = self.root / FILE
         self._mu = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._keys: dict[str, dict[str, Any]] = {}
         self._good: dict[bytes, Principal] = {}
         self._bad: set[bytes] = set()
@@ -115,7 +115,7 @@ class KeyRing:
         except FileNotFoundError:
             stamp = None
         else:
-            stamp = (st.st_mtime_ns, st.st_size)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         if stamp == self._stamp:
             return
         keys = self._read() if stamp is not None else {}
@@ -131,8 +131,20 @@ class KeyRing:
         self._bad.clear()
 
     def _read(self) -> dict[str, dict[str, Any]]:
-        data = orjson.loads(self.path.read_bytes() or b"{}")
-        return {k["id"]: k for k in data.get("keys", [])}
+        """The keys in the file. A file that exists but cannot be read fails closed: no
+        request is served (503) until it is fixed; only a missing file means open."""
+        try:
+            data = orjson.loads(self.path.read_bytes())
+            keys = {k["id"]: k for k in data["keys"]}
+            for k in keys.values():
+                _principal(k), k["hash"], k["salt"]  # noqa: B018 - shape check
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise Unavailable(
+                f"the API key file {self.path} cannot be read ({exc.__class__.__name__}); "
+                "fix or remove it",
+                retry_after=30,
+            ) from None
+        return keys
 
     def active(self) -> bool:
         """Whether any key was ever created: then every request needs a valid one.
@@ -170,6 +182,12 @@ class KeyRing:
         expected = bytes.fromhex(record["hash"])
         ok = hmac.compare_digest(_hash(secret, bytes.fromhex(record["salt"])), expected)
         with self._mu:
+            # The file may have changed meanwhile (a revoke): decide on what it says now.
+            self._load()
+            now = self._keys.get(record["id"])
+            if now is None or now.get("revoked_at") or now.get("hash") != record["hash"]:
+                raise Unauthorized("invalid API key")
+            record = now
             if not ok:
                 if len(self._bad) >= _NEGATIVE_MAX:
                     self._bad.clear()

@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from store.errors import ValidationFailed
+from store.jsonutil import dumps
 
 GATEWAY_KEYS = frozenset(
     {
@@ -51,8 +52,12 @@ def is_gateway_log(raw: Any) -> bool:
     return isinstance(raw, dict) and "request" in raw and "messages" not in raw
 
 
-def from_gateway_log(raw: dict[str, Any], prefix: str = "") -> list[dict[str, Any]]:
-    """One gateway log record → interaction objects (one per response choice)."""
+def from_gateway_log(
+    raw: dict[str, Any], prefix: str = ""
+) -> list[tuple[dict[str, Any], dict[str, str]]]:
+    """One gateway log record → interaction objects (one per response choice), each
+    with where its fields came from (``{"messages": "request.messages", …}``), for
+    error messages that name what the client sent (``rename_error``)."""
     unknown = sorted(set(raw) - GATEWAY_KEYS)
     if unknown:
         raise _fail(_at(prefix, unknown[0]), "unknown field in a gateway log record")
@@ -63,12 +68,18 @@ def from_gateway_log(raw: dict[str, Any], prefix: str = "") -> list[dict[str, An
     if response is not None and not isinstance(response, dict):
         raise _fail(_at(prefix, "response"), "must be a ChatCompletion object or null")
 
+    sources = {
+        "messages": "request.messages", "metadata": "request.metadata", "params": "request",
+        "model": "request.model", "usage": "response.usage",
+    }  # fmt: skip
     use_case = raw.get("use_case", raw.get("project"))
     model = request.get("model")
     if isinstance(model, str) and "/" in model:
         head, _, tail = model.partition("/")
         if use_case is None or use_case == head:
             use_case, model = head, tail
+            if "use_case" not in raw and "project" not in raw:
+                sources["use_case"] = "request.model"
     if use_case is None:
         raise _fail(
             _at(prefix, "use_case"),
@@ -85,10 +96,18 @@ def from_gateway_log(raw: dict[str, Any], prefix: str = "") -> list[dict[str, An
         base["metadata"] = request["metadata"]
     if request.get("user") is not None:
         base["user"] = request["user"]
+        sources["user"] = "request.user"
+    if model is None and (response or {}).get("model") is not None:
+        sources["model"] = "response.model"
     for key in ("labels", "latency_ms", "ttft_ms", "session_id", "user", "ab_campaign",
                 "created_at", "error", "status", "feedbacks"):  # fmt: skip
         if raw.get(key) is not None:
             base[key] = raw[key]
+            sources.pop(key, None)
+    error = raw.get("error")
+    if isinstance(error, dict):  # OpenAI's error object
+        message = error.get("message")
+        base["error"] = message if isinstance(message, str) else dumps(error)
 
     if response is None:
         if raw.get("error") is None:
@@ -96,7 +115,7 @@ def from_gateway_log(raw: dict[str, Any], prefix: str = "") -> list[dict[str, An
         base.setdefault("status", "error")
         if raw.get("id") is not None:
             base["id"] = raw["id"]
-        return [base]
+        return [(base, sources)]
 
     choices = response.get("choices")
     if not isinstance(choices, list) or not choices:
@@ -109,7 +128,11 @@ def from_gateway_log(raw: dict[str, Any], prefix: str = "") -> list[dict[str, An
                                                    "total_tokens")}  # fmt: skip
     if "created_at" not in base and response.get("created") is not None:
         base["created_at"] = response["created"]
-    rid = raw.get("id", response.get("id"))
+        sources["created_at"] = "response.created"
+    rid = raw.get("id")
+    if rid is None and response.get("id") is not None:
+        rid = response["id"]
+        sources["id"] = "response.id"
     out = []
     for i, choice in enumerate(choices):
         where = _at(prefix, f"response.choices[{i}]")
@@ -118,8 +141,8 @@ def from_gateway_log(raw: dict[str, Any], prefix: str = "") -> list[dict[str, An
         item = dict(base)
         item["completion"] = completion_of(choice["message"])
         if rid is not None:
-            item["id"] = rid if i == 0 else f"{rid}:{i}"
-        out.append(item)
+            item["id"] = rid if i == 0 or not isinstance(rid, str) else f"{rid}:{i}"
+        out.append((item, {**sources, "completion": f"response.choices[{i}].message"}))
     return out
 
 
@@ -135,19 +158,11 @@ def completion_of(message: dict[str, Any]) -> str | dict[str, Any] | None:
     return kept
 
 
-def rename_error(exc: ValidationFailed, prefix: str) -> ValidationFailed:
+def rename_error(exc: ValidationFailed, prefix: str, sources: dict[str, str]) -> ValidationFailed:
     """An error about a converted gateway record → the field the client sent."""
-    mapping = {
-        "messages": "request.messages",
-        "metadata": "request.metadata",
-        "model": "request.model",
-        "params": "request",
-        "usage": "response.usage",
-        "completion": "response.choices[0].message",
-    }
     param = exc.param or ""
     rest = param[len(prefix) :].lstrip(".") if param.startswith(prefix) else param
-    for ours, theirs in mapping.items():
+    for ours, theirs in sources.items():
         if rest == ours or rest.startswith((ours + ".", ours + "[")):
             new = _at(prefix, theirs + rest[len(ours) :])
             exc.message = exc.message.replace(param, new, 1)

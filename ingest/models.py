@@ -9,7 +9,15 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from store.schema import MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS
 
@@ -49,6 +57,18 @@ class AssistantCompletion(BaseModel):
     content: str | list[ContentPart] | None = None
     tool_calls: list[dict[str, Any]] | None = None
     refusal: str | None = None
+
+
+def _completion_kind(v: Any) -> str:
+    return "AssistantCompletion" if isinstance(v, dict | AssistantCompletion) else "str"
+
+
+# A string or an assistant message; errors come from the branch the value looks like
+# (tags are names ``ingest.parse.loc_path`` leaves out of error paths).
+Completion = Annotated[
+    Annotated[str, Tag("str")] | Annotated[AssistantCompletion, Tag("AssistantCompletion")],
+    Discriminator(_completion_kind),
+]
 
 
 class Usage(BaseModel):
@@ -124,7 +144,7 @@ class InteractionIn(BaseModel):
     model: str | None = None
     model_service: str | None = Field(None, description="Alias of model (Adaptive).")
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    completion: str | AssistantCompletion | None = None
+    completion: Completion | None = None
     labels: Labels | None = None
     metadata: Labels | None = Field(None, description="Alias of labels (OpenAI).")
     user: str | None = None

@@ -131,26 +131,37 @@ def validate_model(adapter: TypeAdapter[T], raw: Any, prefix: str = "") -> T:
 
 
 def expand(
-    raw: Any, prefix: str = "", *, files: bool = False, use_case: str | None = None
+    raw: Any,
+    prefix: str = "",
+    *,
+    files: bool = False,
+    use_case: str | None = None,
+    limits: Limits | None = None,
 ) -> list[dict[str, Any]]:
-    """One item of a body → canonical interactions. An interaction object gives
-    itself; a gateway log record one per response choice (``ingest.formats``). With
-    ``files`` (``istore import``) also OpenAI fine-tuning and Adaptive dataset lines,
-    ``use_case`` filling in a missing use case."""
+    """One item of a body → canonical interactions, within ``limits``. An interaction
+    object gives itself; a gateway log record one per response choice
+    (``ingest.formats``). With ``files`` (``istore import``) also OpenAI fine-tuning
+    and Adaptive dataset lines, ``use_case`` filling in a missing use case."""
     if is_gateway_log(raw):
         out = []
-        for item in from_gateway_log(raw, prefix):
+        for item, sources in from_gateway_log(raw, prefix):
             try:
-                out.append(validate(item, prefix))
+                canon = validate(item, prefix)
+                if limits is not None:
+                    check_limits(canon, limits, prefix)
             except ValidationFailed as exc:
-                raise rename_error(exc, prefix) from None
+                raise rename_error(exc, prefix, sources) from None
+            out.append(canon)
         return out
     if files:
         if is_openai_finetune(raw):
             raw = from_openai_finetune(raw, use_case, prefix)
         elif isinstance(raw, dict):
             raw = from_adaptive_dataset(raw, use_case)
-    return [validate(raw, prefix)]
+    canon = validate(raw, prefix)
+    if limits is not None:
+        check_limits(canon, limits, prefix)
+    return [canon]
 
 
 @dataclass(frozen=True)
@@ -162,15 +173,15 @@ class Limits:
     max_content_chars: int = 1 << 20
 
 
-def _chars(content: Any) -> int:
+def content_chars(content: Any) -> int:
     """Characters of a content: a string, or the strings in a list of parts (their
     text, image URLs, audio data …; not the part ``type``)."""
     if isinstance(content, str):
         return len(content)
     if isinstance(content, list):
-        return sum(_chars(p) for p in content)
+        return sum(content_chars(p) for p in content)
     if isinstance(content, dict):
-        return sum(_chars(v) for k, v in content.items() if k != "type")
+        return sum(content_chars(v) for k, v in content.items() if k != "type")
     return 0
 
 
@@ -183,7 +194,7 @@ def check_limits(item: dict[str, Any], limits: Limits, prefix: str) -> None:
             param=where,
         )
     for j, m in enumerate(messages):
-        n = _chars(m.get("content"))
+        n = content_chars(m.get("content"))
         if n > limits.max_content_chars:
             where = _join(prefix, f"messages[{j}].content")
             raise ValidationFailed(
@@ -191,7 +202,7 @@ def check_limits(item: dict[str, Any], limits: Limits, prefix: str) -> None:
                 param=where,
             )
     completion = item["completion"]
-    n = _chars(completion.get("content") if isinstance(completion, dict) else completion)
+    n = content_chars(completion.get("content") if isinstance(completion, dict) else completion)
     if n > limits.max_content_chars:
         where = _join(prefix, "completion")
         raise ValidationFailed(
@@ -213,19 +224,39 @@ def parse_interactions(
     limits: Limits | None = None,
 ) -> tuple[list[dict[str, Any]], bool]:
     """The validated interactions, and whether the body was a single one."""
+    items, _, single = parse_located(
+        body, content_type, files=files, use_case=use_case, limits=limits
+    )
+    return items, single
+
+
+def parse_located(
+    body: bytes,
+    content_type: str,
+    *,
+    files: bool = False,
+    use_case: str | None = None,
+    limits: Limits | None = None,
+) -> tuple[list[dict[str, Any]], list[str], bool]:
+    """``parse_interactions``, plus where each interaction is in the body (``body[3]``,
+    or "" for a single object), for errors found later (e.g. a forbidden use case)."""
     numbered, single = split_body(body, content_type)
     if limits is not None and len(numbered) > limits.max_items:
-        raise PayloadTooLarge(
-            f"the body holds {len(numbered)} records; at most {limits.max_items} are accepted "
-            "per request",
-            param="body",
-        )
+        _too_many(len(numbered), limits)
     out: list[dict[str, Any]] = []
+    wheres: list[str] = []
     for n, raw in numbered:
         prefix = "" if single else f"body[{n}]"
-        items = expand(raw, prefix, files=files, use_case=use_case)
-        if limits is not None:
-            for item in items:
-                check_limits(item, limits, prefix)
+        items = expand(raw, prefix, files=files, use_case=use_case, limits=limits)
         out.extend(items)
-    return out, single and len(out) == 1
+        wheres.extend([prefix] * len(items))
+    if limits is not None and len(out) > limits.max_items:
+        _too_many(len(out), limits)  # response choices count
+    return out, wheres, single and len(out) == 1
+
+
+def _too_many(n: int, limits: Limits) -> None:
+    raise PayloadTooLarge(
+        f"the body holds {n} interactions; at most {limits.max_items} are accepted per request",
+        param="body",
+    )

@@ -31,7 +31,7 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _sql_str(s: str) -> str:
+def sql_str(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
@@ -81,7 +81,7 @@ class Duck:
                 "threads": threads,
             }
         )
-        dirs = ", ".join(_sql_str(str(d.resolve()) + "/") for d in readable_dirs)
+        dirs = ", ".join(sql_str(str(d.resolve()) + "/") for d in readable_dirs)
         self._db.execute("SET GLOBAL TimeZone = 'UTC'")
         self._db.execute("SET python_enable_replacements = false")
         self._db.execute("SET parquet_metadata_cache = true")
@@ -95,9 +95,9 @@ class Duck:
     def scan_sql(spec: TableSpec, files: Sequence[str], *, filename: bool = False) -> str:
         """``read_parquet`` over some of a table's files, partition columns typed."""
         hive = ", ".join(
-            f"{_sql_str(c)}: {'DATE' if c == 'day' else 'VARCHAR'}" for c in spec.partition_by
+            f"{sql_str(c)}: {'DATE' if c == 'day' else 'VARCHAR'}" for c in spec.partition_by
         )
-        file_list = "[" + ", ".join(_sql_str(f) for f in files) + "]"
+        file_list = "[" + ", ".join(sql_str(f) for f in files) + "]"
         extra = ", filename = true" if filename else ""
         return (
             f"read_parquet({file_list}, hive_partitioning = true, hive_types = {{{hive}}}{extra})"
@@ -138,7 +138,7 @@ class Duck:
         cur = self._db.cursor()
         only = ""
         if use_cases is not None:
-            only = "(" + ", ".join(_sql_str(u) for u in use_cases) + ")" if use_cases else ""
+            only = "(" + ", ".join(sql_str(u) for u in use_cases) + ")" if use_cases else ""
             only = f" WHERE use_case IN {only}" if only else " WHERE false"
         for name, t in snapshot.tables.items():
             pending = t.pending_name

@@ -1,7 +1,9 @@
 """Filters over interactions, defined once and compiled to SQL with parameters.
 
-The HTTP list, the Python API (``Reader.interactions``) and, later, stats and export
-all take a ``Filter``; nothing else builds WHERE clauses."""
+The HTTP list and query, stats, labels, export and the Python API
+(``Reader.interactions``) all take a ``Filter`` (query-string names, see
+``filter_from_kwargs``) or an expression of them (``And``/``Or``/``Not``, from the JSON
+filter body, see ``parse_expr``); nothing else builds WHERE clauses."""
 
 from __future__ import annotations
 
@@ -63,6 +65,33 @@ def parse_label(expr: str, param: str = "label") -> tuple[str, tuple[str, ...]]:
     return key, tuple(values.split("|"))
 
 
+_OPS = (">=", "<=", "!=", ">", "<", "=")
+
+
+def parse_feedback(expr: str, param: str = "feedback") -> tuple[str, str, float]:
+    """``metric>=x`` (or ``>``, ``<``, ``<=``, ``=``, ``!=``): interactions that have
+    feedback on ``metric`` with such a value. ``true``/``false`` mean 1/0."""
+    for op in _OPS:
+        metric, sep, value = expr.partition(op)
+        if sep:
+            break
+    text = value.strip().lower()
+    number: float | None
+    if text in ("true", "false"):
+        number = 1.0 if text == "true" else 0.0
+    else:
+        try:
+            number = float(text)
+        except ValueError:
+            number = None
+    if not sep or not metric.strip() or number is None or number != number:
+        raise ValidationFailed(
+            f"{param}: {expr!r} is not of the form metric>=number (operators: >=, >, <=, <, =, !=)",
+            param=param,
+        )
+    return metric.strip(), op, number
+
+
 @dataclass(frozen=True)
 class Filter:
     use_case: tuple[str, ...] = ()
@@ -77,6 +106,12 @@ class Filter:
     source: tuple[str, ...] = ()
     status: tuple[str, ...] = ()
     ids: tuple[str, ...] = ()
+    feedback: tuple[tuple[str, str, float], ...] = ()  # AND: (metric, op, value)
+    search: tuple[str, ...] = ()  # AND: case-insensitive substrings
+
+    @property
+    def needs_feedback(self) -> bool:
+        return bool(self.feedback)
 
     def prune(self, files: Sequence[DataFile]) -> list[str]:
         """The paths of the files that can hold matching rows, by partition values
@@ -130,7 +165,189 @@ class Filter:
         if self.until is not None:
             conds.append("created_at < ?")
             params.append(self.until)
-        return (" AND ".join(conds) if conds else "TRUE"), params
+        for metric, op, value in self.feedback:
+            conds.append(
+                f"id IN (SELECT completion_id FROM feedback WHERE metric = ? AND value {op} ?)"
+            )
+            params.extend([metric, value])
+        for text in self.search:
+            # messages are JSON text: look for the term as JSON would write it
+            escaped = orjson.dumps(text).decode()[1:-1]
+            conds.append(
+                "(contains(lower(messages), lower(?)) OR contains(lower(completion), lower(?)))"
+            )
+            params.extend([escaped, text])
+        return (" AND ".join(f"({c})" for c in conds) if conds else "TRUE"), params
+
+
+@dataclass(frozen=True)
+class And:
+    parts: tuple[Expr, ...]
+
+    def where(self) -> tuple[str, list[Any]]:
+        return _join("AND", self.parts, "TRUE")
+
+    def prune(self, files: Sequence[DataFile]) -> list[str]:
+        kept = set(f.path for f in files)
+        for p in self.parts:
+            kept &= set(p.prune(files))
+        return [f.path for f in files if f.path in kept]
+
+    @property
+    def needs_feedback(self) -> bool:
+        return any(p.needs_feedback for p in self.parts)
+
+
+@dataclass(frozen=True)
+class Or:
+    parts: tuple[Expr, ...]
+
+    def where(self) -> tuple[str, list[Any]]:
+        return _join("OR", self.parts, "FALSE")
+
+    def prune(self, files: Sequence[DataFile]) -> list[str]:
+        kept: set[str] = set()
+        for p in self.parts:
+            kept |= set(p.prune(files))
+        return [f.path for f in files if f.path in kept]
+
+    @property
+    def needs_feedback(self) -> bool:
+        return any(p.needs_feedback for p in self.parts)
+
+
+@dataclass(frozen=True)
+class Not:
+    part: Expr
+
+    def where(self) -> tuple[str, list[Any]]:
+        sql, params = self.part.where()
+        # NULL-safe: a row the inner condition cannot decide is "not matched" → kept.
+        return f"NOT coalesce(({sql}), false)", params
+
+    def prune(self, files: Sequence[DataFile]) -> list[str]:
+        return [f.path for f in files]
+
+    @property
+    def needs_feedback(self) -> bool:
+        return self.part.needs_feedback
+
+
+Expr = Filter | And | Or | Not
+
+
+def _join(op: str, parts: tuple[Expr, ...], empty: str) -> tuple[str, list[Any]]:
+    if not parts:
+        return empty, []
+    sqls, params = [], []
+    for p in parts:
+        sql, ps = p.where()
+        sqls.append(f"({sql})")
+        params.extend(ps)
+    return f" {op} ".join(sqls), params
+
+
+def restrict(expr: Expr, use_cases: tuple[str, ...] | None) -> Expr:
+    """``expr`` limited to ``use_cases`` (None: unlimited)."""
+    if use_cases is None:
+        return expr
+    return And((expr, Filter(use_case=use_cases)))
+
+
+FILTER_NAMES = frozenset({
+    "use_case", "model", "label", "has_label", "no_label", "from", "to", "session_id", "user",
+    "source", "status", "feedback", "search",
+})  # fmt: skip
+_ALIASES = {"since": "from", "until": "to", "id": "id"}
+
+
+def _tuple(value: Any, name: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ValidationFailed(f"{name}: must be a string or a list of strings", param=name)
+
+
+def filter_from_kwargs(kw: dict[str, Any], prefix: str = "") -> Filter:
+    """A Filter from the API's names (``from``/``to``, ``label="k:v"``, ``feedback=
+    "m>=x"`` …); each value a string or a list of them. ``prefix``: where ``kw`` is in
+    the request, for error messages."""
+    known = FILTER_NAMES | set(_ALIASES)
+    unknown = sorted(set(kw) - known)
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ValidationFailed(
+            f"{where}: unknown filter. Valid filters are: {', '.join(sorted(FILTER_NAMES))}",
+            param=where,
+        )
+
+    def at(name: str) -> str:
+        return f"{prefix}.{name}" if prefix else name
+
+    def values(name: str) -> tuple[str, ...]:
+        return _tuple(kw.get(name), at(name))
+
+    def one_time(name: str, alias: str) -> datetime | None:
+        value = kw.get(name, kw.get(alias))
+        if value is None:
+            return None
+        if isinstance(value, list | tuple):
+            if len(value) != 1:
+                raise ValidationFailed(f"{at(name)}: give one time", param=at(name))
+            value = value[0]
+        if isinstance(value, bool) or not isinstance(value, str | int | float | datetime):
+            raise ValidationFailed(f"{at(name)}: must be a time", param=at(name))
+        return parse_time(value, at(name))
+
+    search = values("search")
+    if any(not s for s in search):
+        raise ValidationFailed(f"{at('search')}: must not be empty", param=at("search"))
+    return Filter(
+        use_case=values("use_case"),
+        model=values("model"),
+        labels=tuple(parse_label(x, at("label")) for x in values("label")),
+        has_label=values("has_label"),
+        no_label=values("no_label"),
+        since=one_time("from", "since"),
+        until=one_time("to", "until"),
+        session_id=values("session_id"),
+        user=values("user"),
+        source=values("source"),
+        status=values("status"),
+        ids=values("id"),
+        feedback=tuple(parse_feedback(x, at("feedback")) for x in values("feedback")),
+        search=search,
+    )
+
+
+MAX_DEPTH = 16
+
+
+def parse_expr(raw: Any, where: str = "filter", depth: int = 0) -> Expr:
+    """A JSON filter: ``{"and": [...]}``, ``{"or": [...]}``, ``{"not": {...}}``, or an
+    object of filters (``{"use_case": "a", "label": ["k:v"]}``, all must hold)."""
+    if depth > MAX_DEPTH:
+        raise ValidationFailed(f"{where}: nested deeper than {MAX_DEPTH}", param=where)
+    if not isinstance(raw, dict):
+        raise ValidationFailed(f"{where}: must be an object", param=where)
+    logic = [k for k in ("and", "or", "not") if k in raw]
+    if logic:
+        if len(raw) != 1:
+            raise ValidationFailed(
+                f"{where}: {logic[0]!r} must be the only key of its object", param=where
+            )
+        key = logic[0]
+        value = raw[key]
+        if key == "not":
+            return Not(parse_expr(value, f"{where}.not", depth + 1))
+        if not isinstance(value, list):
+            raise ValidationFailed(f"{where}.{key}: must be a list", param=f"{where}.{key}")
+        parts = tuple(parse_expr(v, f"{where}.{key}[{i}]", depth + 1) for i, v in enumerate(value))
+        return And(parts) if key == "and" else Or(parts)
+    return filter_from_kwargs(raw, where)
 
 
 def encode_cursor(created_at: datetime, id_: str) -> str:

@@ -15,7 +15,13 @@ import pyarrow as pa
 from store.duck import Duck, Snapshot, TableSnapshot, check_select
 from store.engine import Store
 from store.errors import NotFound, ValidationFailed
-from store.filters import Filter, decode_cursor, encode_cursor, parse_label, parse_time
+from store.filters import (
+    Expr,
+    decode_cursor,
+    encode_cursor,
+    filter_from_kwargs,
+    restrict,
+)
 from store.jsonutil import loads
 from store.schema import INTERACTIONS_TABLE, TABLES
 
@@ -62,15 +68,18 @@ class Reader:
 
     def page(
         self,
-        flt: Filter,
+        flt: Expr,
         *,
         limit: int = 50,
         order: str = "desc",
         after: str | None = None,
+        use_cases: tuple[str, ...] | None = None,
     ) -> Page:
         """One page of matching interactions. Two phases: find the page's ids reading
         only the filter and sort columns of the files the filter can touch, then read
-        the full rows from just the files that hold them."""
+        the full rows from just the files that hold them. ``use_cases``: what the
+        caller may see (the views, e.g. feedback, hold only those)."""
+        flt = restrict(flt, use_cases)
         if not 1 <= limit <= MAX_LIMIT:
             raise ValidationFailed(f"limit: must be 1 to {MAX_LIMIT}, got {limit}", param="limit")
         if order not in ("asc", "desc"):
@@ -95,7 +104,10 @@ class Reader:
             " UNION ALL ".join(parts)
             + f" ORDER BY created_at {direction}, id {direction} LIMIT {limit + 1}"
         )
-        hits = self.store.query(sql, args, snapshot=snap, views=False).to_pylist()
+        # Feedback filters read the feedback view; otherwise no view is needed.
+        hits = self.store.query(
+            sql, args, snapshot=snap, views=flt.needs_feedback, use_cases=use_cases
+        ).to_pylist()
         has_more = len(hits) > limit
         hits = hits[:limit]
         rows = self._fetch(snap, t, hits)
@@ -152,24 +164,35 @@ class Reader:
         item["comparisons"] = comparisons
         return item
 
-    def locate(self, ids: list[str]) -> dict[str, str]:
-        """{id: use case} for those of ``ids`` that are stored (acknowledged)."""
+    def locate(self, ids: list[str], use_cases: tuple[str, ...] | None = None) -> dict[str, str]:
+        """{id: use case} for those of ``ids`` that are stored (acknowledged) and, with
+        ``use_cases``, visible to the caller."""
         maybe = self.store.candidates(list(dict.fromkeys(ids)))
         if not maybe:
             return {}
         marks = ", ".join("?" for _ in maybe)
         rows = self.store.query(
-            f"SELECT id, use_case FROM interactions WHERE id IN ({marks})", maybe
+            f"SELECT id, use_case FROM interactions WHERE id IN ({marks})",
+            maybe,
+            use_cases=use_cases,
         ).to_pylist()
         return {r["id"]: r["use_case"] for r in rows}
 
-    def session_use_case(self, session_id: str, use_case: str | None = None) -> str | None:
-        """The use case of a stored session (within ``use_case`` when given), or None."""
+    def session_use_case(
+        self,
+        session_id: str,
+        use_case: str | None = None,
+        use_cases: tuple[str, ...] | None = None,
+    ) -> str | None:
+        """The use case of a stored session (within ``use_case`` when given, among
+        ``use_cases`` the caller may see), or None."""
         where, args = "session_id = ?", [session_id]
         if use_case is not None:
             where, args = where + " AND use_case = ?", [*args, use_case]
         rows = self.store.query(
-            f"SELECT use_case FROM interactions WHERE {where} LIMIT 1", args
+            f"SELECT use_case FROM interactions WHERE {where} ORDER BY use_case LIMIT 1",
+            args,
+            use_cases=use_cases,
         ).to_pylist()
         return rows[0]["use_case"] if rows else None
 
@@ -214,45 +237,6 @@ class Reader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _tuple(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return (value,)
-    return tuple(value)
-
-
-def filter_from_kwargs(kw: dict[str, Any]) -> Filter:
-    """Build a Filter from API-style names (``from``/``to``, ``label="k:v"``…)."""
-
-    known = {
-        "use_case", "model", "label", "has_label", "no_label", "from", "to", "since", "until",
-        "session_id", "user", "source", "status", "id",
-    }  # fmt: skip
-    unknown = sorted(set(kw) - known)
-    if unknown:
-        raise ValidationFailed(
-            f"{unknown[0]}: unknown filter. Valid filters are: {', '.join(sorted(known))}",
-            param=unknown[0],
-        )
-    since = kw.get("from", kw.get("since"))
-    until = kw.get("to", kw.get("until"))
-    return Filter(
-        use_case=_tuple(kw.get("use_case")),
-        model=_tuple(kw.get("model")),
-        labels=tuple(parse_label(x) for x in _tuple(kw.get("label"))),
-        has_label=_tuple(kw.get("has_label")),
-        no_label=_tuple(kw.get("no_label")),
-        since=parse_time(since, "from") if since is not None else None,
-        until=parse_time(until, "to") if until is not None else None,
-        session_id=_tuple(kw.get("session_id")),
-        user=_tuple(kw.get("user")),
-        source=_tuple(kw.get("source")),
-        status=_tuple(kw.get("status")),
-        ids=_tuple(kw.get("id")),
-    )
 
 
 def open(path: str | Path) -> Reader:  # noqa: A001 - SPEC names it store.open

@@ -94,8 +94,11 @@ async def test_auth_matrix(env: Env, kind: str) -> None:
         for scope, method, path, body in _routes(env, uc):
             r = await env.client.request(method, path, json=body, headers=env.headers(kind))
             want = _expected(kind, scope, uc)
-            if kind == "limited" and uc == "beta" and path.startswith("/api/v1/interactions/"):
-                want = 404  # it is not visible at all
+            refers = path.startswith("/api/v1/interactions/") or path in (
+                "/api/v1/feedback", "/api/v1/comparison", "/api/v1/outcome"
+            )  # fmt: skip
+            if kind == "limited" and uc == "beta" and refers:
+                want = 404  # what it names is not visible at all (not even its use case)
             if kind == "limited" and path == "/api/v1/sql":
                 want = 0  # SQL is allowed; what it sees is limited (below)
             where = f"{kind} {method} {path}"
@@ -207,3 +210,33 @@ def test_last_used_is_recorded(tmp_path: Path) -> None:
     ring.save_usage()
     (row,) = KeyRing(tmp_path).describe()
     assert row["id"] == record["id"] and row["last_used_at"] is not None
+
+
+def test_revoke_during_first_verification_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import api.keys as keys_module
+
+    server = KeyRing(tmp_path)
+    _, secret = server.create(["read"], name="a")
+    server.create(["admin"], name="other")
+    real = keys_module._hash
+
+    def slow_hash(secret: str, salt: bytes) -> bytes:
+        KeyRing(tmp_path).revoke("a")  # the CLI revokes while the server hashes
+        return real(secret, salt)
+
+    monkeypatch.setattr(keys_module, "_hash", slow_hash)
+    with pytest.raises(Exception, match="invalid API key"):
+        server.authenticate(f"Bearer {secret}")
+    monkeypatch.setattr(keys_module, "_hash", real)
+    with pytest.raises(Exception, match="invalid API key"):
+        server.authenticate(f"Bearer {secret}")
+
+
+@pytest.mark.parametrize("content", [b"", b'{"keys": [', b'{"keys": [{"id": "x"}]}', b"[]"])
+def test_unreadable_key_file_fails_closed(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "keys.json").write_bytes(content)
+    with pytest.raises(Exception, match="cannot be read") as info:
+        KeyRing(tmp_path).authenticate(None)
+    assert getattr(info.value, "status", None) == 503

@@ -208,3 +208,29 @@ def test_import_finetune_needs_a_use_case(tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["import", "--data", str(tmp_path / "d"), str(f)])
     assert r.exit_code == 1
     assert "use_case" in r.output and "--use-case" in r.output
+
+
+async def test_gateway_errors_point_at_the_body_item_and_choice(client: httpx.AsyncClient) -> None:
+    two = openai_response(
+        choices=[
+            {"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content": "a"}}
+            for i in range(2)
+        ]
+    )
+    two["choices"][1]["message"]["tool_calls"] = "nope"  # what no real client would send
+    r = await client.post(
+        "/api/v1/interactions", json={"request": openai_request(), "response": two}
+    )
+    assert_error(r, 422, "response.choices[1].message.tool_calls")
+    ok = {"request": openai_request(), "response": openai_response(
+        id="two-choices", choices=[{"index": i, "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": "x"}}
+                                   for i in range(2)])}  # fmt: skip
+    bad = {"use_case": "x/y", "model": "m", "messages": [{"role": "user", "content": "q"}]}
+    r = await client.post("/api/v1/interactions", json=[ok, bad])
+    assert_error(r, 422, "body[1].use_case")
+    r = await client.post(
+        "/api/v1/interactions",
+        json={"request": openai_request(model="bad use case/m"), "response": openai_response()},
+    )
+    assert_error(r, 422, "request.model")

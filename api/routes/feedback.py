@@ -13,15 +13,16 @@ from api.auth import Ingest
 from api.body import JSONResponse, read_body
 from ingest.feedback import (
     ComparisonIn,
+    CompletionText,
     FeedbackIn,
     OutcomeIn,
     comparison_rows,
     feedback_rows,
     outcome_rows,
 )
-from ingest.parse import split_body, validate_model
+from ingest.parse import content_chars, split_body, validate_model
 from store.ack import wait
-from store.errors import NotFound, ValidationFailed
+from store.errors import NotFound, PayloadTooLarge, ValidationFailed
 from store.reader import Reader
 from store.schema import COMPARISONS_TABLE, FEEDBACK_TABLE, OUTCOMES_TABLE
 
@@ -75,7 +76,15 @@ async def add_feedback(request: Request, principal: Ingest) -> JSONResponse:
         (validate_model(_FEEDBACK, raw, "" if single else f"body[{n}]"), n) for n, raw in numbered
     ]
     reader: Reader = state.reader
-    found = await run_in_threadpool(reader.locate, [f.completion_id for f, _ in items])
+    limits = state.settings.limits()
+    if len(items) > limits.max_items:
+        raise PayloadTooLarge(
+            f"the body holds {len(items)} feedback items; at most {limits.max_items} are "
+            "accepted per request",
+            param="body",
+        )
+    visible = principal.visible(None)
+    found = await run_in_threadpool(reader.locate, [f.completion_id for f, _ in items], visible)
     rows = []
     for f, n in items:
         where = "completion_id" if single else f"body[{n}].completion_id"
@@ -101,7 +110,9 @@ async def add_comparison(request: Request, principal: Ingest) -> JSONResponse:
     state = request.app.state
     c = validate_model(_COMPARISON, _one(await _body(request), request, "comparison"))
     reader: Reader = state.reader
-    found = await run_in_threadpool(reader.locate, c.ids) if c.ids else {}
+    _check_sizes(c, state.settings.limits().max_content_chars)
+    visible = principal.visible(None)
+    found = await run_in_threadpool(reader.locate, c.ids, visible) if c.ids else {}
     use_case = c.use_case_key
     named = "project" if c.project is not None else "use_case"
     for field in ("preferred_completion", "other_completion"):
@@ -135,7 +146,9 @@ async def add_outcome(request: Request, principal: Ingest) -> JSONResponse:
     state = request.app.state
     o = validate_model(_OUTCOME, _one(await _body(request), request, "outcome"))
     reader: Reader = state.reader
-    use_case = await run_in_threadpool(reader.session_use_case, o.session_id, o.use_case_key)
+    use_case = await run_in_threadpool(
+        reader.session_use_case, o.session_id, o.use_case_key, principal.visible(None)
+    )
     if use_case is None:
         within = f" in use case {o.use_case_key!r}" if o.use_case_key else ""
         raise NotFound(
@@ -147,6 +160,22 @@ async def add_outcome(request: Request, principal: Ingest) -> JSONResponse:
     cols, id_ = outcome_rows(o)
     await wait(state.store.write(OUTCOMES_TABLE, cols))
     return JSONResponse({"outcome_id": id_}, status_code=201)
+
+
+def _check_sizes(c: ComparisonIn, limit: int) -> None:
+    """The content limit of interactions applies to a comparison's texts too."""
+    texts: list[tuple[str, int]] = []
+    for field in ("preferred_completion", "other_completion"):
+        ref = getattr(c, field)
+        if isinstance(ref, CompletionText):
+            texts.append((f"{field}.text", len(ref.text)))
+    for j, m in enumerate(c.messages or ()):
+        texts.append((f"messages[{j}].content", content_chars(m.content)))
+    for where, n in texts:
+        if n > limit:
+            raise ValidationFailed(
+                f"{where}: {n} characters, at most {limit} are accepted", param=where
+            )
 
 
 def _one(body: bytes, request: Request, what: str) -> Any:

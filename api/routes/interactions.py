@@ -5,19 +5,20 @@ from __future__ import annotations
 from functools import partial
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from api.auth import Ingest, Read
 from api.body import JSONResponse, read_body
+from api.filters import query_filter
 from api.keys import OPEN, Principal
 from ingest.models import BatchAck, IngestAck
 from ingest.normalize import Batch, build_batch
-from ingest.parse import Limits, parse_interactions
+from ingest.parse import Limits, parse_located
 from store.ack import wait
 from store.engine import Store
-from store.errors import ValidationFailed
-from store.reader import Reader, filter_from_kwargs
+from store.filters import Filter
+from store.reader import Reader
 from store.schema import INTERACTIONS_TABLE
 
 router = APIRouter(tags=["interactions"])
@@ -59,16 +60,14 @@ async def ingest_body(
     limits: Limits | None = None,
 ) -> dict[str, Any]:
     """Validate, persist and acknowledge one ingest body (the route and the fast lane)."""
-    parse = partial(parse_interactions, body, ctype, limits=limits or Limits())
+    parse = partial(parse_located, body, ctype, limits=limits or Limits())
     if len(body) > 256 << 10:
-        items, single = await run_in_threadpool(parse)
+        items, wheres, single = await run_in_threadpool(parse)
     else:
-        items, single = parse()
+        items, wheres, single = parse()
     if principal.use_cases is not None:
-        for n, item in enumerate(items):
-            principal.check_use_case(
-                item["use_case"], "use_case" if single else f"body[{n}].use_case"
-            )
+        for item, where in zip(items, wheres, strict=True):
+            principal.check_use_case(item["use_case"], f"{where}.use_case" if where else "use_case")
     if len(items) > _INLINE_ITEMS:
         batch = await run_in_threadpool(build_batch, items, source="api")
     else:
@@ -105,64 +104,18 @@ async def ingest(request: Request, principal: Ingest) -> JSONResponse:
     return JSONResponse(ack, status_code=201)
 
 
-LIST_PARAMS = {
-    "use_case", "model", "label", "has_label", "no_label", "from", "to", "session_id", "user",
-    "source", "status", "limit", "order", "after",
-}  # fmt: skip
-
-
-def check_params(request: Request, allowed: set[str]) -> None:
-    unknown = sorted(set(request.query_params.keys()) - allowed)
-    if unknown:
-        raise ValidationFailed(
-            f"{unknown[0]}: unknown query parameter. Valid parameters are: "
-            + ", ".join(sorted(allowed)),
-            param=unknown[0],
-        )
-
-
-def filters_from_query(request: Request) -> dict[str, Any]:
-    q = request.query_params
-    out: dict[str, Any] = {}
-    for key in ("use_case", "model", "label", "has_label", "no_label", "session_id", "user",
-                "source", "status"):  # fmt: skip
-        values = q.getlist(key)
-        if values:
-            out[key] = values
-    for key in ("from", "to"):
-        if key in q:
-            out[key] = q[key]
-    return out
-
-
 @router.get("/interactions", summary="List interactions, newest first, with filters")
 def list_interactions(
     request: Request,
     principal: Read,
-    use_case: Annotated[list[str] | None, Query(description="Repeatable: any of")] = None,
-    model: Annotated[list[str] | None, Query(description="Repeatable: any of")] = None,
-    label: Annotated[
-        list[str] | None, Query(description="key:value (or key:v1|v2); repeatable: all of")
-    ] = None,
-    has_label: Annotated[list[str] | None, Query()] = None,
-    no_label: Annotated[list[str] | None, Query()] = None,
-    from_: Annotated[str | None, Query(alias="from", description="ISO-8601 or unix")] = None,
-    to: Annotated[str | None, Query(description="ISO-8601 or unix, exclusive")] = None,
-    session_id: Annotated[list[str] | None, Query()] = None,
-    user: Annotated[list[str] | None, Query()] = None,
-    source: Annotated[list[str] | None, Query()] = None,
-    status: Annotated[list[str] | None, Query()] = None,
+    flt: Annotated[Filter, Depends(query_filter("limit", "order", "after"))],
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
     after: Annotated[str | None, Query(description="Cursor from next_cursor")] = None,
 ) -> JSONResponse:
-    check_params(request, LIST_PARAMS)
     reader: Reader = request.app.state.reader
-    filters = filters_from_query(request)
-    visible = principal.visible(tuple(filters.get("use_case", ())))
-    if visible is not None:
-        filters["use_case"] = list(visible)
-    page = reader.page(filter_from_kwargs(filters), limit=limit, order=order, after=after)
+    visible = principal.visible(flt.use_case)
+    page = reader.page(flt, limit=limit, order=order, after=after, use_cases=visible)
     return JSONResponse(
         {
             "object": "list",
