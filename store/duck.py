@@ -35,6 +35,22 @@ def sql_str(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
+# Helpers for SQL over the views (documented in the README), also used by filters.
+MACROS = (
+    # label(labels, 'topic') → the value, or NULL
+    "CREATE MACRO label(l, k) AS map_extract_value(l, k)",
+    # message_text(messages) → the text of every message (string contents and text
+    # parts), one per line; not roles, tool calls or other JSON keys
+    "CREATE MACRO message_text(m) AS array_to_string(list_concat("
+    "list_transform(list_filter(json_extract(m, '$[*].content'), "
+    "lambda x: json_type(x) = 'VARCHAR'), lambda x: x->>'$'), "
+    "json_extract_string(m, '$[*].content[*].text')), chr(10))",
+    # last_user_message(messages) → the text of the last user message
+    "CREATE MACRO last_user_message(m) AS message_text(json_extract("
+    "list_filter(json_extract(m, '$[*]'), lambda x: x->>'role' = 'user')[-1:], '$'))",
+)
+
+
 @dataclass(frozen=True)
 class DataFile:
     """One Parquet file of a Delta version, with its partition values."""
@@ -82,6 +98,8 @@ class Duck:
             }
         )
         dirs = ", ".join(sql_str(str(d.resolve()) + "/") for d in readable_dirs)
+        for macro in MACROS:
+            self._db.execute(macro)
         self._db.execute("SET GLOBAL TimeZone = 'UTC'")
         self._db.execute("SET python_enable_replacements = false")
         self._db.execute("SET parquet_metadata_cache = true")

@@ -171,12 +171,16 @@ class Filter:
             )
             params.extend([metric, value])
         for text in self.search:
-            # messages are JSON text: look for the term as JSON would write it
+            # In message texts (not roles or JSON keys) or the completion. The cheap test
+            # on the JSON text (the term as JSON writes it) runs first; only rows that
+            # pass it are parsed.
             escaped = orjson.dumps(text).decode()[1:-1]
             conds.append(
-                "(contains(lower(messages), lower(?)) OR contains(lower(completion), lower(?)))"
+                "(contains(lower(messages), lower(?)) "
+                "AND contains(lower(message_text(messages)), lower(?))) "
+                "OR contains(lower(completion), lower(?))"
             )
-            params.extend([escaped, text])
+            params.extend([escaped, text, text])
         return (" AND ".join(f"({c})" for c in conds) if conds else "TRUE"), params
 
 
