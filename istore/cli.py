@@ -177,52 +177,54 @@ def import_(data: str | None, use_case: str | None, files: tuple[str, ...]) -> N
 @data_option
 @click.argument("query")
 @click.option(
-    "--format", "fmt", type=click.Choice(["table", "csv", "json", "ndjson"]), default="table"
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "ndjson", "csv", "parquet", "arrow"]),
+    default="table",
+    show_default=True,
 )
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to this file.")
 @click.option("--max-rows", type=int, default=None, help="Most rows to return.")
-def sql(data: str | None, query: str, fmt: str, max_rows: int | None) -> None:
-    """Run one read-only SELECT over the views interactions and feedback."""
+def sql(data: str | None, query: str, fmt: str, output: str | None, max_rows: int | None) -> None:
+    """Run one read-only SELECT over the views interactions, feedback, comparisons and
+    outcomes (helpers: label(labels, key), message_text(messages),
+    last_user_message(messages))."""
     import polars as pl
 
+    from store.output import encode
     from store.reader import open as open_store
 
+    if fmt in ("parquet", "arrow") and output is None:
+        raise click.UsageError(f"--format {fmt} is binary: give an output file with -o")
     settings = _settings(data=data)
     with open_store(settings.data) as reader:
         table, truncated = reader.run_sql(
             query, timeout_s=settings.sql_timeout_s, max_rows=max_rows or settings.sql_max_rows
         )
-    if fmt == "json":
-        click.echo(orjson.dumps(table.to_pylist(), default=str, option=orjson.OPT_INDENT_2))
-    elif fmt == "ndjson":
-        for row in table.to_pylist():
-            click.echo(orjson.dumps(row, default=str))
-    elif fmt == "csv":
-        df = pl.from_arrow(table)
-        assert isinstance(df, pl.DataFrame)
-        click.echo(_csv(df), nl=False)
-    else:
+    if fmt == "table":
         df = pl.from_arrow(table)
         assert isinstance(df, pl.DataFrame)
         with pl.Config(tbl_rows=50, tbl_cols=20, fmt_str_lengths=60, tbl_hide_dataframe_shape=True):
-            click.echo(df)
-        click.echo(f"{table.num_rows} row{'s' if table.num_rows != 1 else ''}")
+            text = f"{df}\n{table.num_rows} row{'s' if table.num_rows != 1 else ''}\n"
+        chunks = iter([text.encode()])
+    else:
+        if fmt == "json":  # a plain array of rows on the command line
+            from store.output import rows
+
+            chunks = iter([orjson.dumps(rows(table), default=str, option=orjson.OPT_INDENT_2)
+                           + b"\n"])  # fmt: skip
+        else:
+            chunks = encode(table, fmt)
+    if output is not None:
+        with open(output, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+    else:
+        for chunk in chunks:
+            sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
     if truncated:
         click.echo(f"(cut at {table.num_rows} rows)", err=True)
-
-
-def _csv(df: Any) -> str:
-    import polars as pl
-
-    flat = df.with_columns(
-        [
-            pl.col(c).map_elements(
-                lambda v: orjson.dumps(v, default=str).decode(), return_dtype=pl.String
-            )
-            for c, t in df.schema.items()
-            if t.is_nested()
-        ]
-    )
-    return str(flat.write_csv())
 
 
 # -- maintenance -------------------------------------------------------------------------

@@ -1,14 +1,15 @@
-"""``POST /api/v1/sql``: one read-only SELECT over the views."""
+"""``POST /api/v1/sql``: one read-only SELECT over the views, in several formats."""
 
 from __future__ import annotations
 
-import pyarrow as pa
-from fastapi import APIRouter, Request
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import Read
-from api.body import JSONResponse
-from store.errors import InvalidQuery
+from store.output import MEDIA_TYPES, encode
 from store.reader import Reader
 
 router = APIRouter(tags=["sql"])
@@ -19,8 +20,20 @@ class SqlRequest(BaseModel):
     sql: str = Field(..., min_length=1, max_length=100_000, description="One SELECT or WITH.")
 
 
-@router.post("/sql", summary="Run one read-only SELECT over the store's views")
-def run_sql(request: Request, principal: Read, body: SqlRequest) -> JSONResponse:
+@router.post(
+    "/sql",
+    summary="Run one read-only SELECT over the views",
+    description="Views: interactions, feedback, comparisons, outcomes. Helper macros: "
+    "label(labels, key), message_text(messages), last_user_message(messages).",
+)
+def run_sql(
+    request: Request,
+    principal: Read,
+    body: SqlRequest,
+    format: Annotated[  # noqa: A002 - the API's name
+        Literal["json", "ndjson", "csv", "parquet", "arrow"], Query(description="Output format")
+    ] = "json",
+) -> Response:
     settings = request.app.state.settings
     reader: Reader = request.app.state.reader
     table, truncated = reader.run_sql(
@@ -29,18 +42,14 @@ def run_sql(request: Request, principal: Read, body: SqlRequest) -> JSONResponse
         max_rows=settings.sql_max_rows,
         use_cases=principal.visible(None),
     )
-    try:
-        rows = table.to_pylist()
-    except (OverflowError, ValueError, pa.ArrowException) as exc:
-        raise InvalidQuery(
-            f"a value in the result cannot be returned as JSON ({exc}); cast it to VARCHAR",
-            param="sql",
-        ) from exc
-    return JSONResponse(
-        {
-            "object": "list",
-            "columns": [{"name": f.name, "type": str(f.type)} for f in table.schema],
-            "data": rows,
-            "truncated": truncated,
-        }
-    )
+    headers = {"X-Istore-Truncated": "true" if truncated else "false"}
+    if format == "json":  # one document: errors (e.g. a value with no JSON form) stay 400s
+        return Response(b"".join(encode(table, "json", truncated=truncated)),
+                        media_type=MEDIA_TYPES["json"], headers=headers)  # fmt: skip
+    if format == "ndjson":
+        from store.output import rows
+
+        rows(table)  # fail before the first byte is sent if a value has no JSON form
+    if format == "parquet":
+        headers["Content-Disposition"] = 'attachment; filename="result.parquet"'
+    return StreamingResponse(encode(table, format), media_type=MEDIA_TYPES[format], headers=headers)

@@ -1,0 +1,202 @@
+"""SQL: output formats, helper macros, more escape attempts, resource bombs cut off,
+read-your-writes across list, stats and SQL."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import pytest_asyncio
+from click.testing import CliRunner
+
+from api.app import create_app
+from api.settings import Settings
+from istore.cli import main
+from store.engine import Store
+from tests.conftest import assert_error, interaction
+
+QUERY = "SELECT id, use_case, labels, usage, latency_ms, created_at FROM interactions ORDER BY id"
+
+
+@pytest_asyncio.fixture
+async def seeded(client: httpx.AsyncClient) -> AsyncIterator[httpx.AsyncClient]:
+    body = [
+        interaction(i, id=f"q{i}", use_case="support" if i % 2 else "sales",
+                    usage={"prompt_tokens": i, "completion_tokens": 1, "total_tokens": i + 1},
+                    latency_ms=100.0 * i)
+        for i in range(6)
+    ]  # fmt: skip
+    assert (await client.post("/api/v1/interactions", json=body)).status_code == 201
+    yield client
+
+
+async def test_sql_formats_agree(seeded: httpx.AsyncClient) -> None:
+    def post(fmt: str) -> httpx.Response:
+        return seeded.post(f"/api/v1/sql?format={fmt}", json={"sql": QUERY})  # type: ignore[return-value]
+
+    j = await post("json")
+    assert j.status_code == 200 and j.headers["x-istore-truncated"] == "false"
+    rows = j.json()["data"]
+    assert [r["id"] for r in rows] == [f"q{i}" for i in range(6)]
+
+    nd = await post("ndjson")
+    assert nd.headers["content-type"].startswith("application/x-ndjson")
+    assert [orjson.loads(x) for x in nd.content.splitlines()] == rows
+
+    c = await post("csv")
+    assert c.headers["content-type"].startswith("text/csv")
+    parsed = list(csv.DictReader(io.StringIO(c.text)))
+    assert [r["id"] for r in parsed] == [r["id"] for r in rows]
+    assert orjson.loads(parsed[1]["labels"]) == rows[1]["labels"]  # nested as JSON text
+
+    p = await post("parquet")
+    table = pq.read_table(io.BytesIO(p.content))
+    assert table.column("id").to_pylist() == [r["id"] for r in rows]
+    assert table.schema.field("labels").type == pa.map_(pa.string(), pa.string())
+
+    a = await post("arrow")
+    table = pa.ipc.open_stream(a.content).read_all()
+    assert table.column("latency_ms").to_pylist() == [r["latency_ms"] for r in rows]
+
+    assert_error(await post("xml"), 422, "format")
+
+
+async def test_sql_helper_macros(seeded: httpx.AsyncClient) -> None:
+    sql = (
+        "SELECT label(labels, 'topic') AS topic, message_text(messages) AS text, "
+        "last_user_message(messages) AS last FROM interactions WHERE id = 'q3'"
+    )
+    r = await seeded.post("/api/v1/sql", json={"sql": sql})
+    assert r.status_code == 200, r.text
+    assert r.json()["data"] == [
+        {
+            "topic": "Industrial Tools",
+            "text": "You are a good bot.\nquestion 3",
+            "last": "question 3",
+        }
+    ]
+    sql = (
+        "SELECT m.role, count(*) AS n FROM interactions, "
+        'unnest(from_json(messages, \'[{"role": "VARCHAR", "content": "JSON"}]\')) AS t(m) '
+        "GROUP BY ALL ORDER BY 1"
+    )
+    r = await seeded.post("/api/v1/sql", json={"sql": sql})
+    assert r.status_code == 200, r.text
+    assert r.json()["data"] == [{"role": "system", "n": 6}, {"role": "user", "n": 6}]
+
+
+# More escape attempts (tests/test_api_read.py holds the first 40).
+MORE_REJECTED = [
+    "SELECT * FROM duckdb_settings()",
+    "SELECT * FROM duckdb_extensions()",
+    "SELECT * FROM duckdb_databases()",
+    "SELECT * FROM pragma_database_list",
+    "SELECT * FROM sniff_csv('/etc/passwd')",
+    "SELECT * FROM parquet_metadata('/etc/passwd')",
+    "SELECT * FROM parquet_schema('/etc/passwd')",
+    "SELECT * FROM read_ndjson_objects('/etc/passwd')",
+    "SELECT * FROM query_table('interactions')",
+    "SELECT * FROM query('SELECT 1')",
+    "SELECT getenv('HOME')",
+    "SELECT getvariable('x')",
+    "SET VARIABLE x = 1",
+    "CREATE MACRO evil(x) AS x",
+    "CREATE SECRET s (TYPE s3, KEY_ID 'a', SECRET 'b')",
+    "USE memory",
+    "VACUUM",
+    "IMPORT DATABASE '/tmp'",
+    "SELECT * FROM main.interactions",
+    "SELECT * FROM temp.main._pending_feedback",
+    "SELECT * FROM memory.main.label",
+    "SELECT * FROM (FROM read_text('/etc/hostname'))",
+    "FROM read_text('/etc/hostname')",
+    "SELECT (SELECT content FROM read_text('/etc/hostname'))",
+    "SELECT * FROM interactions UNION ALL SELECT * FROM read_csv('/etc/passwd')",
+]
+
+
+@pytest.mark.parametrize("query", MORE_REJECTED)
+async def test_more_escapes_are_refused(seeded: httpx.AsyncClient, query: str) -> None:
+    r = await seeded.post("/api/v1/sql", json={"sql": query})
+    err = assert_error(r, 400, "sql")
+    assert "root:" not in err["message"]
+    r = await seeded.post("/api/v1/sql", json={"sql": "SELECT count(*) AS n FROM interactions"})
+    assert r.json()["data"] == [{"n": 6}]
+
+
+@pytest_asyncio.fixture
+async def limited(store: Store, data_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(data=str(data_dir), sql_max_rows=5, sql_timeout_s=1.0)
+    app = create_app(settings, store=store)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            yield c
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r",
+        "WITH RECURSIVE r(s) AS (SELECT 'x' UNION ALL SELECT s || s FROM r) "
+        "SELECT max(length(s)) FROM r",
+        "SELECT count(*) FROM range(100000) a, range(100000) b, range(100000) c",
+        "SELECT string_agg(repeat('x', 1000000), '') FROM range(100000)",
+        "SELECT list(range) FROM range(1000000000)",
+    ],
+)
+async def test_resource_bombs_are_cut_off(limited: httpx.AsyncClient, query: str) -> None:
+    t0 = time.monotonic()
+    r = await limited.post("/api/v1/sql", json={"sql": query})
+    assert time.monotonic() - t0 < 20
+    err = assert_error(r, 400)
+    assert err["code"] in ("query_timeout", "invalid_query"), err
+    assert (await limited.post("/api/v1/sql", json={"sql": "SELECT 1 AS x"})).status_code == 200
+
+
+async def test_read_your_writes(client: httpx.AsyncClient) -> None:
+    """An acknowledged interaction is in list, stats and SQL at once (no flush)."""
+    r = await client.post("/api/v1/interactions", json=interaction(0, id="now-1", use_case="ryw"))
+    assert r.status_code == 201
+    t0 = time.monotonic()
+    listed = (await client.get("/api/v1/interactions?use_case=ryw")).json()["data"]
+    stats = (await client.get("/api/v1/interactions/stats?use_case=ryw")).json()["data"]
+    rows = (await client.post(
+        "/api/v1/sql", json={"sql": "SELECT id FROM interactions WHERE use_case = 'ryw'"}
+    )).json()["data"]  # fmt: skip
+    assert time.monotonic() - t0 < 1.0
+    assert [x["id"] for x in listed] == ["now-1"]
+    assert stats == [{"count": 1}]
+    assert rows == [{"id": "now-1"}]
+
+
+def test_cli_sql_formats(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    with Store(data) as store:
+        from ingest.normalize import build_batch
+        from ingest.parse import validate
+        from store.schema import INTERACTIONS_TABLE
+
+        batch = build_batch([validate(interaction(i, id=f"c{i}")) for i in range(3)], source="api")
+        store.write(INTERACTIONS_TABLE, batch.interactions()).result()
+    runner = CliRunner()
+    sql = "SELECT id, labels FROM interactions ORDER BY id"
+    r = runner.invoke(main, ["sql", "--data", str(data), "--format", "ndjson", sql])
+    assert r.exit_code == 0, r.output
+    assert [orjson.loads(x)["id"] for x in r.output.splitlines()] == ["c0", "c1", "c2"]
+    out = tmp_path / "r.parquet"
+    r = runner.invoke(
+        main, ["sql", "--data", str(data), "--format", "parquet", "-o", str(out), sql]
+    )
+    assert r.exit_code == 0, r.output
+    assert pq.read_table(out).column("id").to_pylist() == ["c0", "c1", "c2"]
+    r = runner.invoke(main, ["sql", "--data", str(data), "--format", "parquet", sql])
+    assert r.exit_code == 2  # binary formats need -o
