@@ -22,7 +22,7 @@ import orjson
 import pyarrow as pa
 
 from store.errors import InvalidQuery, QueryTimeout, StoreError
-from store.schema import TABLES, TableSpec
+from store.schema import SQL_VIEWS, TableSpec
 
 MAX_RESULT_BYTES = 256 << 20
 
@@ -158,15 +158,17 @@ class Duck:
         if use_cases is not None:
             only = "(" + ", ".join(sql_str(u) for u in use_cases) + ")" if use_cases else ""
             only = f" WHERE use_case IN {only}" if only else " WHERE false"
+        for t in snapshot.tables.values():  # all first: views may read several
+            cur.register(t.pending_name, t.pending)
         for name, t in snapshot.tables.items():
             pending = t.pending_name
-            cur.register(pending, t.pending)
             if not views:
                 continue
             cols = ", ".join(_quote(c) for c in t.spec.columns)
             body = f"SELECT {cols} FROM {_quote(pending)}"
             if t.files_view is not None:
                 body = f"SELECT {cols} FROM {_quote(t.files_view)} UNION ALL {body}"
+            body = f"SELECT * FROM {effective(snapshot, name, f'({body})')}"
             if only:
                 body = f"SELECT * FROM ({body}){only}"
             cur.execute(f"CREATE OR REPLACE TEMP VIEW {_quote(name)} AS {body}")
@@ -223,7 +225,7 @@ class Duck:
             raise InvalidQuery(str(exc), param="sql") from exc
         except duckdb.PermissionException as exc:
             raise InvalidQuery(
-                f"not allowed: {exc}. SQL may read the views " + ", ".join(TABLES) + " only",
+                f"not allowed: {exc}. SQL may read the views " + ", ".join(SQL_VIEWS) + " only",
                 param="sql",
             ) from exc
         except duckdb.OutOfMemoryException as exc:
@@ -244,6 +246,42 @@ class Duck:
 
     def close(self) -> None:
         self._db.close()
+
+
+def amendments_sql(snapshot: Snapshot) -> str | None:
+    """Per interaction id: its latest replacement labels and whether it is deleted;
+    None when nothing was ever amended (then reads skip the join)."""
+    t = snapshot.tables.get("amendments")
+    if t is None or (t.files_view is None and t.pending.num_rows == 0):
+        return None
+    cols = "completion_id, created_at, action, labels"
+    src = f"SELECT {cols} FROM {_quote(t.pending_name)}"
+    if t.files_view is not None:
+        src = f"SELECT {cols} FROM {_quote(t.files_view)} UNION ALL {src}"
+    return (
+        "(SELECT completion_id AS id, "
+        "arg_max(labels, created_at) FILTER (WHERE action = 'labels') AS labels, "
+        f"bool_or(action = 'delete') AS deleted FROM ({src}) GROUP BY completion_id)"
+    )
+
+
+def effective(snapshot: Snapshot, table: str, relation: str) -> str:
+    """``relation`` (rows of ``table``) as reads must see them: interactions with their
+    latest labels and without the deleted ones; feedback and comparisons without those
+    of deleted interactions. ``relation`` is anything that can follow FROM."""
+    amend = amendments_sql(snapshot)
+    if amend is None or table not in ("interactions", "feedback", "comparisons"):
+        return relation
+    if table == "interactions":
+        return (
+            "(SELECT _r.* REPLACE (coalesce(_a.labels, _r.labels) AS labels) "
+            f"FROM {relation} AS _r LEFT JOIN {amend} AS _a ON _a.id = _r.id "
+            "WHERE _a.deleted IS NOT TRUE)"
+        )
+    gone = f"(SELECT id FROM {amend} WHERE deleted)"
+    refs = ("completion_id",) if table == "feedback" else ("preferred_id", "other_id")
+    keep = " AND ".join(f"(_r.{c} IS NULL OR _r.{c} NOT IN {gone})" for c in refs)
+    return f"(SELECT * FROM {relation} AS _r WHERE {keep})"
 
 
 def _walk(node: Any) -> Iterator[dict[str, Any]]:

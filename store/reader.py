@@ -12,7 +12,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from store.duck import Duck, Snapshot, TableSnapshot, check_select
+from store.duck import Duck, Snapshot, TableSnapshot, check_select, effective
 from store.engine import Store
 from store.errors import NotFound, ValidationFailed
 from store.filters import (
@@ -23,7 +23,7 @@ from store.filters import (
     restrict,
 )
 from store.jsonutil import loads
-from store.schema import INTERACTIONS_TABLE, TABLES
+from store.schema import INTERACTIONS_TABLE, SQL_VIEWS
 
 MAX_LIMIT = 1000
 
@@ -94,10 +94,12 @@ class Reader:
         snap = self.store.snapshot()
         t = snap.tables[INTERACTIONS_TABLE.name]
         files = flt.prune(t.files)
-        parts = [f"SELECT id, created_at, NULL AS filename FROM {t.pending_name} WHERE {where}"]
+        pending = effective(snap, "interactions", t.pending_name)
+        parts = [f"SELECT id, created_at, NULL AS filename FROM {pending} WHERE {where}"]
         args = list(params)
         if files:
             scan = Duck.scan_sql(INTERACTIONS_TABLE, files, filename=True)
+            scan = effective(snap, "interactions", scan)
             parts.append(f"SELECT id, created_at, filename FROM {scan} WHERE {where}")
             args += params
         sql = (
@@ -122,10 +124,12 @@ class Reader:
             return []
         ids = [h["id"] for h in hits]
         files = sorted({h["filename"] for h in hits if h["filename"] is not None})
-        parts = [f"SELECT {_LIST_COLUMNS} FROM {t.pending_name} WHERE list_contains(?, id)"]
+        pending = effective(snap, "interactions", t.pending_name)
+        parts = [f"SELECT {_LIST_COLUMNS} FROM {pending} WHERE list_contains(?, id)"]
         args: list[Any] = [ids]
         if files:
             scan = Duck.scan_sql(INTERACTIONS_TABLE, files)
+            scan = effective(snap, "interactions", scan)
             parts.append(f"SELECT {_LIST_COLUMNS} FROM {scan} WHERE list_contains(?, id)")
             args.append(ids)
         found = self.store.query(" UNION ALL ".join(parts), args, snapshot=snap, views=False)
@@ -207,7 +211,7 @@ class Reader:
         """Run one read-only SELECT. Returns the rows and whether they were cut at
         max_rows. ``use_cases``: the views hold only these use cases' rows."""
         query = check_select(sql)
-        self.store.duck.check_tables(query, TABLES)
+        self.store.duck.check_tables(query, SQL_VIEWS)
         table = self.store.query(query, timeout_s=timeout_s, max_rows=max_rows, use_cases=use_cases)
         truncated = max_rows is not None and table.num_rows > max_rows
         if truncated:

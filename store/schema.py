@@ -106,6 +106,22 @@ OUTCOMES = pa.schema(
 )
 
 
+# Changes to stored interactions, appended rather than rewriting Parquet: new labels
+# (OpenAI's "update metadata", which replaces them) or a deletion. Reads apply the
+# latest labels and hide deleted interactions with their feedback (``store.duck``).
+AMENDMENTS = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("created_at", TIMESTAMP, nullable=False),
+        pa.field("completion_id", pa.string(), nullable=False),
+        pa.field("use_case", pa.string()),
+        pa.field("action", pa.string(), nullable=False),  # "labels" or "delete"
+        pa.field("labels", pa.map_(pa.string(), pa.string())),
+        pa.field("day", pa.date32(), nullable=False),
+    ]
+)
+
+
 @dataclass(frozen=True)
 class TableSpec:
     """A stored table: its name (folder under the data root and SQL view name), its
@@ -124,10 +140,20 @@ INTERACTIONS_TABLE = TableSpec("interactions", INTERACTIONS, ("use_case", "day")
 FEEDBACK_TABLE = TableSpec("feedback", FEEDBACK, ("day",))
 COMPARISONS_TABLE = TableSpec("comparisons", COMPARISONS, ("day",))
 OUTCOMES_TABLE = TableSpec("outcomes", OUTCOMES, ("day",))
+AMENDMENTS_TABLE = TableSpec("amendments", AMENDMENTS, ("day",))
 
 TABLES: dict[str, TableSpec] = {
-    t.name: t for t in (INTERACTIONS_TABLE, FEEDBACK_TABLE, COMPARISONS_TABLE, OUTCOMES_TABLE)
+    t.name: t
+    for t in (
+        INTERACTIONS_TABLE,
+        FEEDBACK_TABLE,
+        COMPARISONS_TABLE,
+        OUTCOMES_TABLE,
+        AMENDMENTS_TABLE,
+    )
 }
+# The tables SQL may read (amendments are applied to the others, not shown).
+SQL_VIEWS = ("interactions", "feedback", "comparisons", "outcomes")
 
 # Input limits that are part of the data model (SPEC: labels).
 MAX_LABELS = 64

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from store.duck import Duck, Snapshot, sql_str
+from store.duck import Duck, Snapshot, effective, sql_str
 from store.errors import ValidationFailed
 from store.filters import Expr, restrict
 from store.schema import INTERACTIONS_TABLE
@@ -46,12 +46,12 @@ def base(snap: Snapshot, expr: Expr, use_cases: tuple[str, ...] | None) -> Base:
     where, params = expr.where()
     t = snap.tables[INTERACTIONS_TABLE.name]
     cols = ", ".join(f'"{c}"' for c in INTERACTIONS_TABLE.columns)
-    parts = [f"SELECT {cols} FROM {t.pending_name} WHERE {where}"]
+    parts = [f"SELECT {cols} FROM {effective(snap, 'interactions', t.pending_name)} WHERE {where}"]
     args = list(params)
     files = expr.prune(t.files)
     if files:
         scan = Duck.scan_sql(INTERACTIONS_TABLE, files)
-        parts.append(f"SELECT {cols} FROM {scan} WHERE {where}")
+        parts.append(f"SELECT {cols} FROM {effective(snap, 'interactions', scan)} WHERE {where}")
         args += params
     return Base(" UNION ALL ".join(parts), args)
 

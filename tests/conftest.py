@@ -94,6 +94,8 @@ class Server:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        if self.proc and self.proc.stderr:
+            self.proc.stderr.close()
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -130,3 +130,96 @@ def test_adaptive_sdk_sees_our_errors(live: tuple[Server, str]) -> None:
             other_completion="01a2159a-8b4c-7fc2-9dca-e771885f7e3f",
             project="support",
         )
+
+
+def test_openai_stored_completions(live: tuple[Server, str], tmp_path: Path) -> None:
+    from openai import NotFoundError, OpenAI
+
+    server, key = live
+    admin = KeyRing(server.data).create(["admin"], name="admin")[1]
+    h = {"Authorization": f"Bearer {key}"}
+    tools_call = {"id": "call_1", "type": "function",
+                  "function": {"name": "lookup", "arguments": '{"sku": "DR-18V"}'}}  # fmt: skip
+    body = [
+        {"id": f"cmpl-{i}", "use_case": "support", "model": "small" if i % 2 else "large",
+         "created_at": f"2026-02-0{i + 1}T00:00:00Z",
+         "messages": [{"role": "system", "content": "Be brief."},
+                      {"role": "user", "content": f"question {i}"}],
+         "completion": f"answer {i}" if i else {"role": "assistant", "content": None,
+                                                "tool_calls": [tools_call]},
+         "labels": {"topic": "tools" if i < 3 else "billing"},
+         "usage": {"prompt_tokens": 10, "completion_tokens": i, "total_tokens": 10 + i}}
+        for i in range(5)
+    ]  # fmt: skip
+    r = httpx.post(f"{server.url}/api/v1/interactions", json=body, headers=h)
+    assert r.status_code == 201, r.text
+
+    for base in ("/v1", "/api/v1"):
+        client = OpenAI(base_url=server.url + base, api_key=key, max_retries=0)
+        with client:
+            page = client.chat.completions.list(limit=2)
+            assert [c.id for c in page.data] == ["cmpl-0", "cmpl-1"] and page.has_more
+            assert [c.id for c in page] == [f"cmpl-{i}" for i in range(5)]  # auto-paging
+            assert [c.id for c in client.chat.completions.list(model="small")] == [
+                "cmpl-1",
+                "cmpl-3",
+            ]
+            tools = client.chat.completions.list(metadata={"topic": "tools"}, order="desc")
+            assert [c.id for c in tools] == ["cmpl-2", "cmpl-1", "cmpl-0"]
+
+            got = client.chat.completions.retrieve("cmpl-0")
+            assert got.choices[0].message.tool_calls[0].function.arguments == '{"sku": "DR-18V"}'
+            assert got.choices[0].finish_reason == "tool_calls"
+            assert got.usage is not None and got.usage.total_tokens == 10
+            assert got.model == "large" and got.created == 1769904000
+
+            msgs = client.chat.completions.messages.list("cmpl-1")
+            assert [(m.role, m.content) for m in msgs] == [
+                ("system", "Be brief."), ("user", "question 1")
+            ]  # fmt: skip
+
+    client = OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+    with client:
+        updated = client.chat.completions.update("cmpl-1", metadata={"reviewed": "yes"})
+        assert updated.metadata == {"reviewed": "yes"}  # replaced, as OpenAI does
+        assert client.chat.completions.retrieve("cmpl-1").metadata == {"reviewed": "yes"}
+        assert [c.id for c in client.chat.completions.list(metadata={"reviewed": "yes"})] == [
+            "cmpl-1"
+        ]
+        tools = client.chat.completions.list(metadata={"topic": "tools"})
+        assert [c.id for c in tools] == ["cmpl-0", "cmpl-2"]
+    # SQL and the label filter see the new labels too; nothing was rewritten in Parquet.
+    rows = httpx.post(
+        f"{server.url}/api/v1/sql",
+        json={"sql": "SELECT label(labels, 'reviewed') AS r FROM interactions WHERE id = 'cmpl-1'"},
+        headers=h,
+    ).json()["data"]
+    assert rows == [{"r": "yes"}]
+
+    with OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0) as reader:
+        with pytest.raises(Exception, match="403"):  # deleting needs admin
+            reader.chat.completions.delete("cmpl-2")
+    with OpenAI(base_url=server.url + "/v1", api_key=admin, max_retries=0) as client:
+        fb = {"completion_id": "cmpl-2", "metric": "m", "value": 1}
+        assert httpx.post(f"{server.url}/api/v1/feedback", json=fb, headers=h).status_code == 201
+        deleted = client.chat.completions.delete("cmpl-2")
+        assert deleted.deleted and deleted.id == "cmpl-2"
+        with pytest.raises(NotFoundError):
+            client.chat.completions.retrieve("cmpl-2")
+        assert "cmpl-2" not in [c.id for c in client.chat.completions.list()]
+    gone = httpx.post(
+        f"{server.url}/api/v1/sql",
+        json={"sql": "SELECT (SELECT count(*) FROM interactions WHERE id = 'cmpl-2') AS i, "
+                     "(SELECT count(*) FROM feedback WHERE completion_id = 'cmpl-2') AS f"},
+        headers=h,
+    ).json()["data"]  # fmt: skip
+    assert gone == [{"i": 0, "f": 0}]
+    r = httpx.get(f"{server.url}/api/v1/interactions/stats", headers=h).json()
+    assert r["data"] == [{"count": 4}]
+    # The changes are durable: a restart (kill -9) keeps them.
+    server.kill()
+    server.start()
+    with OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0) as client:
+        assert client.chat.completions.retrieve("cmpl-1").metadata == {"reviewed": "yes"}
+        with pytest.raises(NotFoundError):
+            client.chat.completions.retrieve("cmpl-2")
