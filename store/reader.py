@@ -5,7 +5,7 @@ completion as it was sent)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -85,36 +85,92 @@ class Reader:
         if order not in ("asc", "desc"):
             raise ValidationFailed(f"order: must be asc or desc, got {order!r}", param="order")
         where, params = flt.where()
+        start = None
         if after:
             ts, id_ = decode_cursor(after)
             op = "<" if order == "desc" else ">"
             where += f" AND (created_at, id) {op} (?, ?)"
             params += [ts, id_]
-        direction = "DESC" if order == "desc" else "ASC"
+            start = ts.astimezone(UTC).date()
         snap = self.store.snapshot()
         t = snap.tables[INTERACTIONS_TABLE.name]
-        files = flt.prune(t.files)
-        pending = effective(snap, "interactions", t.pending_name)
-        parts = [f"SELECT id, created_at, NULL AS filename FROM {pending} WHERE {where}"]
-        args = list(params)
-        if files:
-            scan = Duck.scan_sql(INTERACTIONS_TABLE, files, filename=True)
-            scan = effective(snap, "interactions", scan)
-            parts.append(f"SELECT id, created_at, filename FROM {scan} WHERE {where}")
-            args += params
-        sql = (
-            " UNION ALL ".join(parts)
-            + f" ORDER BY created_at {direction}, id {direction} LIMIT {limit + 1}"
-        )
-        # Feedback filters read the feedback view; otherwise no view is needed.
-        hits = self.store.query(
-            sql, args, snapshot=snap, views=flt.needs_feedback, use_cases=use_cases
-        ).to_pylist()
+        hits = self._find(snap, t, flt, where, params, limit + 1, order, use_cases, start)
         has_more = len(hits) > limit
         hits = hits[:limit]
         rows = self._fetch(snap, t, hits)
         cursor = encode_cursor(hits[-1]["created_at"], hits[-1]["id"]) if has_more else None
         return Page([to_api(r) for r in rows], has_more, cursor)
+
+    def _find(
+        self,
+        snap: Snapshot,
+        t: TableSnapshot,
+        flt: Expr,
+        where: str,
+        params: list[Any],
+        n: int,
+        order: str,
+        use_cases: tuple[str, ...] | None,
+        start: date | None = None,
+    ) -> list[dict[str, Any]]:
+        """The first ``n`` (id, created_at, filename) in ``order``. Files are read a few
+        UTC days at a time, newest first for ``desc`` (oldest for ``asc``), doubling
+        the window each round, until ``n`` hits are certain: a day not yet read holds
+        only rows older (newer) than every row of the days read. So a lookup whose
+        answer is in the last days reads only those days' files. The unflushed rows
+        (any day) are in the first round. ``start``: the cursor's day; days before it
+        in the walk hold nothing past the cursor and are skipped."""
+        desc = order == "desc"
+        direction = "DESC" if desc else "ASC"
+        keep = set(flt.prune(t.files))
+        by_day: dict[Any, list[str]] = {}
+        for f in t.files:
+            day = f.partition.get("day")
+            if f.path not in keep:
+                continue
+            if start is not None and day is not None and (day > start if desc else day < start):
+                continue
+            by_day.setdefault(day, []).append(f.path)
+        days = sorted(by_day, key=lambda d: (d is not None, d), reverse=desc)
+        pending = effective(snap, "interactions", t.pending_name)
+        parts = [f"SELECT id, created_at, NULL AS filename FROM {pending} WHERE {where}"]
+        args = list(params)
+        hits: list[dict[str, Any]] = []
+        width, i = 1, 0
+        while True:
+            window = days[i : i + width]
+            i += width
+            width *= 2
+            files = [p for d in window for p in by_day[d]]
+            if files:
+                scan = Duck.scan_sql(INTERACTIONS_TABLE, files, filename=True)
+                scan = effective(snap, "interactions", scan)
+                parts.append(f"SELECT id, created_at, filename FROM {scan} WHERE {where}")
+                args += params
+            if parts:
+                sql = (
+                    " UNION ALL ".join(parts)
+                    + f" ORDER BY created_at {direction}, id {direction} LIMIT {n}"
+                )
+                # Feedback filters read the feedback view; otherwise no view is needed.
+                found = self.store.query(
+                    sql, args, snapshot=snap, views=flt.needs_feedback, use_cases=use_cases
+                ).to_pylist()
+                merged = hits + found
+                merged.sort(key=lambda h: (h["created_at"], h["id"]), reverse=desc)
+                hits = merged[:n]
+            parts, args = [], []
+            if i >= len(days):
+                return hits
+            # Rows of days not read yet are all beyond this bound (UTC days).
+            last = window[-1] if window else None
+            if len(hits) >= n and last is not None and None not in days[i:]:
+                bound = datetime.combine(last, datetime.min.time(), UTC)
+                if not desc:
+                    bound += timedelta(days=1)
+                if all((h["created_at"] >= bound) if desc else (h["created_at"] < bound)
+                       for h in hits):  # fmt: skip
+                    return hits
 
     def _fetch(
         self, snap: Snapshot, t: TableSnapshot, hits: list[dict[str, Any]]

@@ -82,14 +82,20 @@ async def test_readme_curl_bodies_are_accepted(client: httpx.AsyncClient) -> Non
         for m in re.finditer(r"-d '(\{\"sql\".*?\})'", block, re.S):
             r = await client.post("/api/v1/sql", json=orjson.loads(m.group(1)))
             assert r.status_code == 200, r.text
+    gets = 0
     for block in blocks("bash"):
-        for m in re.finditer(
-            r"curl -s '(http://127\.0\.0\.1:8080)?(/api/v1/interactions\?[^']*)'", block
-        ):
+        for m in re.finditer(r"curl -s '(http://127\.0\.0\.1:8080)?(/api/v1/[^']*)'( -H)?", block):
             url = m.group(2)
-            if "<" not in url:
+            if "<" not in url and not m.group(3):
                 r = await client.get(url)
                 assert r.status_code == 200, r.text
+                gets += 1
+    assert gets >= 5
+    for block in blocks("bash"):
+        for m in re.finditer(r"interactions/query -H 'content-type: application/json' -d '(.*?)'",
+                             block, re.S):  # fmt: skip
+            r = await client.post("/api/v1/interactions/query", json=orjson.loads(m.group(1)))
+            assert r.status_code == 200, r.text
 
 
 def test_quickstart_has_exactly_the_two_commands() -> None:

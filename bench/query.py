@@ -1,0 +1,179 @@
+"""Query latency over a large store, via HTTP on a real server (`make bench-query`).
+
+    python bench/query.py [--rows 10000000] [--runs 30] [--json FILE]
+
+Builds a compacted store of ``--rows`` synthetic interactions straight into the Delta
+table (vectorised, seeded; not through the write-ahead log, which the ingest
+benchmarks measure): 10 use cases, 6 models, 30 days, labels ``project`` (5 values),
+``topic`` (500) and ``customer_id`` (100,000). Then times, on one `istore serve`:
+
+- lookup: one use case + 2 labels (``project`` and ``topic``), newest 100;
+- lookup_rare: one use case + ``customer_id`` (a ~10-row answer);
+- stats: ``group_by=label:topic`` over one use case (count, p95 latency);
+- stats_2d: ``group_by=model,day`` over one use case with 4 metrics.
+
+Prints p50/p95 per query (the first 5 runs are warm-up) as a markdown table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow as pa
+from deltalake import write_deltalake
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from store.engine import Store  # noqa: E402
+from store.maintenance import compact, writer_properties  # noqa: E402
+from store.schema import INTERACTIONS, USAGE  # noqa: E402
+from tests.conftest import Server  # noqa: E402
+
+USE_CASES = [f"uc-{i}" for i in range(10)]
+MODELS = ["llama-3.1-8b", "llama-3.1-70b", "qwen2.5-7b", "gpt-4o-mini", "mistral-small", "phi-4"]
+PROJECTS = ["helpdesk", "knowledge", "growth", "ops", "legal"]
+WORDS = (
+    "drill battery invoice refund order shipping warranty torque blade charger "
+    "voltage account login password delivery return policy safety glove ladder"
+).split()
+DAY_US = 86_400_000_000
+START_US = 1_790_000_000_000_000 // DAY_US * DAY_US
+
+
+def _texts(rng: np.random.Generator, n: int, words: int) -> np.ndarray:
+    """n short texts from a vocabulary (distinct enough to compress realistically)."""
+    pool = np.array([" ".join(rng.choice(WORDS, size=words)) for _ in range(4096)])
+    return pool[rng.integers(0, len(pool), n)]
+
+
+def _arr(x: np.ndarray) -> pa.Array:
+    a = pa.array(x.tolist(), pa.string())
+    return a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a
+
+
+def chunk(rng: np.random.Generator, start: int, n: int) -> pa.Table:
+    ids = np.char.add("bq-", np.arange(start, start + n).astype(str))
+    created = START_US + rng.integers(0, 30 * DAY_US, n)
+    user_text = _texts(rng, n, 12)
+    messages = np.char.add(np.char.add('[{"role":"user","content":"', user_text), '"}]')
+    projects = np.array(PROJECTS)[rng.integers(0, 5, n)]
+    topics = np.char.add("topic-", rng.zipf(1.3, n).clip(1, 500).astype(str))
+    customers = np.char.add("cust-", rng.integers(0, 100_000, n).astype(str))
+    keys = _arr(np.tile(["project", "topic", "customer_id"], n))
+    values = _arr(np.stack([projects, topics, customers], axis=1).reshape(-1))
+    labels = pa.MapArray.from_arrays(pa.array(np.arange(0, 3 * n + 1, 3, dtype=np.int32)),
+                                     keys, values)  # fmt: skip
+    prompt = rng.integers(20, 2000, n)
+    comp = rng.integers(5, 500, n)
+    usage = pa.StructArray.from_arrays(
+        [pa.array(prompt), pa.array(comp), pa.array(prompt + comp)],
+        fields=list(USAGE),
+    )
+    cols = {
+        "id": pa.array(ids),
+        "created_at": pa.array(created, pa.timestamp("us", tz="UTC")),
+        "use_case": pa.array(np.array(USE_CASES)[rng.integers(0, 10, n)]),
+        "model": pa.array(np.array(MODELS)[rng.integers(0, 6, n)]),
+        "messages": pa.array(messages),
+        "completion": pa.array(_texts(rng, n, 20)),
+        "completion_message": pa.nulls(n, pa.string()),
+        "labels": labels,
+        "session_id": pa.array(np.char.add("s-", rng.integers(0, n // 3 + 1, n).astype(str))),
+        "user": pa.array(np.char.add("u-", rng.integers(0, 5000, n).astype(str))),
+        "ab_campaign": pa.nulls(n, pa.string()),
+        "source": pa.array(np.full(n, "api")),
+        "usage": usage,
+        "latency_ms": pa.array(rng.lognormal(6.5, 0.6, n)),
+        "ttft_ms": pa.array(rng.lognormal(5, 0.5, n)),
+        "params": pa.nulls(n, pa.string()),
+        "status": pa.array(np.where(rng.random(n) < 0.02, "error", "ok")),
+        "error": pa.nulls(n, pa.string()),
+        "day": pa.array((created // DAY_US).astype(np.int32), pa.date32()),
+    }
+    return pa.table(cols).cast(INTERACTIONS)
+
+
+def build(root: Path, rows: int, seed: int = 7) -> float:
+    Store(root).close()  # creates the tables the store expects
+    rng = np.random.default_rng(seed)
+    t0 = time.perf_counter()
+    step = 1_000_000
+    for start in range(0, rows, step):
+        n = min(step, rows - start)
+        write_deltalake(str(root / "interactions"), chunk(rng, start, n), mode="append",
+                        partition_by=["use_case", "day"],
+                        writer_properties=writer_properties())  # fmt: skip
+        print(f"  wrote {start + n:,} rows", file=sys.stderr)
+    compact(root)
+    return time.perf_counter() - t0
+
+
+def timed(c: httpx.Client, path: str, params: dict[str, object], runs: int) -> dict[str, float]:
+    lat = []
+    for _ in range(runs + 5):
+        t = time.perf_counter()
+        r = c.get(path, params=params)  # type: ignore[arg-type]
+        lat.append((time.perf_counter() - t) * 1000)
+        assert r.status_code == 200, r.text
+    body = r.json()
+    kept = sorted(lat[5:])
+    return {"p50_ms": statistics.median(kept), "p95_ms": kept[int(len(kept) * 0.95) - 1],
+            "returned": len(body["data"])}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=10_000_000)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--data", type=Path, default=None, help="Reuse/keep a data root here.")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="istore-bench-q-"))
+    data = args.data or work / "data"
+    results: dict[str, dict[str, float]] = {}
+    if not (data / "interactions" / "_delta_log").exists() or not any(
+        (data / "interactions").glob("use_case=*")
+    ):
+        results["build"] = {"rows": args.rows, "seconds": build(data, args.rows)}
+    server = Server(data).start(timeout=600)
+    try:
+        with httpx.Client(base_url=server.url, timeout=120) as c:
+            lookups = {
+                "lookup_use_case_2_labels": ("/api/v1/interactions", {
+                    "use_case": "uc-3", "label": ["project:legal", "topic:topic-7"],
+                    "limit": 100}),
+                "lookup_use_case_customer": ("/api/v1/interactions", {
+                    "use_case": "uc-3", "label": "customer_id:cust-4242", "limit": 100}),
+                "stats_label_topic_one_use_case": ("/api/v1/interactions/stats", {
+                    "use_case": "uc-3", "group_by": "label:topic",
+                    "metrics": "count,p95_latency_ms"}),
+                "stats_model_day_one_use_case": ("/api/v1/interactions/stats", {
+                    "use_case": "uc-3", "group_by": "model,day",
+                    "metrics": "count,sum_tokens,p95_latency_ms,error_rate"}),
+            }  # fmt: skip
+            for name, (path, params) in lookups.items():
+                results[name] = timed(c, path, params, args.runs)
+                print(f"  {name}: {results[name]}", file=sys.stderr)
+    finally:
+        server.stop()
+    rows = args.rows
+    print(f"\n{rows:,} interactions, {platform.machine()}, {platform.python_version()}\n")
+    print("| query | p50 ms | p95 ms | rows returned |\n|---|---:|---:|---:|")
+    for name, r in results.items():
+        if "p50_ms" in r:
+            print(f"| {name} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {int(r['returned'])} |")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
