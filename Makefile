@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint fmt bench-load bench-validate soak clean
+.PHONY: serve test lint fmt bench-load bench-validate bench-query soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ bench-load: $(STAMP)
 # Ingest validation cost per row: fast path vs pydantic vs gateway-log records.
 bench-validate: $(STAMP)
 	$(BIN)/python bench/validate.py
+
+# Query latency (lookups, stats) over a generated store via HTTP; ROWS=1000000 for a quick run.
+ROWS ?= 10000000
+bench-query: $(STAMP)
+	$(BIN)/python bench/query.py --rows $(ROWS) --json bench/results/query-$$(date +%F).json
 
 # The crash test, many rounds (CI runs 3).
 soak: $(STAMP)

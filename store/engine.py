@@ -36,6 +36,7 @@ from store.ack import Ack
 from store.duck import DataFile, Duck, Snapshot, TableSnapshot
 from store.errors import StoreError, StoreLocked, Unavailable
 from store.idindex import IdIndex, hash_ids
+from store.labelindex import LabelIndex
 from store.rows import Columns, decode_tables, encode_tables, num_rows, select, to_arrow
 from store.schema import FEEDBACK_TABLE, INTERACTIONS_TABLE, TABLES, TableSpec
 from store.wal import Record, RecoveryReport, WriteAheadLog, fsync_path, scan
@@ -190,6 +191,7 @@ class Store:
             memory_limit=self.options.query_memory_limit,
             threads=self.options.query_threads,
         )
+        self.labels = LabelIndex(self.duck)
         for spec in TABLES.values():
             self._refresh_files_view(spec, self._deltas[spec.name])
         self._load_ids()
@@ -274,6 +276,8 @@ class Store:
         if current is None or current[0] < prepared[0]:
             self._deltas[spec.name] = dt
             self._files_views[spec.name] = prepared
+            if spec is INTERACTIONS_TABLE:
+                self.labels.track([f.path for f in prepared[2]])
 
     # -- writing ------------------------------------------------------------------------
     def write(
@@ -627,6 +631,7 @@ class Store:
                 "flush_error": self.flush_error,
                 "wal_error": self._wal.last_error if self._wal else None,
                 "versions": {n: v[0] for n, v in self._files_views.items()},
+                "label_index": self.labels.status(),
             }
 
     def delta(self, spec: TableSpec) -> DeltaTable | None:
@@ -646,6 +651,7 @@ class Store:
                 self.flush()
             except Exception as exc:
                 log.error("final flush failed, the write-ahead log keeps the data: %s", exc)
+        self.labels.close()
         self.duck.close()
         self._release_lock()
 

@@ -251,6 +251,16 @@ def _join(op: str, parts: tuple[Expr, ...], empty: str) -> tuple[str, list[Any]]
     return f" {op} ".join(sqls), params
 
 
+def must_labels(expr: Expr) -> list[tuple[str, tuple[str, ...]]]:
+    """The label conditions every match must meet (from ``label=`` filters joined by
+    AND), for the label index; conditions under OR/NOT are left out."""
+    if isinstance(expr, Filter):
+        return list(expr.labels)
+    if isinstance(expr, And):
+        return [c for p in expr.parts for c in must_labels(p)]
+    return []
+
+
 def restrict(expr: Expr, use_cases: tuple[str, ...] | None) -> Expr:
     """``expr`` limited to ``use_cases`` (None: unlimited)."""
     if use_cases is None:

@@ -12,7 +12,14 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from store.duck import Duck, Snapshot, TableSnapshot, check_select, effective
+from store.duck import (
+    Duck,
+    Snapshot,
+    TableSnapshot,
+    amendments_sql,
+    check_select,
+    effective,
+)
 from store.engine import Store
 from store.errors import NotFound, ValidationFailed
 from store.filters import (
@@ -20,6 +27,7 @@ from store.filters import (
     decode_cursor,
     encode_cursor,
     filter_from_kwargs,
+    must_labels,
     restrict,
 )
 from store.jsonutil import loads
@@ -31,6 +39,10 @@ _LIST_COLUMNS = (
     "id, created_at, use_case, model, messages, completion, completion_message, labels, "
     'session_id, "user", ab_campaign, source, usage, latency_ms, ttft_ms, params, status, error'
 )
+
+
+# What the first phase of a page finds: where each row is (file and row number).
+_HIT = "id, created_at, filename, file_row_number AS rn"
 
 
 def _iso(ts: datetime) -> str:
@@ -132,21 +144,40 @@ class Reader:
                 continue
             by_day.setdefault(day, []).append(f.path)
         days = sorted(by_day, key=lambda d: (d is not None, d), reverse=desc)
+        ranges = self._index_ranges(snap, flt, [p for ps in by_day.values() for p in ps])
+        for d in days:  # drop the files the index rules out
+            by_day[d] = [p for p in by_day[d] if ranges.get(p) != []]
+        # Every file left is indexed and restricted, and few rows to read: one round.
+        left = [p for ps in by_day.values() for p in ps]
+        small = all(ranges.get(p) for p in left) and (
+            sum(hi - lo + 1 for p in left for lo, hi in ranges[p] or ()) <= 200_000
+        )
         pending = effective(snap, "interactions", t.pending_name)
-        parts = [f"SELECT id, created_at, NULL AS filename FROM {pending} WHERE {where}"]
+        parts = [
+            f"SELECT id, created_at, NULL AS filename, NULL AS rn FROM {pending} WHERE {where}"
+        ]
         args = list(params)
         hits: list[dict[str, Any]] = []
-        width, i = 1, 0
+        width, i = (len(days) or 1, 0) if small else (1, 0)
         while True:
             window = days[i : i + width]
             i += width
             width *= 2
             files = [p for d in window for p in by_day[d]]
-            if files:
-                scan = Duck.scan_sql(INTERACTIONS_TABLE, files, filename=True)
+            whole = [p for p in files if not ranges.get(p)]
+            if whole:
+                scan = Duck.scan_sql(INTERACTIONS_TABLE, whole, filename=True, row_number=True)
                 scan = effective(snap, "interactions", scan)
-                parts.append(f"SELECT id, created_at, filename FROM {scan} WHERE {where}")
+                parts.append(f"SELECT {_HIT} FROM {scan} WHERE {where}")
                 args += params
+            for p in files:
+                rs = ranges.get(p)
+                if rs:  # only the row groups the label index allows
+                    scan = Duck.scan_sql(INTERACTIONS_TABLE, [p], filename=True, row_number=True)
+                    scan = effective(snap, "interactions", scan)
+                    rows = " OR ".join(f"file_row_number BETWEEN {lo} AND {hi}" for lo, hi in rs)
+                    parts.append(f"SELECT {_HIT} FROM {scan} WHERE ({rows}) AND {where}")
+                    args += params
             if parts:
                 sql = (
                     " UNION ALL ".join(parts)
@@ -172,22 +203,44 @@ class Reader:
                        for h in hits):  # fmt: skip
                     return hits
 
+    def _index_ranges(
+        self, snap: Snapshot, flt: Expr, paths: list[str]
+    ) -> dict[str, list[tuple[int, int]] | None]:
+        """Per indexed file: the row ranges that can match ``flt``'s label conditions
+        ([] = none; None = all). Files not indexed yet are absent. Nothing when the
+        filter has no label condition that must hold, or labels were amended (the
+        index knows the labels as written)."""
+        conds = must_labels(flt)
+        if not conds or not paths or amendments_sql(snap) is not None:
+            return {}
+        index = self.store.labels
+        hashes = index.hashes(conds)
+        out: dict[str, list[tuple[int, int]] | None] = {}
+        for p in paths:
+            if index.get(p) is not None:
+                out[p] = index.candidates(p, hashes)
+        return out
+
     def _fetch(
         self, snap: Snapshot, t: TableSnapshot, hits: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
-        """Full rows for ``hits`` (id, filename), in the hits' order."""
+        """Full rows for ``hits`` (id, filename, rn), in the hits' order. Rows of a file
+        are read by their row numbers, so only the row groups holding them are read."""
         if not hits:
             return []
         ids = [h["id"] for h in hits]
-        files = sorted({h["filename"] for h in hits if h["filename"] is not None})
+        by_file: dict[str, list[int]] = {}
+        for h in hits:
+            if h["filename"] is not None:
+                by_file.setdefault(h["filename"], []).append(int(h["rn"]))
         pending = effective(snap, "interactions", t.pending_name)
         parts = [f"SELECT {_LIST_COLUMNS} FROM {pending} WHERE list_contains(?, id)"]
         args: list[Any] = [ids]
-        if files:
-            scan = Duck.scan_sql(INTERACTIONS_TABLE, files)
+        for path, rns in sorted(by_file.items()):
+            scan = Duck.scan_sql(INTERACTIONS_TABLE, [path], row_number=True)
             scan = effective(snap, "interactions", scan)
-            parts.append(f"SELECT {_LIST_COLUMNS} FROM {scan} WHERE list_contains(?, id)")
-            args.append(ids)
+            rows = ", ".join(str(n) for n in sorted(set(rns)))
+            parts.append(f"SELECT {_LIST_COLUMNS} FROM {scan} WHERE file_row_number IN ({rows})")
         found = self.store.query(" UNION ALL ".join(parts), args, snapshot=snap, views=False)
         by_id = {r["id"]: r for r in found.to_pylist()}
         return [by_id[i] for i in ids if i in by_id]

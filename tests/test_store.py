@@ -366,3 +366,56 @@ def test_pages_walk_days_in_order_with_old_unflushed_rows(
         after = page.next_cursor
     assert got == [r["id"] for r in want] and len(got) == len(every)
     store.close()
+
+
+def test_label_index_lookups_equal_full_scans(data_dir: Path) -> None:
+    """Lookups that the label index narrows return exactly what a full scan returns."""
+    import time as _time
+
+    from store.filters import filter_from_kwargs
+
+    store = Store(data_dir, options=SLOW_FLUSH)
+    for part in range(3):  # three files, the first with several row groups
+        n = 5000 if part == 0 else 300
+        items = [
+            validate(interaction(i, id=f"x{part}-{i}", created_at=f"2026-04-0{part + 1}T00:00:00Z",
+                                 labels={"customer": f"c{i % 2500}", "tier": f"t{i % 3}",
+                                         "part": str(part)}))
+            for i in range(n)
+        ]  # fmt: skip
+        store.write(INTERACTIONS_TABLE, build_batch(items, source="api").interactions()).result()
+        store.flush()
+    files = [f.path for f in store.snapshot().tables["interactions"].files]
+    deadline = _time.monotonic() + 30
+    while any(store.labels.get(p) is None for p in files) and _time.monotonic() < deadline:
+        _time.sleep(0.05)
+    assert all(store.labels.get(p) is not None for p in files)
+    big = max(files, key=lambda p: store.labels.get(p).rows)  # type: ignore[union-attr]
+    hashes = store.labels.hashes([("customer", ("c5",))])
+    assert store.labels.candidates(big, hashes)  # narrowed to some row groups …
+    assert store.labels.candidates(big, store.labels.hashes([("customer", ("nope",))])) == []
+    reader = Reader(store)
+    cases = [
+        {"label": "customer:c5"},
+        {"label": ["customer:c5|c17", "tier:t1"]},
+        {"label": "part:1"},
+        {"label": "customer:nope"},
+        {"label": ["customer:c5", "part:0"], "from": "2026-04-01"},
+    ]
+    for kw in cases:
+        flt = filter_from_kwargs(kw)
+        where, params = flt.where()
+        want = sorted(
+            r["id"] for r in store.query(f"SELECT id FROM interactions WHERE {where}", params)
+            .to_pylist()
+        )  # fmt: skip
+        got: list[str] = []
+        after = None
+        while True:
+            page = reader.page(flt, limit=7, after=after)
+            got += [r["id"] for r in page.data]
+            if not page.has_more:
+                break
+            after = page.next_cursor
+        assert sorted(got) == want and len(got) == len(set(got)), kw
+    store.close()
