@@ -75,7 +75,7 @@ class Principal:
         """The use cases a read may cover: ``requested`` (each must be allowed), or all
         the key's use cases when none are requested. None: no restriction."""
         if self.use_cases is None:
-            return requested
+            return requested or None
         if requested:
             for uc in requested:
                 self.check_use_case(uc)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -307,16 +307,6 @@ def effective(snapshot: Snapshot, table: str, relation: str) -> str:
     return f"(SELECT * FROM {relation} AS _r WHERE {keep})"
 
 
-def _walk(node: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(node, dict):
-        yield node
-        for v in node.values():
-            yield from _walk(v)
-    elif isinstance(node, list):
-        for v in node:
-            yield from _walk(v)
-
-
 _IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
 # Scalar functions that would show server configuration.
 DENIED_FUNCTIONS = frozenset({"current_setting", "getvariable", "getenv"})
@@ -332,40 +322,51 @@ def check_tables(db: duckdb.DuckDBPyConnection, sql: str, allowed: Iterable[str]
     tree = orjson.loads(row[0]) if row else {"error": True, "error_message": "no result"}
     if tree.get("error"):
         raise InvalidQuery(f"SQL does not parse: {tree.get('error_message')}", param="sql")
-    nodes = list(_walk(tree))
-    ctes = {
-        entry["key"].lower()
-        for n in nodes
-        if isinstance(n.get("cte_map"), dict)
-        for entry in n["cte_map"].get("map", [])
-    }
     names = {a.lower() for a in allowed}
-    for n in nodes:
-        fn_name = str(n.get("function_name", "")).lower()
-        if n.get("class") == "FUNCTION" and fn_name in DENIED_FUNCTIONS:
-            raise InvalidQuery(f"function {fn_name}() is not allowed", param="sql")
-        kind = n.get("type")
-        if kind == "TABLE_FUNCTION":
-            fn = str((n.get("function") or {}).get("function_name", "?"))
-            if fn.lower() in SAFE_TABLE_FUNCTIONS:
-                continue
+    try:
+        _check_node(tree, frozenset(), names)
+    except RecursionError:
+        raise InvalidQuery("the query is nested too deeply", param="sql") from None
+
+
+def _check_node(node: Any, ctes: frozenset[str], names: set[str]) -> None:
+    """Walk the syntax tree; a CTE name counts only inside the query that declares it
+    (a CTE in a subquery does not make the same name elsewhere read a real table)."""
+    if isinstance(node, list):
+        for v in node:
+            _check_node(v, ctes, names)
+        return
+    if not isinstance(node, dict):
+        return
+    cte_map = node.get("cte_map")
+    if isinstance(cte_map, dict) and cte_map.get("map"):
+        ctes = ctes | {str(e["key"]).lower() for e in cte_map["map"]}
+    fn_name = str(node.get("function_name", "")).lower()
+    if node.get("class") == "FUNCTION" and fn_name in DENIED_FUNCTIONS:
+        raise InvalidQuery(f"function {fn_name}() is not allowed", param="sql")
+    kind = node.get("type")
+    if kind == "TABLE_FUNCTION":
+        fn = str((node.get("function") or {}).get("function_name", "?"))
+        if fn.lower() not in SAFE_TABLE_FUNCTIONS:
             raise InvalidQuery(
                 f"table function {fn}() is not allowed; SQL may read the views "
                 f"{', '.join(sorted(names))} only",
                 param="sql",
             )
-        if kind == "BASE_TABLE":
-            name = str(n.get("table_name", "")).lower()
-            qualified = n.get("schema_name") or n.get("catalog_name")
-            # Plain identifiers only: no paths or globs, and no internal (_…) views,
-            # whatever CTE a query names after them.
-            plain = _IDENT.match(name) is not None and not name.startswith("_")
-            if qualified or not plain or (name not in names and name not in ctes):
-                raise InvalidQuery(
-                    f"unknown table {n.get('table_name')!r}; SQL may read the views "
-                    f"{', '.join(sorted(names))} only",
-                    param="sql",
-                )
+    if kind == "BASE_TABLE":
+        name = str(node.get("table_name", "")).lower()
+        qualified = node.get("schema_name") or node.get("catalog_name")
+        # Plain identifiers only: no paths or globs, and no internal (_…) views,
+        # whatever CTE a query names after them.
+        plain = _IDENT.match(name) is not None and not name.startswith("_")
+        if qualified or not plain or (name not in names and name not in ctes):
+            raise InvalidQuery(
+                f"unknown table {node.get('table_name')!r}; SQL may read the views "
+                f"{', '.join(sorted(names))} only",
+                param="sql",
+            )
+    for v in node.values():
+        _check_node(v, ctes, names)
 
 
 def check_select(sql: str) -> str:

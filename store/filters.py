@@ -26,8 +26,24 @@ def _from_unix(value: float) -> datetime:
     return datetime.fromtimestamp(value / 1000 if abs(value) > 2e10 else value, UTC)
 
 
+_MIN_TIME = datetime(1900, 1, 1, tzinfo=UTC)
+_MAX_TIME = datetime(9999, 12, 30, tzinfo=UTC)
+
+
 def parse_time(value: str | float | int | datetime, param: str) -> datetime:
-    """ISO-8601 (naive = UTC), unix seconds, or unix milliseconds (past 2e10)."""
+    """ISO-8601 (naive = UTC), unix seconds, or unix milliseconds (past 2e10), within
+    the years 1900 to 9999 (what the store keeps)."""
+    ts = _parse_time(value, param)
+    try:
+        ok = _MIN_TIME <= ts.astimezone(UTC) < _MAX_TIME
+    except OverflowError:
+        ok = False
+    if not ok:
+        raise ValidationFailed(f"{param}: {value!r} is outside 1900 to 9999 (UTC)", param=param)
+    return ts
+
+
+def _parse_time(value: str | float | int | datetime, param: str) -> datetime:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     bad = ValidationFailed(
@@ -84,7 +100,13 @@ def parse_feedback(expr: str, param: str = "feedback") -> tuple[str, str, float]
             number = float(text)
         except ValueError:
             number = None
-    if not sep or not metric.strip() or number is None or number != number:
+    if (
+        not sep
+        or not metric.strip()
+        or metric.strip()[-1] in "<>=!"
+        or number is None
+        or number != number
+    ):
         raise ValidationFailed(
             f"{param}: {expr!r} is not of the form metric>=number (operators: >=, >, <=, <, =, !=)",
             param=param,
@@ -278,10 +300,14 @@ _ALIASES = {"since": "from", "until": "to", "id": "id"}
 def _tuple(value: Any, name: str) -> tuple[str, ...]:
     if value is None:
         return ()
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-        return tuple(value)
+    values = (value,) if isinstance(value, str) else value
+    if isinstance(values, list | tuple) and all(isinstance(v, str) for v in values):
+        for v in values:
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValidationFailed(f"{name}: not valid UTF-8 text", param=name) from None
+        return tuple(values)
     raise ValidationFailed(f"{name}: must be a string or a list of strings", param=name)
 
 

@@ -101,7 +101,7 @@ class Reader:
         if after:
             ts, id_ = decode_cursor(after)
             op = "<" if order == "desc" else ">"
-            where += f" AND (created_at, id) {op} (?, ?)"
+            where = f"({where}) AND (created_at, id) {op} (?, ?)"
             params += [ts, id_]
             start = ts.astimezone(UTC).date()
         snap = self.store.snapshot()

@@ -185,7 +185,7 @@ def labels(
         f"WITH b AS ({b.sql}), "
         "kv AS (SELECT unnest(map_entries(b.labels)) AS e FROM b), "
         f"v AS (SELECT e.key AS key, e.value AS value, count(*) AS n FROM kv {only} GROUP BY ALL) "
-        "SELECT key, value, n, sum(n) OVER (PARTITION BY key) AS total, "
+        "SELECT key, value, n, (sum(n) OVER (PARTITION BY key))::BIGINT AS total, "
         "count(*) OVER (PARTITION BY key) AS distinct_values, "
         "row_number() OVER (PARTITION BY key ORDER BY n DESC, value) AS rank "
         f"FROM v QUALIFY rank <= {int(top)} ORDER BY total DESC, key, rank"

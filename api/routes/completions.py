@@ -22,7 +22,7 @@ from api.filters import check_params
 from ingest.ids import uuid7_many
 from ingest.models import Labels, check_labels
 from store.ack import wait
-from store.errors import ValidationFailed
+from store.errors import NotFound, ValidationFailed
 from store.filters import Filter, encode_cursor
 from store.reader import Reader
 from store.schema import AMENDMENTS_TABLE
@@ -65,7 +65,10 @@ def _page_after(reader: Reader, after: str | None, use_cases: tuple[str, ...] | 
     """OpenAI's ``after`` is an id; our pages take a (time, id) cursor."""
     if after is None:
         return None
-    item = reader.get(after, use_cases=use_cases)
+    try:
+        item = reader.get(after, use_cases=use_cases)
+    except NotFound:
+        raise NotFound(f"after: no stored completion {after!r}", param="after") from None
     created = datetime.fromisoformat(item["created_at"].replace("Z", "+00:00"))
     return encode_cursor(created, after)
 
@@ -73,15 +76,18 @@ def _page_after(reader: Reader, after: str | None, use_cases: tuple[str, ...] | 
 def _metadata_filter(request: Request) -> tuple[tuple[str, tuple[str, ...]], ...]:
     labels = []
     for name, value in request.query_params.multi_items():
-        if name.startswith("metadata[") and name.endswith("]") and len(name) > 10:
-            labels.append((name[9:-1], (value,)))
+        if not name.startswith("metadata"):
+            continue
+        if not (name.startswith("metadata[") and name.endswith("]") and len(name) > 10):
+            raise ValidationFailed(f"{name}: use metadata[key]=value", param=name)
+        labels.append((name[9:-1], (value,)))
     return tuple(labels)
 
 
 def _list(request: Request, principal: Any, model: str | None, after: str | None, limit: int,
           order: str) -> dict[str, Any]:  # fmt: skip
     allowed = {"model", "after", "limit", "order"} | {
-        k for k in request.query_params if k.startswith("metadata[")
+        k for k in request.query_params if k.startswith("metadata")
     }
     check_params(request, allowed)
     reader: Reader = request.app.state.reader
