@@ -10,26 +10,25 @@ The routes check that referenced interactions exist; these models check shapes."
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
-    Discriminator,
     Field,
-    Tag,
     field_validator,
     model_validator,
 )
 
 from ingest.ids import uuid7_many
 from ingest.models import (
-    ID_RE,
     MAX_VALUE,
-    USE_CASE_RE,
     ChatMessage,
     FeedbackItem,
+    check_id,
     check_time,
+    check_use_case,
+    str_or,
 )
 from store.jsonutil import dumps
 from store.rows import Columns
@@ -42,23 +41,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DAY_US = 86_400_000_000
 
 
-def _check_id(v: str | None, what: str = "id") -> str | None:
-    if v is not None and not ID_RE.match(v):
-        raise ValueError(
-            f"{what} must be 1 to 128 characters of letters, digits, '_', '.', ':' or '-'"
-        )
-    return v
-
-
-def _check_use_case(v: str | None) -> str | None:
-    if v is not None and not USE_CASE_RE.match(v):
-        raise ValueError(
-            "use case keys are 1 to 128 characters of letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit"
-        )
-    return v
-
-
 class _UseCase(BaseModel):
     use_case: str | None = Field(None, description="Use case key (alias: project).")
     project: str | None = Field(None, description="Alias of use_case (Adaptive).")
@@ -66,7 +48,7 @@ class _UseCase(BaseModel):
     @field_validator("use_case", "project")
     @classmethod
     def _uc(cls, v: str | None) -> str | None:
-        return _check_use_case(v)
+        return check_use_case(v)
 
     @model_validator(mode="after")
     def _same(self) -> Any:
@@ -87,7 +69,7 @@ class FeedbackIn(FeedbackItem):
     @field_validator("completion_id")
     @classmethod
     def _cid(cls, v: str) -> str:
-        return _check_id(v, "completion_id") or v
+        return check_id(v, "completion_id") or v
 
 
 class CompletionText(BaseModel):
@@ -98,16 +80,11 @@ class CompletionText(BaseModel):
     model: str | None = None
 
 
-def _ref_kind(v: Any) -> str:
-    return "CompletionText" if isinstance(v, dict | CompletionText) else "str"
-
-
-# A completion id, or {text, model}: errors come from the branch the value looks like
-# (the tags are the names `ingest.parse.loc_path` leaves out of error paths).
-CompletionRef = Annotated[
-    Annotated[str, Tag("str")] | Annotated[CompletionText, Tag("CompletionText")],
-    Discriminator(_ref_kind),
-]
+# An interaction id, or {text, model}.
+if TYPE_CHECKING:
+    CompletionRef = str | CompletionText
+else:
+    CompletionRef = str_or(CompletionText)
 
 
 class ComparisonIn(_UseCase):
@@ -130,7 +107,7 @@ class ComparisonIn(_UseCase):
     @classmethod
     def _ids(cls, v: str | CompletionText) -> str | CompletionText:
         if isinstance(v, str):
-            _check_id(v, "a completion id")
+            check_id(v, "a completion id")
         return v
 
     @field_validator("created_at")

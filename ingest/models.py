@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -59,18 +59,6 @@ class AssistantCompletion(BaseModel):
     refusal: str | None = None
 
 
-def _completion_kind(v: Any) -> str:
-    return "AssistantCompletion" if isinstance(v, dict | AssistantCompletion) else "str"
-
-
-# A string or an assistant message; errors come from the branch the value looks like
-# (tags are names ``ingest.parse.loc_path`` leaves out of error paths).
-Completion = Annotated[
-    Annotated[str, Tag("str")] | Annotated[AssistantCompletion, Tag("AssistantCompletion")],
-    Discriminator(_completion_kind),
-]
-
-
 class Usage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     prompt_tokens: Annotated[int, Field(ge=0, le=MAX_INT, strict=True)] | None = None
@@ -114,6 +102,43 @@ def check_time(v: datetime | None) -> datetime | None:
     if utc is None or not MIN_TIME <= utc < MAX_TIME:
         raise ValueError("must be between 1900-01-01 and 9999-12-30 (UTC)")
     return utc
+
+
+def check_id(v: str | None, what: str = "id") -> str | None:
+    if v is not None and not ID_RE.match(v):
+        raise ValueError(
+            f"{what} must be 1 to 128 characters of letters, digits, '_', '.', ':' or '-'"
+        )
+    return v
+
+
+def check_use_case(v: str | None) -> str | None:
+    if v is not None and not USE_CASE_RE.match(v):
+        raise ValueError(
+            "use case keys are 1 to 128 characters of letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return v
+
+
+def str_or(model: type[BaseModel]) -> Any:
+    """A string or a ``model`` object, as a tagged union: a value's errors come from the
+    branch it looks like (the tags are names ``ingest.parse.loc_path`` leaves out of
+    error paths), not from both."""
+
+    def kind(v: Any) -> str:
+        return model.__name__ if isinstance(v, dict | model) else "str"
+
+    return Annotated[
+        Annotated[str, Tag("str")] | Annotated[model, Tag(model.__name__)], Discriminator(kind)
+    ]
+
+
+# A string or an assistant message.
+if TYPE_CHECKING:
+    Completion = str | AssistantCompletion
+else:
+    Completion = str_or(AssistantCompletion)
 
 
 def check_labels(labels: Labels | None) -> Labels | None:
@@ -166,11 +191,7 @@ class InteractionIn(BaseModel):
     @field_validator("id")
     @classmethod
     def _id(cls, v: str | None) -> str | None:
-        if v is not None and not ID_RE.match(v):
-            raise ValueError(
-                "id must be 1 to 128 characters of letters, digits, '_', '.', ':' or '-'"
-            )
-        return v
+        return check_id(v)
 
     @field_validator("created_at")
     @classmethod
@@ -180,12 +201,7 @@ class InteractionIn(BaseModel):
     @field_validator("use_case", "project")
     @classmethod
     def _use_case(cls, v: str | None) -> str | None:
-        if v is not None and not USE_CASE_RE.match(v):
-            raise ValueError(
-                "use case keys are 1 to 128 characters of letters, digits, '_', '.' or '-', "
-                "starting with a letter or digit"
-            )
-        return v
+        return check_use_case(v)
 
     @field_validator("labels", "metadata")
     @classmethod

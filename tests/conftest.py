@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -34,13 +35,24 @@ def store(data_dir: Path) -> Iterator[Store]:
     s.close()
 
 
-@pytest_asyncio.fixture
-async def client(store: Store, data_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Settings(data=str(data_dir), max_body_bytes=8 << 20), store=store)
+@contextlib.asynccontextmanager
+async def in_process(
+    store: Store, *, raise_errors: bool = True, **settings: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the app on ``store`` (settings as given, bodies up to 8 MiB by
+    default). Without ``raise_errors`` a crash is a 500 response, not an exception."""
+    settings.setdefault("max_body_bytes", 8 << 20)
+    app = create_app(Settings(data=str(store.root), **settings), store=store)
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_errors)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
             yield c
+
+
+@pytest_asyncio.fixture
+async def client(store: Store) -> AsyncIterator[httpx.AsyncClient]:
+    async with in_process(store) as c:
+        yield c
 
 
 def free_port() -> int:
@@ -170,8 +182,5 @@ def slow_store(tmp_path: Path) -> Iterator[Store]:
 @pytest_asyncio.fixture
 async def slow_client(slow_store: Store) -> AsyncIterator[httpx.AsyncClient]:
     """A client of an app on ``slow_store``; a crash is a 500 response, not an exception."""
-    app = create_app(Settings(data=str(slow_store.root), max_body_bytes=8 << 20), store=slow_store)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            yield c
+    async with in_process(slow_store, raise_errors=False) as c:
+        yield c

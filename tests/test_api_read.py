@@ -17,10 +17,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from api.app import create_app
-from api.settings import Settings
 from store.engine import Store
-from tests.conftest import assert_error, interaction
+from tests.conftest import assert_error, in_process, interaction
 
 URL = "/api/v1/interactions"
 
@@ -268,11 +266,8 @@ async def test_bad_list_params(seeded: httpx.AsyncClient) -> None:
 @pytest_asyncio.fixture
 async def no_raise(store: Store, data_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
     """Like ``client`` but a crash is a 500 response, not an exception in the test."""
-    app = create_app(Settings(data=str(data_dir), max_body_bytes=8 << 20), store=store)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            yield c
+    async with in_process(store, raise_errors=False) as c:
+        yield c
 
 
 @pytest.mark.parametrize("forged", [[2**63, "a"], [-(2**63), "a"], [1e300, "a"]])
@@ -428,12 +423,8 @@ async def test_sql_cannot_read_the_store_files(
 
 @pytest_asyncio.fixture
 async def limited(store: Store, data_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(data=str(data_dir), sql_max_rows=5, sql_timeout_s=0.5)
-    app = create_app(settings, store=store)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            yield c
+    async with in_process(store, sql_max_rows=5, sql_timeout_s=0.5) as c:
+        yield c
 
 
 async def test_sql_row_limit_truncates(limited: httpx.AsyncClient) -> None:

@@ -12,12 +12,10 @@ import pytest
 import pytest_asyncio
 from click.testing import CliRunner
 
-from api.app import create_app
 from api.keys import KeyRing
-from api.settings import Settings
 from istore.cli import main
 from store.engine import Store
-from tests.conftest import assert_error, interaction
+from tests.conftest import assert_error, in_process, interaction
 
 KINDS = ("none", "wrong", "ingest", "read", "admin", "limited")
 
@@ -41,24 +39,21 @@ async def env(store: Store, data_dir: Path) -> AsyncIterator[Env]:
     ring = KeyRing(data_dir)
     keys = {kind: ring.create([kind], name=kind)[1] for kind in ("ingest", "read", "admin")}
     keys["limited"] = ring.create(["ingest", "read"], ["alpha"], name="alpha-only")[1]
-    app = create_app(Settings(data=str(data_dir)), store=store)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-            admin = {"Authorization": f"Bearer {keys['admin']}"}
-            ids = {}
-            for uc in ("alpha", "beta"):
-                r = await c.post(
-                    "/api/v1/interactions",
-                    json=interaction(use_case=uc, session_id=f"s-{uc}"),
-                    headers=admin,
-                )
-                assert r.status_code == 201, r.text
-                ids[uc] = r.json()["completion_id"]
-                fb = {"completion_id": ids[uc], "metric": "m", "value": 1}
-                r = await c.post("/api/v1/feedback", json=fb, headers=admin)
-                assert r.status_code == 201
-            yield Env(c, keys, ids)
+    async with in_process(store) as c:
+        admin = {"Authorization": f"Bearer {keys['admin']}"}
+        ids = {}
+        for uc in ("alpha", "beta"):
+            r = await c.post(
+                "/api/v1/interactions",
+                json=interaction(use_case=uc, session_id=f"s-{uc}"),
+                headers=admin,
+            )
+            assert r.status_code == 201, r.text
+            ids[uc] = r.json()["completion_id"]
+            fb = {"completion_id": ids[uc], "metric": "m", "value": 1}
+            r = await c.post("/api/v1/feedback", json=fb, headers=admin)
+            assert r.status_code == 201
+        yield Env(c, keys, ids)
 
 
 def _routes(env: Env, uc: str) -> list[tuple[str, str, str, dict[str, object] | None]]:

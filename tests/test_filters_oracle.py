@@ -10,18 +10,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api.app import create_app
-from api.settings import Settings
 from ingest.importer import import_files
 from store.engine import Store, StoreOptions
 from store.filters import parse_expr
 from store.reader import Reader
+from tests.conftest import in_process
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_data" / "interactions.ndjson"
@@ -226,24 +224,21 @@ def test_filter_expressions_match_the_oracle(
 
 
 async def test_list_pages_equal_the_oracle(loaded: Reader) -> None:
-    app = create_app(Settings(data=str(loaded.store.root)), store=loaded.store)
     flt = {"use_case": ["support", "sales-email"], "label": ["env:prod"], "has_label": ["topic"]}
     want = oracle(flt)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-            got: list[str] = []
-            after = None
-            while True:
-                params: list[tuple[str, str]] = [(k, v) for k, vs in flt.items() for v in vs]
-                params.append(("limit", "37"))
-                if after:
-                    params.append(("after", after))
-                r = (await c.get("/api/v1/interactions", params=params)).json()
-                got += [x["id"] for x in r["data"]]
-                after = r["next_cursor"]
-                if not r["has_more"]:
-                    break
+    async with in_process(loaded.store) as c:
+        got: list[str] = []
+        after = None
+        while True:
+            params: list[tuple[str, str]] = [(k, v) for k, vs in flt.items() for v in vs]
+            params.append(("limit", "37"))
+            if after:
+                params.append(("after", after))
+            r = (await c.get("/api/v1/interactions", params=params)).json()
+            got += [x["id"] for x in r["data"]]
+            after = r["next_cursor"]
+            if not r["has_more"]:
+                break
     assert len(got) == len(set(got)) and set(got) == want
 
 
@@ -300,41 +295,36 @@ def test_stats_match_the_oracle(loaded: Reader, flt: dict[str, Any], group: str)
 
 async def test_http_filters_and_aggregates_without_a_use_case(loaded: Reader) -> None:
     """Regression (review): feedback filters and feedback metrics with no use_case."""
-    app = create_app(Settings(data=str(loaded.store.root)), store=loaded.store)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-            r = await c.get("/api/v1/interactions", params={"feedback": "rating>=4", "limit": 1000})
-            assert {x["id"] for x in r.json()["data"]} == oracle({"feedback": ["rating>=4"]})
-            r = await c.get(
-                "/api/v1/interactions/stats", params={"metrics": "count_feedback:rating"}
-            )
-            assert r.json()["data"] == [{"count_feedback:rating": FEEDBACK.filter(
-                pl.col("metric") == "rating").height}]  # fmt: skip
-            r = await c.get("/api/v1/labels", params={"key": "project"})
-            (item,) = r.json()["data"]
-            assert item["count"] == sum(1 for x in LABELS.values() if "project" in x)
+    async with in_process(loaded.store) as c:
+        r = await c.get("/api/v1/interactions", params={"feedback": "rating>=4", "limit": 1000})
+        assert {x["id"] for x in r.json()["data"]} == oracle({"feedback": ["rating>=4"]})
+        r = await c.get("/api/v1/interactions/stats", params={"metrics": "count_feedback:rating"})
+        assert r.json()["data"] == [{"count_feedback:rating": FEEDBACK.filter(
+            pl.col("metric") == "rating").height}]  # fmt: skip
+        r = await c.get("/api/v1/labels", params={"key": "project"})
+        (item,) = r.json()["data"]
+        assert item["count"] == sum(1 for x in LABELS.values() if "project" in x)
+        r = await c.post("/api/v1/interactions/query",
+                         json={"filter": {"or": [{"use_case": "support"}, {"model": "phi"}]},
+                               "limit": 7})  # fmt: skip
+        pages = 1
+        while r.json()["has_more"]:
+            after = r.json()["next_cursor"]
             r = await c.post("/api/v1/interactions/query",
-                             json={"filter": {"or": [{"use_case": "support"}, {"model": "phi"}]},
-                                   "limit": 7})  # fmt: skip
-            pages = 1
-            while r.json()["has_more"]:
-                after = r.json()["next_cursor"]
-                r = await c.post("/api/v1/interactions/query",
-                                 json={"filter": {"or": [{"use_case": "support"},
-                                                         {"model": "phi"}]},
-                                       "limit": 7, "after": after})  # fmt: skip
-                pages += 1
-                assert pages < 1000
-            lone_surrogate = b'{"filter": {"search": "\\ud800"}}'
-            r = await c.post("/api/v1/interactions/query", content=lone_surrogate,
-                             headers={"content-type": "application/json"})  # fmt: skip
-            assert r.status_code == 422 and r.json()["error"]["param"] == "filter.search", r.text
-            bad_params = [
-                ("from", "0001-01-01T00:00:00+01:00"),
-                ("to", "9999-12-31T23:59:59-01:00"),
-                ("feedback", "x=>1"),
-            ]
-            for name, value in bad_params:
-                r = await c.get("/api/v1/interactions", params={name: value})
-                assert r.status_code == 422 and r.json()["error"]["param"] == name, r.text
+                             json={"filter": {"or": [{"use_case": "support"},
+                                                     {"model": "phi"}]},
+                                   "limit": 7, "after": after})  # fmt: skip
+            pages += 1
+            assert pages < 1000
+        lone_surrogate = b'{"filter": {"search": "\\ud800"}}'
+        r = await c.post("/api/v1/interactions/query", content=lone_surrogate,
+                         headers={"content-type": "application/json"})  # fmt: skip
+        assert r.status_code == 422 and r.json()["error"]["param"] == "filter.search", r.text
+        bad_params = [
+            ("from", "0001-01-01T00:00:00+01:00"),
+            ("to", "9999-12-31T23:59:59-01:00"),
+            ("feedback", "x=>1"),
+        ]
+        for name, value in bad_params:
+            r = await c.get("/api/v1/interactions", params={name: value})
+            assert r.status_code == 422 and r.json()["error"]["param"] == name, r.text

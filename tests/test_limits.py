@@ -13,10 +13,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from api.app import create_app
-from api.settings import Settings
 from store.engine import Store, StoreOptions
-from tests.conftest import assert_error, interaction
+from tests.conftest import assert_error, in_process, interaction
 
 URL = "/api/v1/interactions"
 BODY_LIMIT = 4096
@@ -25,12 +23,8 @@ LIMITS = {"max_batch_items": 3, "max_messages": 4, "max_content_chars": 100}
 
 @pytest_asyncio.fixture
 async def tight(store: Store, data_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(data=str(data_dir), max_body_bytes=BODY_LIMIT, **LIMITS)
-    app = create_app(settings, store=store)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-            yield c
+    async with in_process(store, max_body_bytes=BODY_LIMIT, **LIMITS) as c:
+        yield c
 
 
 async def _count(c: httpx.AsyncClient) -> int:
@@ -143,17 +137,14 @@ async def test_disk_failure_is_503_with_retry_after_and_nothing_acked(
 
 async def test_full_backlog_is_503(tmp_path: Path) -> None:
     store = Store(tmp_path / "d", options=StoreOptions(flush_interval_s=3600, max_pending_bytes=1))
-    app = create_app(Settings(data=str(tmp_path / "d")), store=store)
     try:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-                assert (await c.post(URL, json=interaction(0))).status_code == 201
-                r = await c.post(URL, json=interaction(1, id="refused"))
-                assert_error(r, 503)
-                assert r.headers["retry-after"] == "1"
-                store.flush()
-                r = await c.post(URL, json=interaction(1, id="refused"))
-                assert r.status_code == 201
+        async with in_process(store) as c:
+            assert (await c.post(URL, json=interaction(0))).status_code == 201
+            r = await c.post(URL, json=interaction(1, id="refused"))
+            assert_error(r, 503)
+            assert r.headers["retry-after"] == "1"
+            store.flush()
+            r = await c.post(URL, json=interaction(1, id="refused"))
+            assert r.status_code == 201
     finally:
         store.close()

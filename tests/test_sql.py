@@ -17,11 +17,9 @@ import pytest
 import pytest_asyncio
 from click.testing import CliRunner
 
-from api.app import create_app
-from api.settings import Settings
 from istore.cli import main
 from store.engine import Store
-from tests.conftest import assert_error, interaction
+from tests.conftest import assert_error, in_process, interaction
 
 QUERY = "SELECT id, use_case, labels, usage, latency_ms, created_at FROM interactions ORDER BY id"
 
@@ -151,12 +149,8 @@ async def test_scoped_ctes_still_work(seeded: httpx.AsyncClient) -> None:
 
 @pytest_asyncio.fixture
 async def limited(store: Store, data_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(data=str(data_dir), sql_max_rows=5, sql_timeout_s=1.0)
-    app = create_app(settings, store=store)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-            yield c
+    async with in_process(store, sql_max_rows=5, sql_timeout_s=1.0) as c:
+        yield c
 
 
 @pytest.mark.parametrize(
