@@ -14,7 +14,7 @@ from api import errors
 from api.body import JSONResponse
 from api.fastlane import IngestFastLane
 from api.keys import KeyRing, usage_saver
-from api.routes import analytics, completions, feedback, health, interactions, sql
+from api.routes import analytics, completions, export, feedback, health, interactions, sql
 from api.settings import Settings
 from store.engine import Store
 from store.reader import Reader
@@ -66,6 +66,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.include_router(interactions.router, prefix="/api/v1")
     app.include_router(feedback.router, prefix="/api/v1")
     app.include_router(sql.router, prefix="/api/v1")
+    app.include_router(export.router, prefix="/api/v1")
     app.include_router(completions.router)  # under /api/v1 and /v1 (OpenAI clients)
     _add_body_schemas(app)
     return app

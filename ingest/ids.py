@@ -28,4 +28,5 @@ def uuid7_many(n: int) -> list[str]:
         value = head | (_random.getrandbits(76) & _RAND_MASK)
         h = f"{value:032x}"
         out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    out.sort()  # increasing, also within the millisecond they share
     return out

@@ -49,7 +49,9 @@ class Batch:
     """The rows of one ingest request, ready for the store."""
 
     def __init__(self, fresh_ids: list[str] | None = None) -> None:
-        self._fresh = fresh_ids or []
+        # Reversed, so pop() hands ids out in increasing order: rows of a batch sort by
+        # (created_at, id) in the order they were sent.
+        self._fresh = (fresh_ids or [])[::-1]
         self.ids: list[str] = []
         self.session_ids: list[str | None] = []
         self.feedback_ids: list[list[str]] = []
@@ -109,7 +111,7 @@ class Batch:
 
     def _new_id(self) -> str:
         if not self._fresh:
-            self._fresh = uuid7_many(64)
+            self._fresh = uuid7_many(64)[::-1]
         return self._fresh.pop()
 
     def interactions(self) -> Columns:

@@ -227,6 +227,114 @@ def sql(data: str | None, query: str, fmt: str, output: str | None, max_rows: in
         click.echo(f"(cut at {table.num_rows} rows)", err=True)
 
 
+# -- export ------------------------------------------------------------------------------
+@main.command()
+@data_option
+@click.option(
+    "--format",
+    "fmt",
+    default="openai",
+    show_default=True,
+    type=click.Choice(
+        ["openai", "adaptive", "parquet", "dpo", "openai-dpo", "adaptive-preference", "preference"]
+    ),  # fmt: skip
+)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Output file; with --split NAME.train.EXT and NAME.validation.EXT.")  # fmt: skip
+@click.option("--filter", "filters", multiple=True, metavar="NAME=VALUE",
+              help="A filter as in the API, e.g. use_case=support or label=topic:x "
+                   "(repeatable).")  # fmt: skip
+@click.option("--include-errors", is_flag=True, help="Keep status=error interactions.")
+@click.option("--include-feedback", is_flag=True, help="adaptive: add {metric: value} feedbacks.")
+@click.option("--metric", default=None, help="Feedback metric that scores (pairs, dedupe).")
+@click.option("--min-margin", type=float, default=0.0, show_default=True)
+@click.option("--no-comparisons", is_flag=True, help="No pairs from explicit comparisons.")
+@click.option("--dedupe", is_flag=True, help="One example per prompt (best-scored, else newest).")
+@click.option("--max-examples", type=int, default=None)
+@click.option("--split", type=float, default=None, help="Train share, e.g. 0.9 (by prompt hash).")
+@click.option("--min-turns", type=int, default=None, help="At least this many user messages.")
+@click.option("--max-chars", type=int, default=None)
+@click.option("--manifest", "manifest_in", type=click.Path(exists=True, dir_okay=False),
+              default=None,
+              help="Repeat the export a manifest describes (same versions, filters, options) "
+                   "and check the files come out identical.")  # fmt: skip
+def export(
+    data: str | None, fmt: str, output: str, filters: tuple[str, ...], include_errors: bool,
+    include_feedback: bool, metric: str | None, min_margin: float, no_comparisons: bool,
+    dedupe: bool, max_examples: int | None, split: float | None, min_turns: int | None,
+    max_chars: int | None, manifest_in: str | None,
+) -> None:  # fmt: skip
+    """Export a fine-tuning dataset; writes OUTPUT and OUTPUT.manifest.json (versions,
+    filters, options, rows, sha256 of each file)."""
+    import hashlib
+
+    from store.export import PAIR_FORMATS, Exporter, ExportOptions, manifest
+    from store.filters import filter_from_kwargs
+    from store.reader import open as open_store
+
+    versions = None
+    if manifest_in is not None:
+        old = orjson.loads(Path(manifest_in).read_bytes())
+        versions = old["versions"]
+        options = ExportOptions(**{**old["options"], "filters": old["filters"]})
+    else:
+        parsed: dict[str, list[str]] = {}
+        for item in filters:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--filter")
+            parsed.setdefault(name, []).append(value)
+        options = ExportOptions(
+            format=fmt, include_errors=include_errors, include_feedback=include_feedback,
+            metric=metric, min_margin=min_margin, comparisons=not no_comparisons, dedupe=dedupe,
+            max_examples=max_examples, split=split, min_turns=min_turns, max_chars=max_chars,
+            filters={k: v if len(v) > 1 or k not in ("from", "to") else v[0]
+                     for k, v in parsed.items()},
+        )  # fmt: skip
+    flt = filter_from_kwargs(options.filters)
+    settings = _settings(data=data)
+    out = Path(output)
+    digests: dict[str, str] = {}
+    rows: dict[str, int] = {}
+    with open_store(settings.data) as reader:
+        exporter = Exporter(reader.store, reader.store.snapshot_at(versions), flt, options)
+        if options.format == "parquet":
+            blob = exporter.parquet()
+            out.write_bytes(blob)
+            digests[out.name], rows[out.name] = hashlib.sha256(blob).hexdigest(), exporter.rows
+        else:
+            sides = ("train", "validation") if options.split is not None else ("all",)
+            names = {s: out.name if s == "all" else f"{out.stem}.{s}{out.suffix}" for s in sides}
+            files = {s: open(out.parent / names[s], "wb") for s in sides}  # noqa: SIM115
+            hashes = {s: hashlib.sha256() for s in sides}
+            examples = exporter.pairs() if options.format in PAIR_FORMATS else exporter.sft()
+            try:
+                with click.progressbar(examples, label="Exporting", file=sys.stderr) as bar:
+                    for side, ex in bar:
+                        line = orjson.dumps(ex) + b"\n"
+                        files[side].write(line)
+                        hashes[side].update(line)
+                        rows[names[side]] = rows.get(names[side], 0) + 1
+            finally:
+                for f in files.values():
+                    f.close()
+            for side in sides:
+                digests[names[side]] = hashes[side].hexdigest()
+                rows.setdefault(names[side], 0)
+    result = manifest(options, exporter.versions, digests, rows)
+    target = out.parent / f"{out.name}.manifest.json"
+    target.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    for name, n in rows.items():
+        click.echo(f"{name}: {n} rows, sha256 {digests[name]}")
+    click.echo(f"versions {orjson.dumps(exporter.versions).decode()}; manifest {target.name}")
+    if manifest_in is not None:
+        expected = orjson.loads(Path(manifest_in).read_bytes())["files"]
+        if expected != digests:
+            click.echo("the files differ from the manifest's", err=True)
+            sys.exit(1)
+        click.echo("identical to the manifest")
+
+
 # -- maintenance -------------------------------------------------------------------------
 @main.command()
 @data_option

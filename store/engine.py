@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from deltalake import (
 
 from store.ack import Ack
 from store.duck import DataFile, Duck, Snapshot, TableSnapshot
-from store.errors import StoreError, StoreLocked, Unavailable
+from store.errors import StoreError, StoreLocked, Unavailable, ValidationFailed
 from store.idindex import IdIndex, hash_ids
 from store.labelindex import LabelIndex
 from store.rows import Columns, decode_tables, encode_tables, num_rows, select, to_arrow
@@ -611,6 +611,45 @@ class Store:
             views=views,
             use_cases=use_cases,
         )
+
+    def snapshot_at(self, versions: dict[str, int] | None = None) -> Snapshot:
+        """The committed tables only (no unflushed rows), at ``versions`` (Delta time
+        travel; default: the current versions), for reproducible reads such as exports."""
+        tables = {}
+        for name, spec in TABLES.items():
+            path = self.table_path(spec)
+            if not DeltaTable.is_deltatable(str(path)):
+                tables[name] = TableSnapshot(spec, -1, None, spec.schema.empty_table(), ())
+                continue
+            want = (versions or {}).get(name)
+            try:
+                dt = (
+                    DeltaTable(str(path), version=want)
+                    if want is not None
+                    else DeltaTable(str(path))
+                )
+            except Exception as exc:  # delta-rs raises its own errors for a missing version
+                raise ValidationFailed(
+                    f"as_of: {name} has no version {want} ({exc})", param="as_of"
+                ) from None
+            version = dt.version()
+            files = data_files(path, dt, spec)
+            view = self.duck.files_view(spec, version, [f.path for f in files])
+            tables[name] = TableSnapshot(spec, version, view, spec.schema.empty_table(), files)
+        return Snapshot(tables)
+
+    def stream(
+        self, sql: str, params: Sequence[Any] | None, snapshot: Snapshot, batch_rows: int = 4096
+    ) -> Iterator[pa.RecordBatch]:
+        """The result of ``sql`` on ``snapshot`` in batches, without holding it all."""
+        cur = self.duck.cursor(snapshot, True, None, sql)
+        try:
+            reader = cur.sql(sql, params=list(params) if params else None).to_arrow_reader(
+                batch_rows
+            )
+            yield from reader
+        finally:
+            cur.close()
 
     def candidates(self, ids: Sequence[str]) -> list[str]:
         """Those of ``ids`` that may be stored: a fast negative for the writer (whose

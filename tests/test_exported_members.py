@@ -6,7 +6,8 @@ import store
 def test_store_exports() -> None:
     exported = {name for name in dir(store) if not name.startswith("_")}
     expected = set(store.__all__)
-    modules = {"ack", "duck", "engine", "errors", "filters", "idindex", "jsonutil", "labelindex",
+    modules = {"ack", "duck", "engine", "errors", "export", "filters", "idindex", "jsonutil",
+               "labelindex",
                "maintenance", "output", "reader", "rows", "schema", "stats", "wal"}  # fmt: skip
     assert exported - modules == expected
     assert expected == {

@@ -1,0 +1,377 @@
+"""Fine-tuning datasets from the store: SFT and preference exports, reproducible.
+
+An export reads the committed tables at fixed Delta versions (``as_of``; default:
+the current ones, after a flush) and orders everything by ``(created_at, id)``, so the
+same versions, filters and options give byte-identical files later, whatever arrived
+since. Rows stream through in batches (bounded memory).
+
+SFT formats (one line per interaction):
+- ``openai``: ``{"messages": [...prompt, assistant]}`` (+ ``tools``,
+  ``parallel_tool_calls`` when the interaction offered tools);
+- ``adaptive``: ``{"messages", "completion"}`` (+ ``"feedbacks": {metric: value}``);
+- ``parquet``: the rows with their feedback, one Parquet file.
+
+Preference formats (one line per pair): ``dpo`` (TRL ``prompt``/``chosen``/
+``rejected``), ``openai-dpo`` (``input``/``preferred_output``/``non_preferred_output``),
+``adaptive-preference`` (``messages``/``preferred_completion``/``other_completion``/
+``feedback_key``). Pairs come from explicit comparisons (not tied ones) and, with
+``metric``, from feedback: among interactions with the same prompt (the same
+messages), each scored by the mean of its ``metric`` feedback, the best (newest
+on a tie for best) is paired with every one scoring at least ``min_margin`` lower and
+strictly lower; ties and lone completions give no pair."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from store.duck import Snapshot
+from store.errors import ValidationFailed
+from store.filters import Expr, Filter, restrict
+from store.jsonutil import loads
+
+SFT_FORMATS = ("openai", "adaptive", "parquet")
+PAIR_FORMATS = ("dpo", "openai-dpo", "adaptive-preference")
+FORMATS = SFT_FORMATS + PAIR_FORMATS
+ALIASES = {"preference": "adaptive-preference"}
+TOOL_VERSION = "interaction-store 0.1.0"
+
+_COLUMNS = (
+    "id, created_at, use_case, model, messages, completion, completion_message, params, status"
+)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    format: str = "openai"
+    include_errors: bool = False  # status=error interactions are left out by default
+    include_feedback: bool = False  # adaptive: add "feedbacks": {metric: value}
+    metric: str | None = None  # scores interactions: feedback pairs, and which dedupe keeps
+    min_margin: float = 0.0
+    comparisons: bool = True  # preference pairs from explicit comparisons
+    dedupe: bool = False  # one example per prompt: the best-scored, else the newest
+    max_examples: int | None = None
+    split: float | None = None  # train share, by a hash of the prompt
+    min_turns: int | None = None  # at least this many user messages
+    max_chars: int | None = None  # at most this many characters in messages + completion
+    filters: dict[str, Any] = field(default_factory=dict)  # as given, for the manifest
+
+    def __post_init__(self) -> None:
+        fmt = ALIASES.get(self.format, self.format)
+        if fmt not in FORMATS:
+            raise ValidationFailed(
+                f"format: must be one of {', '.join(FORMATS)}, got {self.format!r}",
+                param="format",
+            )
+        object.__setattr__(self, "format", fmt)
+        if self.split is not None and not 0 < self.split < 1:
+            raise ValidationFailed("split: must be between 0 and 1 (exclusive)", param="split")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ValidationFailed("max_examples: must be at least 1", param="max_examples")
+        if self.min_margin < 0:
+            raise ValidationFailed("min_margin: must not be negative", param="min_margin")
+
+
+def prompt_key(messages_json: str) -> str:
+    """A stable hash of a prompt (its messages as stored)."""
+    return hashlib.sha256(messages_json.encode()).hexdigest()
+
+
+def in_train(messages_json: str, split: float) -> bool:
+    """Which side of the split a prompt is on (all its examples on the same side)."""
+    return int(prompt_key(messages_json)[:15], 16) / 16**15 < split
+
+
+def _assistant(row: dict[str, Any]) -> dict[str, Any]:
+    if row.get("completion_message"):
+        msg = loads(row["completion_message"])
+        return {"role": "assistant", **msg}
+    return {"role": "assistant", "content": row.get("completion")}
+
+
+def _text(row: dict[str, Any]) -> str:
+    return row.get("completion") or ""
+
+
+def _chars(messages: list[dict[str, Any]], completion: str) -> int:
+    total = len(completion)
+    for m in messages:
+        c = m.get("content")
+        if isinstance(c, str):
+            total += len(c)
+        elif isinstance(c, list):
+            total += sum(len(p.get("text", "")) for p in c if isinstance(p, dict))
+    return total
+
+
+class Exporter:
+    def __init__(self, store: Any, snapshot: Snapshot, expr: Expr, options: ExportOptions,
+                 use_cases: tuple[str, ...] | None = None) -> None:  # fmt: skip
+        self.store = store
+        self.snap = snapshot
+        self.expr = restrict(expr, use_cases)
+        self.o = options
+        self.rows = 0
+
+    @property
+    def versions(self) -> dict[str, int]:
+        return {n: t.version for n, t in self.snap.tables.items()}
+
+    # -- selection ----------------------------------------------------------------------
+    def _selected(self) -> tuple[str, list[Any]]:
+        """SQL (and parameters) of the selected interactions, in export order."""
+        where, params = self.expr.where()
+        conds = [f"({where})"]
+        if not self.o.include_errors:
+            conds.append("status = 'ok'")
+        score = "NULL"
+        if self.o.metric is not None:
+            score = (
+                "(SELECT avg(value) FROM feedback f WHERE f.completion_id = i.id AND f.metric = ?)"
+            )
+        sql = f"SELECT {_COLUMNS}, {score} AS score FROM interactions i WHERE {' AND '.join(conds)}"
+        args: list[Any] = ([self.o.metric] if self.o.metric is not None else []) + params
+        if self.o.dedupe:
+            sql = (
+                f"SELECT * FROM ({sql}) QUALIFY row_number() OVER (PARTITION BY messages "
+                "ORDER BY score DESC NULLS LAST, created_at DESC, id DESC) = 1"
+            )
+        sql = f"SELECT * FROM ({sql}) ORDER BY created_at, id"
+        return sql, args
+
+    def _feedbacks(self, ids: list[str]) -> dict[str, dict[str, float]]:
+        if not ids:
+            return {}
+        rows = self.store.query(
+            "SELECT completion_id, metric, value FROM feedback "
+            "WHERE list_contains(?, completion_id) ORDER BY created_at, id",
+            [ids],
+            snapshot=self.snap,
+        ).to_pylist()
+        out: dict[str, dict[str, float]] = {}
+        for r in rows:  # the latest value of each metric wins
+            out.setdefault(r["completion_id"], {})[r["metric"]] = r["value"]
+        return out
+
+    def _keep(self, row: dict[str, Any], messages: list[dict[str, Any]]) -> bool:
+        if self.o.min_turns is not None:
+            turns = sum(1 for m in messages if m.get("role") == "user")
+            if turns < self.o.min_turns:
+                return False
+        if self.o.max_chars is not None and _chars(messages, _text(row)) > self.o.max_chars:
+            return False
+        return True
+
+    # -- SFT ----------------------------------------------------------------------------
+    def sft(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(side, example) for each selected interaction; side is "train",
+        "validation", or "all" without a split."""
+        sql, args = self._selected()
+        n = 0
+        for batch in self.store.stream(sql, args, self.snap):
+            rows = batch.to_pylist()
+            fbs = self._feedbacks([r["id"] for r in rows]) if self.o.include_feedback else {}
+            for r in rows:
+                messages = loads(r["messages"])
+                if not self._keep(r, messages):
+                    continue
+                if self.o.format == "openai":
+                    ex: dict[str, Any] = {"messages": [*messages, _assistant(r)]}
+                    params = loads(r["params"]) if r.get("params") else {}
+                    if isinstance(params, dict):
+                        for key in ("tools", "parallel_tool_calls"):
+                            if key in params:
+                                ex[key] = params[key]
+                else:
+                    ex = {"messages": messages, "completion": _text(r)}
+                    if self.o.include_feedback:
+                        ex["feedbacks"] = fbs.get(r["id"], {})
+                yield self._side(r["messages"]), ex
+                n += 1
+                if self.o.max_examples is not None and n >= self.o.max_examples:
+                    return
+
+    def _side(self, messages_json: str) -> str:
+        if self.o.split is None:
+            return "all"
+        return "train" if in_train(messages_json, self.o.split) else "validation"
+
+    def parquet(self) -> bytes:
+        """The selected interactions (all columns) with their feedback, one file."""
+        where, params = self.expr.where()
+        conds = [f"({where})"] + ([] if self.o.include_errors else ["status = 'ok'"])
+        limit = f" LIMIT {int(self.o.max_examples)}" if self.o.max_examples else ""
+        sql = (
+            "SELECT i.*, (SELECT list(struct_pack(metric := f.metric, value := f.value, "
+            "created_at := f.created_at) ORDER BY f.created_at, f.id) FROM feedback f "
+            f"WHERE f.completion_id = i.id) AS feedback FROM interactions i "
+            f"WHERE {' AND '.join(conds)} ORDER BY created_at, id{limit}"
+        )
+        buf = io.BytesIO()
+        writer: pq.ParquetWriter | None = None
+        for batch in self.store.stream(sql, params, self.snap):
+            if writer is None:
+                writer = pq.ParquetWriter(buf, batch.schema, compression="zstd")
+            writer.write_table(pa.Table.from_batches([batch]))
+            self.rows += batch.num_rows
+        if writer is None:
+            return b""
+        writer.close()
+        return buf.getvalue()
+
+    # -- preference pairs ---------------------------------------------------------------
+    def pairs(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        n = 0
+        for source in (self._comparison_pairs(), self._feedback_pairs()):
+            for messages_json, metric, better, worse, params in source:
+                messages = loads(messages_json)
+                yield self._side(messages_json), self._pair(messages, metric, better, worse,
+                                                            params)  # fmt: skip
+                n += 1
+                if self.o.max_examples is not None and n >= self.o.max_examples:
+                    return
+
+    def _pair(self, messages: list[dict[str, Any]], metric: str, better: dict[str, Any],
+              worse: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+        if self.o.format == "dpo":
+            return {"prompt": messages, "chosen": [better], "rejected": [worse]}
+        if self.o.format == "openai-dpo":
+            inp: dict[str, Any] = {"messages": messages}
+            for key in ("tools", "parallel_tool_calls"):
+                if key in params:
+                    inp[key] = params[key]
+            return {"input": inp, "preferred_output": [better], "non_preferred_output": [worse]}
+        return {"messages": messages, "preferred_completion": better.get("content") or "",
+                "other_completion": worse.get("content") or "", "feedback_key": metric}  # fmt: skip
+
+    def _comparison_pairs(self) -> Iterator[tuple[str, str, dict[str, Any], dict[str, Any],
+                                                  dict[str, Any]]]:  # fmt: skip
+        if not self.o.comparisons:
+            return
+        sql, args = self._selected()
+        selected = f"({sql})"
+        use_cases = _use_cases(self.expr)
+        only = "" if use_cases is None else "AND list_contains(?, c.use_case)"
+        q = (
+            "SELECT c.id, c.metric, c.messages AS c_messages, c.preferred_text, c.other_text, "
+            "p.messages AS p_messages, p.completion AS p_completion, "
+            "p.completion_message AS p_message, p.params AS p_params, "
+            "o.completion AS o_completion, o.completion_message AS o_message, "
+            "c.preferred_id, c.other_id "
+            f"FROM comparisons c LEFT JOIN {selected} p ON p.id = c.preferred_id "
+            f"LEFT JOIN {selected} o ON o.id = c.other_id "
+            f"WHERE c.tied IS NULL {only} ORDER BY c.created_at, c.id"
+        )
+        params = args + args + ([list(use_cases)] if use_cases is not None else [])
+        for batch in self.store.stream(q, params, self.snap):
+            for r in batch.to_pylist():
+                # A side named by id must be a selected interaction.
+                if r["preferred_id"] is not None and r["p_messages"] is None:
+                    continue
+                if (
+                    r["other_id"] is not None
+                    and r["o_completion"] is None
+                    and r["o_message"] is None
+                ):
+                    continue
+                messages_json = r["c_messages"] or r["p_messages"]
+                if messages_json is None:
+                    continue
+                better = (
+                    _assistant({"completion": r["p_completion"],
+                                "completion_message": r["p_message"]})
+                    if r["preferred_id"] is not None
+                    else {"role": "assistant", "content": r["preferred_text"]}
+                )  # fmt: skip
+                worse = (
+                    _assistant({"completion": r["o_completion"],
+                                "completion_message": r["o_message"]})
+                    if r["other_id"] is not None
+                    else {"role": "assistant", "content": r["other_text"]}
+                )  # fmt: skip
+                params = loads(r["p_params"]) if r.get("p_params") else {}
+                yield messages_json, r["metric"], better, worse, params or {}
+
+    def _feedback_pairs(self) -> Iterator[tuple[str, str, dict[str, Any], dict[str, Any],
+                                                dict[str, Any]]]:  # fmt: skip
+        metric = self.o.metric
+        if metric is None:
+            return
+        sql, args = self._selected()
+        q = (
+            f"SELECT * FROM ({sql}) WHERE score IS NOT NULL "
+            "ORDER BY messages, score DESC, created_at DESC, id DESC"
+        )
+        group: list[dict[str, Any]] = []
+        out: list[tuple[str, str, dict[str, Any], dict[str, Any], dict[str, Any]]] = []
+
+        def flush() -> None:
+            if len(group) < 2:
+                return
+            best = group[0]
+            for other in group[1:]:
+                margin = best["score"] - other["score"]
+                if margin > 0 and margin >= self.o.min_margin:
+                    params = loads(best["params"]) if best.get("params") else {}
+                    out.append((best["messages"], metric, _assistant(best), _assistant(other),
+                                params or {}))  # fmt: skip
+
+        for batch in self.store.stream(q, args, self.snap):
+            for r in batch.to_pylist():
+                if group and group[0]["messages"] != r["messages"]:
+                    flush()
+                    group = []
+                if self._keep(r, loads(r["messages"])):
+                    group.append(r)
+        flush()
+        yield from out  # grouped by prompt, prompts in the order of their stored messages
+
+
+def _use_cases(expr: Expr) -> tuple[str, ...] | None:
+    from store.filters import And
+
+    if isinstance(expr, Filter):
+        return expr.use_case or None
+    if isinstance(expr, And):
+        for p in expr.parts:
+            found = _use_cases(p)
+            if found:
+                return found
+    return None
+
+
+def jsonl(examples: Iterator[tuple[str, dict[str, Any]]], side: str) -> Iterator[bytes]:
+    """The examples of one side ("all", "train" or "validation") as JSONL chunks."""
+    chunk: list[bytes] = []
+    for s, ex in examples:
+        if side != "all" and s != side:
+            continue
+        chunk.append(orjson.dumps(ex) + b"\n")
+        if len(chunk) >= 512:
+            yield b"".join(chunk)
+            chunk = []
+    if chunk:
+        yield b"".join(chunk)
+
+
+def manifest(options: ExportOptions, versions: dict[str, int], files: dict[str, str],
+             rows: dict[str, int]) -> dict[str, Any]:  # fmt: skip
+    """What an export was cut from and what it holds (files: name → sha256 hex)."""
+    opts = asdict(options)
+    filters = opts.pop("filters")
+    return {
+        "tool": TOOL_VERSION,
+        "format": options.format,
+        "versions": versions,
+        "filters": filters,
+        "options": opts,
+        "rows": rows,
+        "files": files,
+    }
