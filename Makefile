@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint fmt bench-load bench-validate bench-query soak clean
+.PHONY: serve test lint fmt bench-load bench-validate bench-query bench-export soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ bench-validate: $(STAMP)
 ROWS ?= 10000000
 bench-query: $(STAMP)
 	$(BIN)/python bench/query.py --rows $(ROWS) --json bench/results/query-$$(date +%F).json
+
+# Export speed vs DuckDB COPY ... TO json on the same rows (a store from bench-query).
+bench-export: $(STAMP)
+	$(BIN)/python bench/query.py --rows $(ROWS) --data .bench-data --runs 1
+	$(BIN)/python bench/export.py --data .bench-data --json bench/results/export-$$(date +%F).json
 
 # The crash test, many rounds (CI runs 3).
 soak: $(STAMP)

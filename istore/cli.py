@@ -297,6 +297,7 @@ def export(
     digests: dict[str, str] = {}
     rows: dict[str, int] = {}
     with open_store(settings.data) as reader:
+        reader.store.labels.close()  # an export scans; the lookup index is not needed
         exporter = Exporter(reader.store, reader.store.snapshot_at(versions), flt, options)
         if options.format == "parquet":
             blob = exporter.parquet()
@@ -309,9 +310,10 @@ def export(
             hashes = {s: hashlib.sha256() for s in sides}
             examples = exporter.pairs() if options.format in PAIR_FORMATS else exporter.sft()
             try:
-                with click.progressbar(examples, label="Exporting", file=sys.stderr) as bar:
-                    for side, ex in bar:
-                        line = orjson.dumps(ex) + b"\n"
+                with click.progressbar(
+                    examples, label="Exporting", file=sys.stderr, update_min_steps=1000
+                ) as bar:
+                    for side, line in bar:
                         files[side].write(line)
                         hashes[side].update(line)
                         rows[names[side]] = rows.get(names[side], 0) + 1

@@ -194,7 +194,8 @@ class Store:
         self.labels = LabelIndex(self.duck)
         for spec in TABLES.values():
             self._refresh_files_view(spec, self._deltas[spec.name])
-        self._load_ids()
+        if self.writable:  # only the writer dedupes ids; a reader need not load them
+            self._load_ids()
 
         if self.writable:
             self._wal = WriteAheadLog(
