@@ -29,6 +29,20 @@ con.execute(f"COPY (SELECT messages, completion FROM read_parquet({files}) "
 """
 
 
+FIRST = """
+import sys, time
+t0 = time.perf_counter()
+from store.export import ExportOptions, Exporter
+from store.filters import Filter
+from store.reader import open as open_store
+with open_store(sys.argv[1]) as r:
+    r.store.labels.close()
+    ex = Exporter(r.store, r.store.snapshot_at(None), Filter(), ExportOptions(format="openai"))
+    next(iter(ex.sft()))
+    print(time.perf_counter() - t0)
+"""
+
+
 def run(cmd: list[str]) -> tuple[float, int]:
     """Seconds and peak RSS (KiB) of one process."""
     t = time.perf_counter()
@@ -47,6 +61,9 @@ def main() -> None:
     ours_s, ours_kb = run([*cli, "--format", "openai", "-o", str(work / "o.jsonl")])
     rows = sum(1 for _ in open(work / "o.jsonl", "rb"))
     duck_s, duck_kb = run([sys.executable, "-c", COPY, str(args.data), str(work / "d.json")])
+    first = subprocess.run([sys.executable, "-c", FIRST, str(args.data)], cwd=ROOT,
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    first_s = float(first.stdout.strip())
     out = {
         "rows": rows,
         "istore_export_openai": {"seconds": ours_s, "rows_per_s": rows / ours_s,
@@ -54,6 +71,7 @@ def main() -> None:
         "duckdb_copy_json": {"seconds": duck_s, "rows_per_s": rows / duck_s,
                              "peak_rss_mb": duck_kb / 1024},
         "ratio_to_duckdb": duck_s / ours_s,
+        "istore_first_line_s": first_s,  # open the store, plan, first row out
     }  # fmt: skip
     print(json.dumps(out, indent=2))
     if args.json:

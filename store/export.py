@@ -31,11 +31,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from store.duck import Snapshot
+from store.duck import Duck, Snapshot, effective
 from store.errors import ValidationFailed
 from store.filters import Expr, Filter, restrict
 from store.jsonutil import dumps_bytes as _dump
 from store.jsonutil import loads
+from store.schema import INTERACTIONS_TABLE
 
 SFT_FORMATS = ("openai", "adaptive", "parquet")
 PAIR_FORMATS = ("dpo", "openai-dpo", "adaptive-preference")
@@ -125,8 +126,9 @@ class Exporter:
         return {n: t.version for n, t in self.snap.tables.items()}
 
     # -- selection ----------------------------------------------------------------------
-    def _selected(self) -> tuple[str, list[Any]]:
-        """SQL (and parameters) of the selected interactions, in export order."""
+    def _selected(self, source: str = "interactions") -> tuple[str, list[Any]]:
+        """SQL (and parameters) of the selected interactions of ``source`` (the view, or
+        a scan of some of its files), in export order."""
         where, params = self.expr.where()
         conds = [f"({where})"]
         if not self.o.include_errors:
@@ -136,7 +138,7 @@ class Exporter:
             score = (
                 "(SELECT avg(value) FROM feedback f WHERE f.completion_id = i.id AND f.metric = ?)"
             )
-        sql = f"SELECT {_COLUMNS}, {score} AS score FROM interactions i WHERE {' AND '.join(conds)}"
+        sql = f"SELECT {_COLUMNS}, {score} AS score FROM {source} i WHERE {' AND '.join(conds)}"
         args: list[Any] = ([self.o.metric] if self.o.metric is not None else []) + params
         if self.o.dedupe:
             sql = (
@@ -174,12 +176,10 @@ class Exporter:
         """(side, JSONL line) for each selected interaction; side is "train",
         "validation", or "all" without a split. The stored messages are JSON already:
         they are spliced into the line as they are, not parsed and written again."""
-        sql, args = self._selected()
-        sql = f"SELECT id, messages, completion, completion_message, params FROM ({sql})"
         n = 0
         guards = self.o.min_turns is not None or self.o.max_chars is not None
         names = ("id", "messages", "completion", "completion_message", "params")
-        for batch in self.store.stream(sql, args, self.snap):
+        for batch in self._batches(", ".join(names)):
             # Column by column, no dict per row: at a million rows that is most of the cost.
             cols = [batch.column(c).to_pylist() for c in names]
             fbs = self._feedbacks(cols[0]) if self.o.include_feedback else {}
@@ -212,6 +212,32 @@ class Exporter:
                 if self.o.max_examples is not None and n >= self.o.max_examples:
                     return
 
+    def _batches(self, columns: str) -> Iterator[pa.RecordBatch]:
+        """``columns`` of the selected interactions in export order, a UTC day of files
+        at a time (days are partitions, so the order holds across them): the first
+        rows come at once and memory stays that of one day. ``dedupe`` compares across
+        days, so it reads everything in one query."""
+        if self.o.dedupe:
+            sql, args = self._selected()
+            yield from self.store.stream(f"SELECT {columns} FROM ({sql})", args, self.snap)
+            return
+        for source in self._sources():
+            sql, args = self._selected(source)
+            yield from self.store.stream(f"SELECT {columns} FROM ({sql})", args, self.snap)
+
+    def _sources(self) -> Iterator[str]:
+        """The interactions the filter can touch, one UTC day of files at a time, in
+        day order, as relations (amendments applied)."""
+        t = self.snap.tables["interactions"]
+        keep = set(self.expr.prune(t.files))
+        by_day: dict[Any, list[str]] = {}
+        for f in t.files:
+            if f.path in keep:
+                by_day.setdefault(f.partition.get("day"), []).append(f.path)
+        for day in sorted(by_day, key=lambda d: (d is not None, d)):
+            scan = Duck.scan_sql(INTERACTIONS_TABLE, by_day[day])
+            yield effective(self.snap, "interactions", scan)
+
     def _side(self, messages_json: str) -> str:
         if self.o.split is None:
             return "all"
@@ -221,20 +247,25 @@ class Exporter:
         """The selected interactions (all columns) with their feedback, one file."""
         where, params = self.expr.where()
         conds = [f"({where})"] + ([] if self.o.include_errors else ["status = 'ok'"])
-        limit = f" LIMIT {int(self.o.max_examples)}" if self.o.max_examples else ""
-        sql = (
-            "SELECT i.*, (SELECT list(struct_pack(metric := f.metric, value := f.value, "
-            "created_at := f.created_at) ORDER BY f.created_at, f.id) FROM feedback f "
-            f"WHERE f.completion_id = i.id) AS feedback FROM interactions i "
-            f"WHERE {' AND '.join(conds)} ORDER BY created_at, id{limit}"
-        )
         buf = io.BytesIO()
         writer: pq.ParquetWriter | None = None
-        for batch in self.store.stream(sql, params, self.snap):
-            if writer is None:
-                writer = pq.ParquetWriter(buf, batch.schema, compression="zstd")
-            writer.write_table(pa.Table.from_batches([batch]))
-            self.rows += batch.num_rows
+        for source in self._sources():
+            sql = (
+                "SELECT i.*, (SELECT list(struct_pack(metric := f.metric, value := f.value, "
+                "created_at := f.created_at) ORDER BY f.created_at, f.id) FROM feedback f "
+                f"WHERE f.completion_id = i.id) AS feedback FROM {source} i "
+                f"WHERE {' AND '.join(conds)} ORDER BY created_at, id"
+            )
+            for batch in self.store.stream(sql, params, self.snap):
+                if self.o.max_examples is not None:
+                    batch = batch.slice(0, max(self.o.max_examples - self.rows, 0))
+                if writer is None:
+                    writer = pq.ParquetWriter(buf, batch.schema, compression="zstd")
+                if batch.num_rows:
+                    writer.write_table(pa.Table.from_batches([batch]))
+                self.rows += batch.num_rows
+            if self.o.max_examples is not None and self.rows >= self.o.max_examples:
+                break
         if writer is None:
             return b""
         writer.close()
