@@ -310,13 +310,24 @@ def export(
             hashes = {s: hashlib.sha256() for s in sides}
             examples = exporter.pairs() if options.format in PAIR_FORMATS else exporter.sft()
             try:
-                with click.progressbar(
-                    examples, label="Exporting", file=sys.stderr, update_min_steps=1000
-                ) as bar:
-                    for side, line in bar:
-                        files[side].write(line)
-                        hashes[side].update(line)
-                        rows[names[side]] = rows.get(names[side], 0) + 1
+                pending: dict[str, list[bytes]] = {s: [] for s in sides}
+
+                def drain(side: str) -> None:
+                    chunk = b"".join(pending[side])
+                    files[side].write(chunk)
+                    hashes[side].update(chunk)
+                    rows[names[side]] = rows.get(names[side], 0) + len(pending[side])
+                    pending[side].clear()
+
+                # A bar of examples written (their total is not known ahead).
+                with click.progressbar(length=0, label="Exporting", file=sys.stderr) as bar:
+                    for side, line in examples:
+                        pending[side].append(line)
+                        if len(pending[side]) >= 4096:
+                            drain(side)
+                            bar.update(4096)
+                    for side in sides:
+                        drain(side)
             finally:
                 for f in files.values():
                     f.close()
