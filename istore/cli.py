@@ -273,8 +273,12 @@ def export(
     from store.reader import open as open_store
 
     versions = None
+    expected: dict[str, str] | None = None
     if manifest_in is not None:
+        if Path(f"{output}.manifest.json").resolve() == Path(manifest_in).resolve():
+            raise click.UsageError("-o would overwrite the manifest being checked; choose another")
         old = orjson.loads(Path(manifest_in).read_bytes())
+        expected = old.get("sides")
         versions = old["versions"]
         options = ExportOptions(**{**old["options"], "filters": old["filters"]})
     else:
@@ -334,15 +338,19 @@ def export(
             for side in sides:
                 digests[names[side]] = hashes[side].hexdigest()
                 rows.setdefault(names[side], 0)
+    by_side = {  # what --manifest compares: the content of each side, whatever its name
+        ("all" if name == out.name else name.removeprefix(f"{out.stem}.").split(".")[0]): d
+        for name, d in digests.items()
+    }
     result = manifest(options, exporter.versions, digests, rows)
+    result["sides"] = by_side
     target = out.parent / f"{out.name}.manifest.json"
     target.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
     for name, n in rows.items():
         click.echo(f"{name}: {n} rows, sha256 {digests[name]}")
     click.echo(f"versions {orjson.dumps(exporter.versions).decode()}; manifest {target.name}")
     if manifest_in is not None:
-        expected = orjson.loads(Path(manifest_in).read_bytes())["files"]
-        if expected != digests:
+        if expected != by_side:
             click.echo("the files differ from the manifest's", err=True)
             sys.exit(1)
         click.echo("identical to the manifest")

@@ -616,6 +616,9 @@ class Store:
     def snapshot_at(self, versions: dict[str, int] | None = None) -> Snapshot:
         """The committed tables only (no unflushed rows), at ``versions`` (Delta time
         travel; default: the current versions), for reproducible reads such as exports."""
+        unknown = sorted(set(versions or {}) - set(TABLES))
+        if unknown:
+            raise ValidationFailed(f"as_of: no table {unknown[0]!r}", param="as_of")
         tables = {}
         for name, spec in TABLES.items():
             path = self.table_path(spec)
@@ -623,6 +626,13 @@ class Store:
                 tables[name] = TableSnapshot(spec, -1, None, spec.schema.empty_table(), ())
                 continue
             want = (versions or {}).get(name)
+            if want is not None:
+                current = DeltaTable(str(path)).version()
+                if not 0 <= want <= current:
+                    raise ValidationFailed(
+                        f"as_of: {name} is at version {current}; {want} does not exist",
+                        param="as_of",
+                    )
             try:
                 dt = (
                     DeltaTable(str(path), version=want)

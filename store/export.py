@@ -78,6 +78,16 @@ class ExportOptions:
             raise ValidationFailed("max_examples: must be at least 1", param="max_examples")
         if self.min_margin < 0:
             raise ValidationFailed("min_margin: must not be negative", param="min_margin")
+        if fmt == "parquet":
+            for name in ("dedupe", "split", "min_turns", "max_chars"):
+                if getattr(self, name) not in (None, False):
+                    raise ValidationFailed(
+                        f"{name}: not available with format=parquet (filters, include_errors "
+                        "and max_examples are)",
+                        param=name,
+                    )
+        if fmt in PAIR_FORMATS and self.dedupe:
+            raise ValidationFailed("dedupe: for SFT formats only", param="dedupe")
 
 
 def prompt_key(messages_json: str) -> str:
@@ -90,11 +100,30 @@ def in_train(messages_json: str, split: float) -> bool:
     return int(prompt_key(messages_json)[:15], 16) / 16**15 < split
 
 
+# Keys of an assistant message that fine-tuning formats accept (OpenAI's data checks).
+_ASSISTANT_KEYS = ("content", "tool_calls", "name", "function_call")
+
+
 def _assistant(row: dict[str, Any]) -> dict[str, Any]:
-    if row.get("completion_message"):
-        msg = loads(row["completion_message"])
-        return {"role": "assistant", **msg}
-    return {"role": "assistant", "content": row.get("completion")}
+    """The completion as an assistant message with only the keys training data may
+    have (not a response's ``annotations``, ``audio``, empty ``tool_calls`` …)."""
+    if not row.get("completion_message"):
+        return {"role": "assistant", "content": row.get("completion")}
+    msg = loads(row["completion_message"])
+    out: dict[str, Any] = {"role": "assistant", "content": msg.get("content")}
+    for key in _ASSISTANT_KEYS[1:]:
+        if msg.get(key):
+            out[key] = msg[key]
+    return out
+
+
+def _has_answer(msg: dict[str, Any]) -> bool:
+    return msg.get("content") is not None or bool(msg.get("tool_calls"))
+
+
+def _tools(params: dict[str, Any]) -> dict[str, Any]:
+    """The ``tools``/``parallel_tool_calls`` an interaction offered (not null ones)."""
+    return {k: params[k] for k in ("tools", "parallel_tool_calls") if params.get(k) is not None}
 
 
 def _text(row: dict[str, Any]) -> str:
@@ -172,7 +201,7 @@ class Exporter:
         return True
 
     # -- SFT ----------------------------------------------------------------------------
-    def sft(self) -> Iterator[tuple[str, bytes]]:
+    def sft(self, part: str | None = None) -> Iterator[tuple[str, bytes]]:
         """(side, JSONL line) for each selected interaction; side is "train",
         "validation", or "all" without a split. The stored messages are JSON already:
         they are spliced into the line as they are, not parsed and written again."""
@@ -193,21 +222,24 @@ class Exporter:
                     if message is None:
                         answer = b'{"role":"assistant","content":' + _dump(completion) + b"}"
                     else:
-                        answer = _dump({"role": "assistant", **loads(message)})
+                        answer = _dump(_assistant({"completion_message": message}))
                     line = b'{"messages":' + messages[:-1] + b"," + answer + b"]"
                     if params and ('"tools"' in params or '"parallel_tool_calls"' in params):
                         parsed = loads(params)
-                        if isinstance(parsed, dict):
-                            for key in ("tools", "parallel_tool_calls"):
-                                if key in parsed:
-                                    line += b',"' + key.encode() + b'":' + _dump(parsed[key])
+                        for key, value in (
+                            _tools(parsed) if isinstance(parsed, dict) else {}
+                        ).items():
+                            line += b',"' + key.encode() + b'":' + _dump(value)
                     line += b"}\n"
                 else:
                     line = b'{"messages":' + messages + b',"completion":' + _dump(completion or "")
                     if self.o.include_feedback:
                         line += b',"feedbacks":' + _dump(fbs.get(id_, {}))
                     line += b"}\n"
-                yield self._side(messages_json), line
+                side = self._side(messages_json)
+                if part is not None and side != part:
+                    continue
+                yield side, line
                 n += 1
                 if self.o.max_examples is not None and n >= self.o.max_examples:
                     return
@@ -266,20 +298,28 @@ class Exporter:
                 self.rows += batch.num_rows
             if self.o.max_examples is not None and self.rows >= self.o.max_examples:
                 break
-        if writer is None:
-            return b""
+        if writer is None:  # nothing selected: a valid file with no rows
+            schema = pa.schema([*INTERACTIONS_TABLE.schema, pa.field("feedback", pa.null())])
+            writer = pq.ParquetWriter(buf, schema, compression="zstd")
         writer.close()
         return buf.getvalue()
 
     # -- preference pairs ---------------------------------------------------------------
-    def pairs(self) -> Iterator[tuple[str, bytes]]:
-        """(side, JSONL line) for each preference pair."""
+    def pairs(self, part: str | None = None) -> Iterator[tuple[str, bytes]]:
+        """(side, JSONL line) for each preference pair (only ``part``'s when given)."""
         n = 0
         for source in (self._comparison_pairs(), self._feedback_pairs()):
             for messages_json, metric, better, worse, params in source:
+                side = self._side(messages_json)
+                if part is not None and side != part:
+                    continue
                 messages = loads(messages_json)
+                if not _has_answer(better) or not _has_answer(worse):
+                    continue
+                if not self._keep({"completion": better.get("content") or ""}, messages):
+                    continue
                 pair = self._pair(messages, metric, better, worse, params)
-                yield self._side(messages_json), _dump(pair) + b"\n"
+                yield side, _dump(pair) + b"\n"
                 n += 1
                 if self.o.max_examples is not None and n >= self.o.max_examples:
                     return
@@ -289,10 +329,7 @@ class Exporter:
         if self.o.format == "dpo":
             return {"prompt": messages, "chosen": [better], "rejected": [worse]}
         if self.o.format == "openai-dpo":
-            inp: dict[str, Any] = {"messages": messages}
-            for key in ("tools", "parallel_tool_calls"):
-                if key in params:
-                    inp[key] = params[key]
+            inp: dict[str, Any] = {"messages": messages, **_tools(params)}
             return {"input": inp, "preferred_output": [better], "non_preferred_output": [worse]}
         return {"messages": messages, "preferred_completion": better.get("content") or "",
                 "other_completion": worse.get("content") or "", "feedback_key": metric}  # fmt: skip
@@ -305,11 +342,25 @@ class Exporter:
         selected = f"({sql})"
         use_cases = _use_cases(self.expr)
         only = "" if use_cases is None else "AND list_contains(?, c.use_case)"
+        # A comparison given all inline has no interaction to filter: it is kept only
+        # when the filter has no more than use case and time conditions (applied to
+        # the comparison), so a model or label filter leaves inline comparisons out.
+        inline = _inline_conditions(self.expr)
+        if inline is None:
+            only += " AND (c.preferred_id IS NOT NULL OR c.other_id IS NOT NULL)"
+        else:
+            since, until = inline
+            if since is not None:
+                only += " AND (c.preferred_id IS NOT NULL OR c.other_id IS NOT NULL OR "
+                only += f"c.created_at >= '{since.isoformat()}'::TIMESTAMPTZ)"
+            if until is not None:
+                only += " AND (c.preferred_id IS NOT NULL OR c.other_id IS NOT NULL OR "
+                only += f"c.created_at < '{until.isoformat()}'::TIMESTAMPTZ)"
         q = (
             "SELECT c.id, c.metric, c.messages AS c_messages, c.preferred_text, c.other_text, "
-            "p.messages AS p_messages, p.completion AS p_completion, "
+            "p.id AS p_id, p.messages AS p_messages, p.completion AS p_completion, "
             "p.completion_message AS p_message, p.params AS p_params, "
-            "o.completion AS o_completion, o.completion_message AS o_message, "
+            "o.id AS o_id, o.completion AS o_completion, o.completion_message AS o_message, "
             "c.preferred_id, c.other_id "
             f"FROM comparisons c LEFT JOIN {selected} p ON p.id = c.preferred_id "
             f"LEFT JOIN {selected} o ON o.id = c.other_id "
@@ -319,13 +370,9 @@ class Exporter:
         for batch in self.store.stream(q, params, self.snap):
             for r in batch.to_pylist():
                 # A side named by id must be a selected interaction.
-                if r["preferred_id"] is not None and r["p_messages"] is None:
+                if r["preferred_id"] is not None and r["p_id"] is None:
                     continue
-                if (
-                    r["other_id"] is not None
-                    and r["o_completion"] is None
-                    and r["o_message"] is None
-                ):
+                if r["other_id"] is not None and r["o_id"] is None:
                     continue
                 messages_json = r["c_messages"] or r["p_messages"]
                 if messages_json is None:
@@ -364,7 +411,8 @@ class Exporter:
             best = group[0]
             for other in group[1:]:
                 margin = best["score"] - other["score"]
-                if margin > 0 and margin >= self.o.min_margin:
+                # (a tolerance, so 0.3 - 0.1 counts as a margin of 0.2)
+                if margin > 1e-9 and margin >= self.o.min_margin - 1e-9:
                     params = loads(best["params"]) if best.get("params") else {}
                     out.append((best["messages"], metric, _assistant(best), _assistant(other),
                                 params or {}))  # fmt: skip
@@ -378,6 +426,29 @@ class Exporter:
                     group.append(r)
         flush()
         yield from out  # grouped by prompt, prompts in the order of their stored messages
+
+
+def _inline_conditions(expr: Expr) -> tuple[Any, Any] | None:
+    """(since, until) when ``expr`` holds only use case and time conditions (ANDed);
+    None when it has others, which inline comparisons cannot meet."""
+    from store.filters import And
+
+    parts = list(expr.parts) if isinstance(expr, And) else [expr]
+    since = until = None
+    for p in parts:
+        if isinstance(p, And):
+            sub = _inline_conditions(p)
+            if sub is None:
+                return None
+            since, until = since or sub[0], until or sub[1]
+            continue
+        if not isinstance(p, Filter):
+            return None
+        extra = Filter(use_case=p.use_case, since=p.since, until=p.until)
+        if p != extra:
+            return None
+        since, until = p.since or since, p.until or until
+    return since, until
 
 
 def _use_cases(expr: Expr) -> tuple[str, ...] | None:

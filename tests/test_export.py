@@ -256,3 +256,73 @@ async def test_http_export_names_its_versions_and_repeats_them(store: Store) -> 
         again = await c.get("/api/v1/export", params={"format": "openai", "as_of": versions})
         assert again.content == first
         assert len((await _export(c, "format=openai")).content.splitlines()) == 5
+
+
+def test_manifest_check_compares_content_not_names(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with Store(data, options=StoreOptions(flush_interval_s=3600)) as store:
+        _write(store, [interaction(i) for i in range(5)])
+    runner = CliRunner()
+    r = runner.invoke(main, ["export", "--data", str(data), "-o", str(tmp_path / "a.jsonl")])
+    assert r.exit_code == 0, r.output
+    m = tmp_path / "a.jsonl.manifest.json"
+    r = runner.invoke(main, ["export", "--data", str(data), "--manifest", str(m),
+                             "-o", str(tmp_path / "b.jsonl")])  # fmt: skip
+    assert r.exit_code == 0 and "identical" in r.output, r.output
+    tampered = orjson.loads(m.read_bytes())
+    tampered["sides"]["all"] = "0" * 64
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(orjson.dumps(tampered))
+    r = runner.invoke(main, ["export", "--data", str(data), "--manifest", str(bad),
+                             "-o", str(tmp_path / "c.jsonl")])  # fmt: skip
+    assert r.exit_code == 1 and "differ" in r.output
+    r = runner.invoke(main, ["export", "--data", str(data), "--manifest", str(m),
+                             "-o", str(tmp_path / "a.jsonl")])  # fmt: skip
+    assert r.exit_code == 2  # would overwrite the manifest it checks
+
+
+async def test_review_regressions(client: httpx.AsyncClient) -> None:
+    msg = {"role": "assistant", "content": None, "tool_calls": [CALL], "annotations": [],
+           "audio": None, "refusal": None}  # fmt: skip
+    q = [{"role": "user", "content": "q"}]
+    body = [
+        interaction(0, id="t0", completion=msg, params={"tools": None}),
+        interaction(1, id="f1", messages=q, completion="hi",
+                    feedbacks=[{"metric": "s", "value": 0.3}]),
+        interaction(2, id="f2", messages=q, completion="ho",
+                    feedbacks=[{"metric": "s", "value": 0.1}]),
+        interaction(3, id="nul", messages=q, completion=None),
+    ]  # fmt: skip
+    assert (await client.post("/api/v1/interactions", json=body)).status_code == 201
+    (line,) = [x for x in _lines(await _export(client, "format=openai")) if "tool_calls" in
+               x["messages"][-1]]  # fmt: skip
+    assert openai_format_errors(line) == [] and "tools" not in line
+    assert line["messages"][-1] == {"role": "assistant", "content": None, "tool_calls": [CALL]}
+    # 0.3 - 0.1 is a margin of 0.2
+    pairs = _lines(await _export(client, "format=dpo&metric=s&min_margin=0.2"))
+    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [
+        ("hi", "ho")
+    ]
+    # a comparison whose preferred side has no answer gives no pair
+    cmp = {"metric": "m", "preferred_completion": "nul", "other_completion": "f1"}
+    assert (await client.post("/api/v1/comparison", json=cmp)).status_code == 201
+    inline = {"metric": "m", "project": "support", "messages": q,
+              "preferred_completion": {"text": "a"}, "other_completion": {"text": "b"}}  # fmt: skip
+    assert (await client.post("/api/v1/comparison", json=inline)).status_code == 201
+    got = _lines(await _export(client, "format=dpo&comparisons=true"))
+    assert [p["chosen"][0]["content"] for p in got] == ["a"]
+    assert _lines(await _export(client, "format=dpo&model=nomodel")) == []
+    assert _lines(await _export(client, "format=dpo&from=2100-01-01")) == []
+    # max_examples counts the requested part
+    many = [interaction(i, messages=[{"role": "user", "content": f"p{i}"}]) for i in range(40)]
+    assert (await client.post("/api/v1/interactions", json=many)).status_code == 201
+    part = _lines(await _export(client, "format=adaptive&split=0.5&part=train&max_examples=5"))
+    assert len(part) == 5
+    empty = await _export(client, "format=parquet&use_case=none")
+    assert pq.read_table(io.BytesIO(empty.content)).num_rows == 0
+    assert_error(await _export(client, "format=dpo&dedupe=true"), 422, "dedupe")
+    assert_error(await _export(client, "format=parquet&split=0.5&part=train"), 422, "split")
+    huge = '{"interactions": 9223372036854775807}'
+    assert_error(await client.get("/api/v1/export", params={"as_of": huge}), 422, "as_of")
+    assert_error(await client.get("/api/v1/export", params={"as_of": '{"bogus": 1}'}), 422,
+                 "as_of")  # fmt: skip

@@ -87,9 +87,9 @@ async def export(
         headers["Content-Disposition"] = 'attachment; filename="export.parquet"'
         return Response(data, media_type="application/vnd.apache.parquet", headers=headers)
     examples = (
-        exporter.pairs()
+        exporter.pairs(part)
         if options.format in ("dpo", "openai-dpo", "adaptive-preference")
-        else exporter.sft()
+        else exporter.sft(part)
     )
     return StreamingResponse(
         jsonl(examples, part or "all"), media_type="application/x-ndjson", headers=headers
