@@ -22,7 +22,6 @@ from pydantic import (
 
 from ingest.ids import uuid7_many
 from ingest.models import (
-    MAX_VALUE,
     ChatMessage,
     FeedbackItem,
     check_id,
@@ -35,7 +34,6 @@ from store.rows import Columns
 from store.schema import COMPARISONS, FEEDBACK, OUTCOMES
 
 Metric = Annotated[str, Field(min_length=1, max_length=128, description="Metric (feedback key).")]
-Value = Annotated[float, Field(ge=-MAX_VALUE, le=MAX_VALUE, allow_inf_nan=False)] | bool
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DAY_US = 86_400_000_000
@@ -136,22 +134,12 @@ class ComparisonIn(_UseCase):
         return [c for c in (self.preferred_completion, self.other_completion) if isinstance(c, str)]
 
 
-class OutcomeIn(_UseCase):
-    """A metric on a whole session (e.g. the ticket was resolved)."""
+class OutcomeIn(_UseCase, FeedbackItem):
+    """A metric on a whole session (e.g. the ticket was resolved): feedback's fields
+    with a ``session_id`` instead of a completion id."""
 
     model_config = ConfigDict(extra="forbid")
     session_id: Annotated[str, Field(min_length=1, max_length=256)]
-    metric: Metric
-    value: Value
-    reason: str | None = None
-    details: str | None = None
-    user_id: str | None = None
-    created_at: datetime | None = None
-
-    @field_validator("created_at")
-    @classmethod
-    def _time(cls, v: datetime | None) -> datetime | None:
-        return check_time(v)
 
 
 # -- rows -------------------------------------------------------------------------------
