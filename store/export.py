@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from store.duck import Duck, Snapshot, effective
 from store.errors import ValidationFailed
-from store.filters import Expr, Filter, restrict
+from store.filters import Expr, Filter, files_by_day, restrict
 from store.jsonutil import dumps_bytes as _dump
 from store.jsonutil import loads
 from store.schema import INTERACTIONS_TABLE
@@ -261,14 +261,8 @@ class Exporter:
         """The interactions the filter can touch, one UTC day of files at a time, in
         day order, as relations (amendments applied)."""
         t = self.snap.tables["interactions"]
-        keep = set(self.expr.prune(t.files))
-        by_day: dict[Any, list[str]] = {}
-        for f in t.files:
-            if f.path in keep:
-                by_day.setdefault(f.partition.get("day"), []).append(f.path)
-        for day in sorted(by_day, key=lambda d: (d is not None, d)):
-            scan = Duck.scan_sql(INTERACTIONS_TABLE, by_day[day])
-            yield effective(self.snap, "interactions", scan)
+        for paths in files_by_day(self.expr, t.files).values():
+            yield effective(self.snap, "interactions", Duck.scan_sql(INTERACTIONS_TABLE, paths))
 
     def _side(self, messages_json: str) -> str:
         if self.o.split is None:

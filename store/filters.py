@@ -273,6 +273,19 @@ def _join(op: str, parts: tuple[Expr, ...], empty: str) -> tuple[str, list[Any]]
     return f" {op} ".join(sqls), params
 
 
+def files_by_day(expr: Expr, files: Sequence[DataFile], *, newest_first: bool = False
+                 ) -> dict[Any, list[str]]:  # fmt: skip
+    """The paths of the files ``expr`` can touch, grouped by their UTC day partition,
+    days in order (a file without a day partition sorts first)."""
+    keep = set(expr.prune(files))
+    by_day: dict[Any, list[str]] = {}
+    for f in files:
+        if f.path in keep:
+            by_day.setdefault(f.partition.get("day"), []).append(f.path)
+    days = sorted(by_day, key=lambda d: (d is not None, d), reverse=newest_first)
+    return {d: by_day[d] for d in days}
+
+
 def must_labels(expr: Expr) -> list[tuple[str, tuple[str, ...]]]:
     """The label conditions every match must meet (from ``label=`` filters joined by
     AND), for the label index; conditions under OR/NOT are left out."""

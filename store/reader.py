@@ -26,6 +26,7 @@ from store.filters import (
     Expr,
     decode_cursor,
     encode_cursor,
+    files_by_day,
     filter_from_kwargs,
     must_labels,
     restrict,
@@ -134,16 +135,12 @@ class Reader:
         in the walk hold nothing past the cursor and are skipped."""
         desc = order == "desc"
         direction = "DESC" if desc else "ASC"
-        keep = set(flt.prune(t.files))
-        by_day: dict[Any, list[str]] = {}
-        for f in t.files:
-            day = f.partition.get("day")
-            if f.path not in keep:
-                continue
-            if start is not None and day is not None and (day > start if desc else day < start):
-                continue
-            by_day.setdefault(day, []).append(f.path)
-        days = sorted(by_day, key=lambda d: (d is not None, d), reverse=desc)
+        by_day = {
+            day: paths
+            for day, paths in files_by_day(flt, t.files, newest_first=desc).items()
+            if start is None or day is None or not (day > start if desc else day < start)
+        }
+        days = list(by_day)
         ranges = self._index_ranges(snap, flt, [p for ps in by_day.values() for p in ps])
         for d in days:  # drop the files the index rules out
             by_day[d] = [p for p in by_day[d] if ranges.get(p) != []]
