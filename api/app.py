@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import signal
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -16,6 +18,9 @@ from api.fastlane import IngestFastLane
 from api.keys import KeyRing, usage_saver
 from api.routes import analytics, completions, export, feedback, health, interactions, sql
 from api.settings import Settings
+from gateway.chat import GatewayStats
+from gateway.config import RoutingFile
+from gateway.upstream import Upstreams
 from store.engine import Store
 from store.reader import Reader
 
@@ -34,6 +39,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         app.state.reader = Reader(st)
         app.state.keys = KeyRing(st.root)
         stop_usage = threading.Event()
+        reload_on_hup = _on_sighup(app.state.gateway)
         usage_saver(app.state.keys, stop_usage)
         if st.recovery.cut_bytes:
             log.warning(
@@ -45,6 +51,8 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             yield
         finally:
             stop_usage.set()
+            reload_on_hup()
+            await app.state.upstreams.close()
             with contextlib.suppress(OSError):
                 app.state.keys.save_usage()
             if own:
@@ -58,6 +66,9 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         default_response_class=JSONResponse,
     )
     app.state.settings = settings
+    app.state.gateway = RoutingFile(settings.gateway_config)
+    app.state.upstreams = Upstreams()
+    app.state.gateway_stats = GatewayStats()
     errors.install(app)
     app.add_middleware(IngestFastLane)
     app.include_router(health.router)
@@ -72,10 +83,28 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     return app
 
 
+def _on_sighup(routing: RoutingFile) -> Callable[[], None]:
+    """Reload the gateway's routing file on SIGHUP; returns the undo."""
+    if routing.path is None:
+        return lambda: None
+    try:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, routing.reload)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+        return lambda: None
+
+    def undo() -> None:
+        with contextlib.suppress(Exception):
+            loop.remove_signal_handler(signal.SIGHUP)
+
+    return undo
+
+
 def _add_body_schemas(app: FastAPI) -> None:
     """Routes that read their body raw (NDJSON, size limits) still document it."""
     from typing import Any
 
+    from api.routes import chat
     from ingest.feedback import ComparisonIn, FeedbackIn, OutcomeIn
     from ingest.models import InteractionIn
 
@@ -86,6 +115,9 @@ def _add_body_schemas(app: FastAPI) -> None:
             return app.openapi_schema
         schema = base()
         components = schema.setdefault("components", {}).setdefault("schemas", {})
+        paths = schema.setdefault("paths", {})
+        for path, ops in chat.openapi_paths(components).items():
+            paths.setdefault(path, {}).update(ops)
         for cls in (InteractionIn, FeedbackIn, ComparisonIn, OutcomeIn):
             model = cls.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(model.pop("$defs", {}))

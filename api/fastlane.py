@@ -1,7 +1,8 @@
-"""The hot path, ``POST /api/v1/interactions``, answered as plain ASGI.
+"""The hot paths, ``POST /api/v1/interactions`` and the gateway's
+``POST /api/v1/chat/completions`` (and ``/v1/…``), answered as plain ASGI.
 
 FastAPI's routing, dependency and middleware layers cost about as much per request
-as validating and logging a small interaction. This wrapper answers that one route
+as validating and logging a small interaction. This wrapper answers those routes
 before them, with the same core (``ingest_body``), the same limits and the same error
 shape; everything else goes to the FastAPI app. The FastAPI route stays for the
 OpenAPI document and behaves identically (tests run both)."""
@@ -14,6 +15,7 @@ from typing import Any
 
 from api.auth import authorize
 from api.errors import error_body
+from api.routes.chat import chat_completion
 from api.routes.interactions import ingest_body
 from store.errors import PayloadTooLarge, StoreError, Unauthorized, Unavailable
 from store.jsonutil import dumps_bytes
@@ -25,7 +27,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-PATH = "/api/v1/interactions"
+INGEST_PATH = "/api/v1/interactions"
+CHAT_PATHS = frozenset({"/api/v1/chat/completions", "/v1/chat/completions"})
 
 
 class IngestFastLane:
@@ -33,20 +36,50 @@ class IngestFastLane:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != PATH:
+        if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
-            return
+        elif scope["path"] == INGEST_PATH:
+            await self._answer(scope, receive, send, self._ingest)
+        elif scope["path"] in CHAT_PATHS:
+            await self._answer(scope, receive, send, self._chat)
+        else:
+            await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _ingest(
+        state: Any, headers: dict[str, str], receive: Receive, send: Send
+    ) -> tuple[int, Any]:
+        principal = authorize(state.keys, headers, "ingest")
+        body = await _read(receive, headers, state.settings.max_body_bytes)
+        ctype = headers.get("content-type", "application/json")
+        payload = await ingest_body(
+            state.store, state.reader, body, ctype, principal, state.settings.limits()
+        )
+        return 201, payload
+
+    @staticmethod
+    async def _chat(
+        state: Any, headers: dict[str, str], receive: Receive, send: Send
+    ) -> tuple[int, Any]:
+        principal = authorize(state.keys, headers, "ingest")
+        body = await _read(receive, headers, state.settings.max_body_bytes)
+        await chat_completion(state, principal, body, receive, send)
+        return 0, None  # answered
+
+    async def _answer(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        handler: Callable[..., Awaitable[tuple[int, Any]]],
+    ) -> None:
         state = scope["app"].state  # set by Starlette before its middleware stack
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         extra: list[tuple[bytes, bytes]] = []
         try:
-            principal = authorize(state.keys, headers, "ingest")
-            body = await _read(receive, headers, state.settings.max_body_bytes)
-            ctype = headers.get("content-type", "application/json")
-            status = 201
-            payload = await ingest_body(
-                state.store, state.reader, body, ctype, principal, state.settings.limits()
-            )
+            status, payload = await handler(state, headers, receive, send)
+            if status == 0:
+                return
         except StoreError as exc:
             status = exc.status
             payload = error_body(exc.status, exc.message, exc.type, exc.param, exc.code)
@@ -55,7 +88,7 @@ class IngestFastLane:
             elif isinstance(exc, Unauthorized):
                 extra.append((b"www-authenticate", b"Bearer"))
         except Exception:
-            log.exception("POST %s: unexpected error", PATH)
+            log.exception("POST %s: unexpected error", scope["path"])
             status = 500
             payload = error_body(500, "internal error; see the server log", None, None,
                                  "internal_error")  # fmt: skip

@@ -12,6 +12,8 @@ across I/O, Arrow conversion or DuckDB work, so ingest never waits on a flush.
 
 from __future__ import annotations
 
+import contextlib
+
 import fcntl
 import logging
 import os
@@ -115,6 +117,7 @@ class Store:
         self._tails: dict[str, _Tail] = {name: _Tail() for name in TABLES}
         self._ids = IdIndex()
         self._inflight: dict[str, Ack[int]] = {}
+        self._last_ack: Ack[int] | None = None  # the newest write handed to the log
         self._deltas: dict[str, DeltaTable | None] = {}
         self._files_views: dict[str, tuple[int, str | None, tuple[DataFile, ...]]] = {}
         self._durable_lsn = 0
@@ -325,12 +328,14 @@ class Store:
                     return _combine(waits, WriteResult(None, 0, dupes))
                 self._ids.add_pending(ids)
                 ack = self._wal.append(RECORD_FORMAT, encode_tables(tables), (tables, ids))
+                self._last_ack = ack
                 for id_ in ids:
                     self._inflight[id_] = ack
         else:
             if feedback is not None:
                 raise StoreError("feedback rides along with interactions only")
             ack = self._wal.append(RECORD_FORMAT, encode_tables(tables), (tables, ids))
+            self._last_ack = ack
         n = num_rows(cols)
         result: Ack[WriteResult] = Ack()
 
@@ -565,7 +570,14 @@ class Store:
 
     # -- reading ------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
-        """Committed files plus acknowledged rows not yet flushed, captured atomically."""
+        """Committed files plus acknowledged rows not yet flushed, captured atomically.
+        A write handed to the log before this call is waited for (up to a second), so
+        a read sees what was written before it even when the writer did not wait for
+        its acknowledgement (the gateway's logging)."""
+        last = self._last_ack
+        if last is not None and not last.done():
+            with contextlib.suppress(Exception):
+                last.result(1.0)
         with self._lock:
             state = {
                 name: (
@@ -661,6 +673,16 @@ class Store:
             yield from reader
         finally:
             cur.close()
+
+    def settle(self, ids: Sequence[str], timeout: float = 10.0) -> None:
+        """Wait until the writes of ``ids`` still in flight (appended, not yet fsynced)
+        are resolved, so a reference made right after a write (feedback on a gateway
+        call, which logs without waiting) finds it. Failures are the writer's concern."""
+        with self._lock:
+            acks = [a for a in map(self._inflight.get, ids) if a is not None]
+        for ack in acks:
+            with contextlib.suppress(Exception):
+                ack.result(timeout)
 
     def candidates(self, ids: Sequence[str]) -> list[str]:
         """Those of ``ids`` that may be stored: a fast negative for the writer (whose

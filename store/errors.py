@@ -84,3 +84,25 @@ class Forbidden(StoreError):
     status = 403
     type = "permission_error"
     code = "forbidden"
+
+
+class UpstreamError(StoreError):
+    """The gateway's upstream model server failed, timed out, or refused the call.
+    ``status`` is per instance: the upstream's own 4xx, or 502/504."""
+
+    type = "upstream_error"
+    code = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 502,
+        type_: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+    ):
+        super().__init__(message, param=param, code=code)
+        self.status = status
+        if type_ is not None:
+            self.type = type_

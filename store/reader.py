@@ -245,6 +245,7 @@ class Reader:
     def get(self, id_: str, *, use_cases: tuple[str, ...] | None = None) -> dict[str, Any]:
         """One interaction with its feedback and the comparisons that name it.
         ``use_cases``: what the caller may see (others are not found)."""
+        self.store.settle([id_])
         snap = self.store.snapshot()
 
         def q(sql: str, args: list[Any]) -> list[dict[str, Any]]:
@@ -277,7 +278,9 @@ class Reader:
     def locate(self, ids: list[str], use_cases: tuple[str, ...] | None = None) -> dict[str, str]:
         """{id: use case} for those of ``ids`` that are stored (acknowledged) and, with
         ``use_cases``, visible to the caller."""
-        maybe = self.store.candidates(list(dict.fromkeys(ids)))
+        ids = list(dict.fromkeys(ids))
+        self.store.settle(ids)
+        maybe = self.store.candidates(ids)
         if not maybe:
             return {}
         marks = ", ".join("?" for _ in maybe)

@@ -25,4 +25,8 @@ def readyz(request: Request) -> Response:
         return error_response(
             503, f"the write-ahead log cannot be written: {problem}", headers={"Retry-After": "5"}
         )
-    return JSONResponse({"status": "degraded" if problem else "ready", **status})
+    state = request.app.state
+    gateway = {**state.gateway.status(), **state.gateway_stats.as_dict()}
+    return JSONResponse(
+        {"status": "degraded" if problem else "ready", **status, "gateway": gateway}
+    )
