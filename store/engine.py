@@ -13,7 +13,6 @@ across I/O, Arrow conversion or DuckDB work, so ingest never waits on a flush.
 from __future__ import annotations
 
 import contextlib
-
 import fcntl
 import logging
 import os
