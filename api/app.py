@@ -14,9 +14,9 @@ from fastapi import FastAPI
 
 from api import errors
 from api.body import JSONResponse
-from api.fastlane import IngestFastLane
+from api.fastlane import FastLaneApp
 from api.keys import KeyRing, usage_saver
-from api.routes import analytics, completions, export, feedback, health, interactions, sql
+from api.routes import analytics, chat, completions, export, feedback, health, interactions, sql
 from api.settings import Settings
 from gateway.chat import GatewayStats
 from gateway.config import RoutingFile
@@ -58,7 +58,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             if own:
                 st.close()
 
-    app = FastAPI(
+    app = FastLaneApp(
         title="interaction-store",
         version="0.1.0",
         description="Self-hosted interaction store for LLM applications.",
@@ -70,7 +70,6 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.state.upstreams = Upstreams()
     app.state.gateway_stats = GatewayStats()
     errors.install(app)
-    app.add_middleware(IngestFastLane)
     app.include_router(health.router)
     # Before interactions: /interactions/stats and /query are not interaction ids.
     app.include_router(analytics.router, prefix="/api/v1")
@@ -78,6 +77,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.include_router(feedback.router, prefix="/api/v1")
     app.include_router(sql.router, prefix="/api/v1")
     app.include_router(export.router, prefix="/api/v1")
+    app.include_router(chat.router)  # /api/v1 and /v1 chat/completions (the gateway)
     app.include_router(completions.router)  # under /api/v1 and /v1 (OpenAI clients)
     _add_body_schemas(app)
     return app
@@ -104,7 +104,7 @@ def _add_body_schemas(app: FastAPI) -> None:
     """Routes that read their body raw (NDJSON, size limits) still document it."""
     from typing import Any
 
-    from api.routes import chat
+    from api.routes.chat import ChatRequest
     from ingest.feedback import ComparisonIn, FeedbackIn, OutcomeIn
     from ingest.models import InteractionIn
 
@@ -115,10 +115,7 @@ def _add_body_schemas(app: FastAPI) -> None:
             return app.openapi_schema
         schema = base()
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        paths = schema.setdefault("paths", {})
-        for path, ops in chat.openapi_paths(components).items():
-            paths.setdefault(path, {}).update(ops)
-        for cls in (InteractionIn, FeedbackIn, ComparisonIn, OutcomeIn):
+        for cls in (InteractionIn, FeedbackIn, ComparisonIn, OutcomeIn, ChatRequest):
             model = cls.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(model.pop("$defs", {}))
             components[cls.__name__] = model

@@ -10,7 +10,7 @@ import httpx
 import orjson
 
 from api.app import create_app
-from api.fastlane import IngestFastLane
+from api.fastlane import FastLaneApp
 from api.settings import Settings
 from store.engine import Store, StoreOptions
 from tests.conftest import interaction
@@ -46,7 +46,7 @@ async def _run(tmp: Path, fastlane: bool) -> list[tuple[int, bytes]]:
     store = Store(tmp, options=StoreOptions(flush_interval_s=3600))
     app = create_app(Settings(data=str(tmp), max_body_bytes=1 << 20), store=store)
     if not fastlane:
-        app.user_middleware = [m for m in app.user_middleware if m.cls is not IngestFastLane]
+        app.fast_lane = False
     out = []
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -69,4 +69,4 @@ async def test_fast_lane_matches_route(tmp_path: Path) -> None:
 
 async def test_fast_lane_is_installed(tmp_path: Path) -> None:
     app = create_app(Settings(data=str(tmp_path)))
-    assert any(m.cls is IngestFastLane for m in app.user_middleware)
+    assert isinstance(app, FastLaneApp) and app.fast_lane

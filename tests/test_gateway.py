@@ -480,3 +480,24 @@ def test_sighup_reloads_the_routing_file(live: Server, config: Path) -> None:
     while model_of() != "large":
         assert time.monotonic() < deadline
         time.sleep(0.1)
+
+
+async def test_fastapi_route_answers_like_the_fast_lane(store: Store, config: Path) -> None:
+    from api.app import create_app
+    from api.settings import Settings
+
+    app = create_app(Settings(data=str(store.root), gateway_config=str(config)), store=store)
+    app.fast_lane = False  # through FastAPI's routing and middleware
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            plain = await chat(c, model="support", labels={"via": "route"})
+            assert plain.status_code == 200
+            assert plain.json()["choices"][0]["message"]["content"] == "echo: Hello model!"
+            streamed = sse((await chat(c, "/v1/chat/completions", model="support",
+                                       stream=True)).text)  # fmt: skip
+            assert streamed[-1] == "[DONE]"
+            assert_error(await chat(c, model="support/fail500"), 502)
+            assert_error(await chat(c, model="nowhere"), 404, param="model")
+            item = (await c.get(f"/api/v1/interactions/{plain.json()['id']}")).json()
+            assert item["labels"] == {"via": "route"} and item["source"] == "gateway"

@@ -1,7 +1,11 @@
 """The gateway's entry point, ``POST /api/v1/chat/completions`` and
-``POST /v1/chat/completions``, reached through ``api.fastlane`` (plain ASGI, so a
-stream goes out chunk by chunk). The work is in ``gateway.chat``; ``CHAT_OPENAPI``
-documents the route in ``/docs``."""
+``POST /v1/chat/completions``. ``api.fastlane`` answers both before FastAPI's layers;
+the FastAPI route (for ``/docs`` and ``fast_lane = False``) runs the same code.
+
+Checking, routing and authorising happen first and fail as ordinary errors; the call
+itself is a ``GatewayAnswer``, an ASGI response that talks to the client with the raw
+``send`` (so a stream goes out chunk by chunk) and watches ``receive`` for a client
+that leaves mid-stream. The work is in ``gateway.chat``."""
 
 from __future__ import annotations
 
@@ -9,31 +13,60 @@ import asyncio
 import contextlib
 from typing import Any
 
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
 
+from api.auth import Ingest
+from api.body import read_body
+from api.errors import error_body
 from api.keys import Principal
 from gateway import chat
+from store.errors import StoreError, Unavailable
+from store.jsonutil import dumps_bytes
+
+router = APIRouter(tags=["gateway"])
 
 
-async def chat_completion(
-    state: Any, principal: Principal, body: bytes, receive: Any, send: Any
-) -> None:
-    limits = state.settings.limits()
-    call = chat.prepare(body, state.gateway, principal, limits)
-    stats: chat.GatewayStats = state.gateway_stats
-    stats.calls += 1
-    session = state.upstreams.session()
-    if not call.stream:
-        await chat.complete(call, session, state.store, stats, limits, send)
-        return
-    stats.streamed += 1
-    disconnected = asyncio.ensure_future(receive())
-    try:
-        await chat.stream(call, session, state.store, stats, limits, send, disconnected)
-    finally:
-        disconnected.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await disconnected
+class GatewayAnswer(Response):
+    def __init__(self, state: Any, call: chat.Call) -> None:
+        super().__init__()
+        self.state = state
+        self.call = call
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        state, call = self.state, self.call
+        stats: chat.GatewayStats = state.gateway_stats
+        limits = state.settings.limits()
+        session = state.upstreams.session()
+        try:
+            if not call.stream:
+                await chat.complete(call, session, state.store, stats, limits, send)
+                return
+            stats.streamed += 1
+            disconnected = asyncio.ensure_future(receive())
+            try:
+                await chat.stream(call, session, state.store, stats, limits, send, disconnected)
+            finally:
+                disconnected.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await disconnected
+        except StoreError as exc:  # before the answer started
+            data = dumps_bytes(error_body(exc.status, exc.message, exc.type, exc.param, exc.code))
+            headers = [(b"content-type", b"application/json"),
+                       (b"content-length", str(len(data)).encode())]  # fmt: skip
+            if isinstance(exc, Unavailable):
+                headers.append((b"retry-after", str(exc.retry_after).encode()))
+            await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+            await send({"type": "http.response.body", "body": data})
+
+
+def start_call(state: Any, principal: Principal, body: bytes) -> GatewayAnswer:
+    """Check, route and authorise a request (raising the client's error), then the
+    answer that makes the call."""
+    call = chat.prepare(body, state.gateway, principal, state.settings.limits())
+    state.gateway_stats.calls += 1
+    return GatewayAnswer(state, call)
 
 
 class ChatRequest(BaseModel):
@@ -55,45 +88,42 @@ class ChatRequest(BaseModel):
     n: int | None = Field(None, ge=1, le=chat.MAX_N)
 
 
-def openapi_paths(components: dict[str, Any]) -> dict[str, Any]:
-    """The two chat paths for the OpenAPI document."""
-    model = ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    components.update(model.pop("$defs", {}))
-    components["ChatRequest"] = model
-    error = {"application/json": {"schema": {"type": "object"}}}
-    op = {
-        "post": {
-            "tags": ["gateway"],
-            "summary": "Chat completion through the gateway (logged unless store=false)",
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/ChatRequest"}}
-                },
-            },
-            "responses": {
-                "200": {
-                    "description": "A ChatCompletion, or server-sent chunks when stream=true",
-                    "content": {
-                        "application/json": {"schema": {"type": "object"}},
-                        "text/event-stream": {"schema": {"type": "string"}},
-                    },
-                },
-                **{
-                    str(s): {"description": d, "content": error}
-                    for s, d in [
-                        (400, "Bad request"),
-                        (401, "No or wrong API key"),
-                        (403, "Scope or use case not allowed"),
-                        (404, "Unknown use case or model"),
-                        (413, "Body too large"),
-                        (422, "Invalid field"),
-                        (502, "Upstream failed"),
-                        (503, "No upstream configured"),
-                        (504, "Upstream timed out"),
-                    ]  # fmt: skip
-                },
-            },
-        }
-    }
-    return {"/api/v1/chat/completions": op, "/v1/chat/completions": op}
+_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatRequest"}}},
+    },
+}
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "A ChatCompletion, or server-sent chunks when stream=true",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    **{
+        s: {"description": d}
+        for s, d in [
+            (404, "Unknown use case or model"),
+            (502, "The upstream failed"),
+            (503, "No upstream configured"),
+            (504, "The upstream timed out"),
+        ]  # fmt: skip
+    },
+}
+
+
+async def chat_completions(request: Request, principal: Ingest) -> Response:
+    state = request.app.state
+    body = await read_body(request, state.settings.max_body_bytes)
+    return start_call(state, principal, body)
+
+
+for _path in ("/api/v1/chat/completions", "/v1/chat/completions"):
+    router.add_api_route(
+        _path,
+        chat_completions,
+        methods=["POST"],
+        summary="Chat completion through the gateway (logged unless store=false)",
+        openapi_extra=_OPENAPI,
+        responses=_RESPONSES,
+        response_class=Response,
+    )
