@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint fmt bench-load bench-validate bench-query bench-export soak clean
+.PHONY: serve test lint fmt bench-load bench-validate bench-query bench-export bench-gateway soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ bench-validate: $(STAMP)
 ROWS ?= 10000000
 bench-query: $(STAMP)
 	$(BIN)/python bench/query.py --rows $(ROWS) --json bench/results/query-$$(date +%F).json
+
+# Latency the gateway adds over calling an instant upstream directly (wrk, 32 and 1 conns).
+bench-gateway: $(STAMP)
+	@command -v wrk >/dev/null || (apt-get install -y wrk >/dev/null 2>&1 || sudo apt-get install -y wrk)
+	$(BIN)/python bench/gateway.py --json bench/results/gateway-$$(date +%F).json
 
 # Export speed vs DuckDB COPY ... TO json on the same rows (a store from bench-query).
 bench-export: $(STAMP)

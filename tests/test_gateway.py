@@ -501,3 +501,19 @@ async def test_fastapi_route_answers_like_the_fast_lane(store: Store, config: Pa
             assert_error(await chat(c, model="nowhere"), 404, param="model")
             item = (await c.get(f"/api/v1/interactions/{plain.json()['id']}")).json()
             assert item["labels"] == {"via": "route"} and item["source"] == "gateway"
+
+
+def test_documented_routing_files_parse() -> None:
+    from gateway.config import load
+
+    root = Path(__file__).resolve().parent.parent
+    example = load(root / "gateway.example.toml")
+    assert example.route("support", "s-1").arm in ("small", "large")
+    assert example.route("anything-else").model.key == "small"  # the "*" use case
+    readme = (root / "README.md").read_text()
+    blocks = [b.split("```")[0] for b in readme.split("```toml\n")[1:]]
+    assert blocks, "the README shows no routing file"
+    for text in blocks:
+        routing = parse(text)
+        assert routing.route("support/small").model.model == "llama-3.1-8b-instruct"
+        assert routing.route("support", "s-1").arm in ("small", "large")
