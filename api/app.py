@@ -7,16 +7,28 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import errors
+from api import errors, metrics
 from api.body import JSONResponse
 from api.fastlane import FastLaneApp
 from api.keys import KeyRing, usage_saver
-from api.routes import analytics, chat, completions, export, feedback, health, interactions, sql
+from api.maintenance import MaintenanceJob
+from api.routes import (
+    analytics,
+    chat,
+    completions,
+    export,
+    feedback,
+    health,
+    interactions,
+    lifecycle,
+    sql,
+)
 from api.settings import Settings
 from gateway.chat import GatewayStats
 from gateway.config import RoutingFile
@@ -38,6 +50,13 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         app.state.store = st
         app.state.reader = Reader(st)
         app.state.keys = KeyRing(st.root)
+        app.state.metrics_registry = metrics.registry(app.state)
+        job = None
+        if st.writable and settings.maintenance_interval_s > 0:
+            job = MaintenanceJob(st, settings.maintenance_interval_s,
+                                 settings.vacuum_retention_hours)  # fmt: skip
+            job.start()
+        app.state.maintenance = job
         stop_usage = threading.Event()
         reload_on_hup = _on_sighup(app.state.gateway)
         usage_saver(app.state.keys, stop_usage)
@@ -51,6 +70,8 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             yield
         finally:
             stop_usage.set()
+            if job is not None:
+                job.stop()
             reload_on_hup()
             await app.state.upstreams.close()
             with contextlib.suppress(OSError):
@@ -69,10 +90,13 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.state.gateway = RoutingFile(settings.gateway_config)
     app.state.upstreams = Upstreams()
     app.state.gateway_stats = GatewayStats()
+    app.state.request_metrics = metrics.RequestMetrics()
+    app.state.started = time.monotonic()
     errors.install(app)
     app.include_router(health.router)
     # Before interactions: /interactions/stats and /query are not interaction ids.
     app.include_router(analytics.router, prefix="/api/v1")
+    app.include_router(lifecycle.router, prefix="/api/v1")
     app.include_router(interactions.router, prefix="/api/v1")
     app.include_router(feedback.router, prefix="/api/v1")
     app.include_router(sql.router, prefix="/api/v1")

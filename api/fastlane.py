@@ -10,6 +10,7 @@ OpenAPI document and behaves identically (tests run both)."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -17,12 +18,14 @@ from fastapi import FastAPI
 
 from api.auth import authorize
 from api.errors import error_body
+from api.logs import new_request_id, request_id
 from api.routes.chat import start_call
 from api.routes.interactions import ingest_body
 from store.errors import PayloadTooLarge, StoreError, Unauthorized, Unavailable
 from store.jsonutil import dumps_bytes
 
 log = logging.getLogger("istore.api")
+access = logging.getLogger("istore.access")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -41,15 +44,48 @@ class FastLaneApp(FastAPI):
     fast_lane = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.fast_lane and scope["type"] == "http" and scope["method"] == "POST":
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        started = time.perf_counter()
+        given = None
+        for k, v in scope["headers"]:
+            if k == b"x-request-id":
+                given = v.decode("latin-1")
+        rid = new_request_id(given)
+        token = request_id.set(rid)
+        status = 500
+        header = (b"x-request-id", rid.encode())
+
+        async def tagged(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        route = scope["path"]
+        try:
             path = scope["path"]
-            if path == INGEST_PATH:
-                await _answer(self.state, scope, receive, send, _ingest)
-                return
-            if path in CHAT_PATHS:
-                await _answer(self.state, scope, receive, send, _chat)
-                return
-        await super().__call__(scope, receive, send)
+            if self.fast_lane and scope["method"] == "POST" and path == INGEST_PATH:
+                await _answer(self.state, scope, receive, tagged, _ingest)
+            elif self.fast_lane and scope["method"] == "POST" and path in CHAT_PATHS:
+                await _answer(self.state, scope, receive, tagged, _chat)
+            else:
+                await super().__call__(scope, receive, tagged)
+                matched = scope.get("route")
+                route = getattr(matched, "path_format", None) or "(unmatched)"
+        finally:
+            elapsed = time.perf_counter() - started
+            self.state.request_metrics.observe(route, scope["method"], status, elapsed)
+            if self.state.settings.access_log:
+                access.info(
+                    "%s %s %d", scope["method"], scope["path"], status,
+                    extra={"fields": {"method": scope["method"], "route": route,
+                                      "path": scope["path"], "status": status,
+                                      "ms": round(elapsed * 1000, 3)}},
+                )  # fmt: skip
+            request_id.reset(token)
 
 
 async def _ingest(

@@ -45,7 +45,25 @@ class Settings(BaseSettings):
     sql_max_rows: int = Field(100_000, description="Most rows one SQL query returns.")
     query_memory_limit: str = Field("2GB", description="DuckDB memory cap for queries.")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
-    access_log: bool = Field(False, description="Log every HTTP request (uvicorn access log).")
+    log_format: str = Field(
+        "json", pattern="^(json|text)$", description="Log lines as JSON objects, or text."
+    )
+    access_log: bool = Field(
+        False, description="Log every HTTP request (method, route, path, status, ms; no query)."
+    )
+    maintenance_interval_s: float = Field(
+        3600.0,
+        description="Seconds between maintenance runs (retention, purge of deleted "
+        "interactions, compaction, checkpoint, vacuum); 0 turns them off.",
+    )
+    vacuum_retention_hours: float = Field(
+        168.0,
+        description="Maintenance vacuum keeps replaced files this long (older snapshots, "
+        "as_of exports).",
+    )
+    shutdown_timeout_s: float = Field(
+        20.0, description="On SIGTERM, how long in-flight requests may take before exit."
+    )
 
     def limits(self) -> Limits:
         return Limits(self.max_batch_items, self.max_messages, self.max_content_chars)

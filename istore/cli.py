@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
+import signal
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +16,7 @@ import click
 import orjson
 
 from api.settings import Settings
-from store.errors import StoreError
+from store.errors import StoreError, StoreLocked
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "interactions.ndjson"
 
@@ -73,9 +77,9 @@ def serve(
     from store.engine import Store
 
     settings = _settings(data=data, host=host, port=port, gateway_config=gateway_config)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from api.logs import configure
+
+    configure(settings.log_level, settings.log_format)
     keys = KeyRing(settings.data)
     secured = keys.active()
     if not secured and not _is_loopback(settings.host) and not insecure_no_auth:
@@ -102,17 +106,30 @@ def serve(
             click.secho(banner, fg="red", bold=True, err=True)
             click.echo(f"{where} (no API key: open)")
         app = create_app(settings, store=store)
-        uvicorn.run(
+        config = uvicorn.Config(
             app,
             host=settings.host,
             port=settings.port,
-            log_level=settings.log_level,
-            access_log=settings.access_log,
+            log_config=None,  # api.logs configured it
+            access_log=False,  # ours is istore.access (ISTORE_ACCESS_LOG)
             loop="uvloop",
             http="httptools",
+            timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or None,
         )
+        # uvicorn stops accepting, finishes in-flight requests and runs the lifespan
+        # shutdown on SIGTERM/SIGINT, then re-raises the signal to the handler that was
+        # there before it: this one, so that the store below is closed (the log flushed
+        # into the tables) and the process exits 0.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
+        uvicorn.Server(config).run()
     finally:
+        started = time.monotonic()
         store.close()
+        logging.getLogger("istore").info(
+            "stopped: the write-ahead log is flushed into the tables (%.2f s)",
+            time.monotonic() - started,
+        )
 
 
 def _is_loopback(host: str) -> bool:
@@ -357,13 +374,47 @@ def export(
 
 
 # -- maintenance -------------------------------------------------------------------------
+@contextlib.contextmanager
+def _writer(data: str, why: str) -> Iterator[Any]:
+    """The data root's writer (``Store``), or None when a server holds it (then the
+    server's maintenance job does ``why``)."""
+    from store.engine import Store
+
+    try:
+        store = Store(data)
+    except StoreLocked:
+        click.echo(
+            f"A server is running on {data}: it does {why} on its maintenance schedule "
+            "(ISTORE_MAINTENANCE_INTERVAL_S); this command did the rest.",
+            err=True,
+        )
+        yield None
+        return
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _purge(data: str) -> None:
+    from store.lifecycle import purge
+
+    with _writer(data, "the physical removal of deleted interactions") as store:
+        if store is not None:
+            removed = {k: v for k, v in purge(store).items() if v}
+            click.echo("deleted rows removed from the files: "
+                       + (", ".join(f"{k} {v}" for k, v in removed.items()) or "none"))  # fmt: skip
+
+
 @main.command()
 @data_option
 def compact(data: str | None) -> None:
-    """Rewrite small Parquet files into large ones, per partition."""
+    """Remove deleted interactions from the files (rewrite), then rewrite small
+    Parquet files into large ones, per partition."""
     from store.maintenance import compact as do_compact
 
     settings = _settings(data=data)
+    _purge(settings.data)
     for name, m in do_compact(settings.data).items():
         click.echo(
             f"{name}: {m['files_removed']} files → {m['files_added']} "
@@ -381,14 +432,148 @@ def compact(data: str | None) -> None:
     help="Keep files removed from the table for this long (readers of older snapshots).",
 )
 @click.option("--dry-run", is_flag=True, help="List what would be deleted.")
-def vacuum(data: str | None, retention_hours: float, dry_run: bool) -> None:
-    """Delete files no longer in the table and older than the retention window."""
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Allow a window under 1 hour (a query or export still reading an older "
+    "version may then fail).",
+)
+def vacuum(data: str | None, retention_hours: float, dry_run: bool, force: bool) -> None:
+    """Remove deleted interactions from the files, then delete files no longer in the
+    table and older than the retention window."""
+    from store.maintenance import check_retention
     from store.maintenance import vacuum as do_vacuum
 
     settings = _settings(data=data)
-    for name, files in do_vacuum(settings.data, retention_hours, dry_run=dry_run).items():
+    check_retention(retention_hours, force)
+    if not dry_run:
+        _purge(settings.data)
+    files = do_vacuum(settings.data, retention_hours, dry_run=dry_run, force=force)
+    for name, removed in files.items():
         verb = "would delete" if dry_run else "deleted"
-        click.echo(f"{name}: {verb} {len(files)} files")
+        click.echo(f"{name}: {verb} {len(removed)} files")
+
+
+@main.command()
+@data_option
+@click.option("--id", "ids", multiple=True, help="An interaction id (repeatable).")
+@click.option(
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A filter of the API (user=…, session_id=…, label=k:v, to=…); all must hold.",
+)
+@click.option("--all", "everything", is_flag=True, help="Delete every interaction.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def delete(
+    data: str | None, ids: tuple[str, ...], filters: tuple[str, ...], everything: bool, yes: bool
+) -> None:
+    """Delete interactions (and their feedback and comparisons): hidden at once,
+    physically removed by the next `istore compact` or `vacuum`."""
+    from store.filters import filter_from_kwargs
+    from store.lifecycle import matching, tombstones
+    from store.schema import AMENDMENTS_TABLE
+
+    kw: dict[str, list[str]] = {}
+    for f in filters:
+        name, sep, value = f.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{f!r} is not NAME=VALUE", param_hint="--filter")
+        kw.setdefault(name, []).append(value)
+    if ids:
+        kw["id"] = list(ids)
+    if not kw and not everything:
+        raise click.UsageError("give --id, --filter or --all")
+    expr = filter_from_kwargs({k: v[0] if len(v) == 1 else v for k, v in kw.items()})
+    settings = _settings(data=data)
+    from store.engine import Store
+
+    try:
+        store = Store(settings.data)
+    except StoreLocked:
+        raise StoreError(
+            f"a server is running on {settings.data}: delete through it "
+            "(DELETE /api/v1/interactions/ID or POST /api/v1/interactions/delete)"
+        ) from None
+    try:
+        pairs = matching(store, expr, None)
+        if pairs and not yes:
+            click.confirm(f"Delete {len(pairs)} interactions?", abort=True)
+        if pairs:
+            store.write(AMENDMENTS_TABLE, tombstones(pairs)).result(60)
+    finally:
+        store.close()
+    click.echo(f"deleted {len(pairs)} interactions (physically removed by istore compact/vacuum)")
+
+
+@main.group()
+def retention() -> None:
+    """How long each use case keeps its data (retention.json in the data root)."""
+
+
+@retention.command("set")
+@data_option
+@click.argument("args", nargs=-1, metavar="USE_CASE DAYS | --default DAYS")
+@click.option("--default", "is_default", is_flag=True, help="Set the default for other use cases.")
+def retention_set(data: str | None, args: tuple[str, ...], is_default: bool) -> None:
+    """Keep USE_CASE's data DAYS days (or, with --default, every other use case's)."""
+    from store.lifecycle import Retention
+
+    if len(args) != (1 if is_default else 2):
+        raise click.UsageError("give USE_CASE DAYS, or --default DAYS")
+    use_case = None if is_default else args[0]
+    try:
+        days = float(args[-1])
+    except ValueError:
+        raise click.BadParameter(f"{args[-1]!r} is not a number of days") from None
+    settings = _settings(data=data)
+    policy = Retention.load(settings.data)
+    policy.set(use_case, days)
+    policy.save(settings.data)
+    click.echo(f"retention of {use_case or 'every other use case'}: {days:g} days")
+
+
+@retention.command("unset")
+@data_option
+@click.argument("use_case", required=False)
+@click.option("--default", "is_default", is_flag=True, help="Remove the default.")
+def retention_unset(data: str | None, use_case: str | None, is_default: bool) -> None:
+    """Keep USE_CASE's data forever (or remove the default)."""
+    from store.lifecycle import Retention
+
+    if (use_case is None) != is_default:
+        raise click.UsageError("give USE_CASE, or --default")
+    settings = _settings(data=data)
+    policy = Retention.load(settings.data)
+    policy.set(use_case, None)
+    policy.save(settings.data)
+    click.echo(f"retention of {use_case or 'every other use case'}: forever")
+
+
+@retention.command("show")
+@data_option
+def retention_show(data: str | None) -> None:
+    """The retention rules."""
+    from store.lifecycle import Retention, retention_summary
+
+    settings = _settings(data=data)
+    click.echo(orjson.dumps(retention_summary(Retention.load(settings.data)),
+                            option=orjson.OPT_INDENT_2).decode())  # fmt: skip
+
+
+@retention.command("apply")
+@data_option
+def retention_apply(data: str | None) -> None:
+    """Delete what is older than the rules now (a running server does it on its own)."""
+    from store.lifecycle import Retention, apply_retention
+
+    settings = _settings(data=data)
+    with _writer(settings.data, "retention") as store:
+        if store is not None:
+            removed = apply_retention(store, Retention.load(settings.data))
+            click.echo("deleted rows: " + (", ".join(f"{k} {v}" for k, v in removed.items())
+                                           or "none (no rules)"))  # fmt: skip
 
 
 @main.command()

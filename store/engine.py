@@ -38,6 +38,7 @@ from store.duck import DataFile, Duck, Snapshot, TableSnapshot
 from store.errors import StoreError, StoreLocked, Unavailable, ValidationFailed
 from store.idindex import IdIndex, hash_ids
 from store.labelindex import LabelIndex
+from store.metrics import StoreMetrics
 from store.rows import Columns, decode_tables, encode_tables, num_rows, select, to_arrow
 from store.schema import FEEDBACK_TABLE, INTERACTIONS_TABLE, TABLES, TableSpec
 from store.wal import Record, RecoveryReport, WriteAheadLog, fsync_path, scan
@@ -128,6 +129,7 @@ class Store:
         self.flush_error: str | None = None
         self.recovery = RecoveryReport()
         self.flushes = 0
+        self.metrics = StoreMetrics()
 
         if writable:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -217,13 +219,15 @@ class Store:
             path = self.table_path(spec)
             if DeltaTable.is_deltatable(str(path)):
                 dt = DeltaTable(str(path))
+                if self.writable:
+                    dt = _configure(dt, spec)
             elif self.writable:
                 dt = DeltaTable.create(
                     str(path),
                     schema=spec.schema,
                     partition_by=list(spec.partition_by),
                     name=spec.name,
-                    configuration={"delta.checkpointInterval": "50"},
+                    configuration=table_configuration(spec),
                 )
             else:
                 dt = None
@@ -404,6 +408,7 @@ class Store:
         for name, cols in tables.items():
             tail = self._tails[name]
             n = num_rows(cols)
+            self.metrics.ingested(name, n, share)
             tail.entries.append(_Entry(lsn, cols, n, share))
             tail.nbytes += share
             tail.nrows += n
@@ -489,8 +494,11 @@ class Store:
         """Append the in-memory tail to the Delta tables. Returns rows written."""
         written = 0
         with self._flush_lock:
+            started = time.perf_counter()
             for spec in TABLES.values():
                 written += self._flush_table(spec)
+            if written:
+                self.metrics.flush_seconds.observe(time.perf_counter() - started)
             with self._lock:
                 heads = [t.entries[0].lsn for t in self._tails.values() if t.entries]
                 applied = (min(heads) - 1) if heads else self._durable_lsn
@@ -693,6 +701,54 @@ class Store:
             rest = [i for i in ids if not self._ids.pending(i)]
             return pending + self._ids.maybe_committed(rest)
 
+    # -- lifecycle (store.lifecycle) ------------------------------------------------------
+    @contextlib.contextmanager
+    def maintenance(self) -> Iterator[None]:
+        """Keep the flusher out while a maintenance job rewrites tables, so this
+        process's appends and deletes never race each other."""
+        with self._flush_lock:
+            yield
+
+    def committed(self, spec: TableSpec, select: str, where: str = "TRUE") -> pa.Table:
+        """``SELECT select FROM <committed files of spec> WHERE where``: raw rows,
+        deleted ones included (no amendments applied, no unflushed rows)."""
+        view = self._files_views.get(spec.name, (0, None, ()))[1]
+        if view is None:
+            return pa.table({})
+        return self.duck.query(Snapshot({}), f'SELECT {select} FROM "{view}" WHERE {where}')
+
+    def delete_where(self, spec: TableSpec, cond: str, why: str = "deleted") -> int:
+        """Delete the committed rows of ``spec`` matching ``cond`` (SQL that DuckDB and
+        Delta both read) with a Delta delete, which rewrites the files holding them.
+        Call inside ``maintenance()``. Returns the rows removed."""
+        t = self.committed(spec, "count(*) AS n", cond)
+        if t.num_columns == 0 or not t.column("n")[0].as_py():
+            return 0
+        path = self.table_path(spec)
+        started = time.perf_counter()
+        m = DeltaTable(str(path)).delete(cond, writer_properties=writer_properties())
+        dt = DeltaTable(str(path))
+        before = {f.path for f in self._files_views.get(spec.name, (0, None, ()))[2]}
+        prepared = self._prepare_view(spec, dt)
+        if prepared is not None:
+            self._sync_commit(spec, dt, [f.path for f in prepared[2] if f.path not in before])
+        with self._lock:
+            self._install_view(spec, dt, prepared)
+        n = int(m.get("num_deleted_rows") or 0)
+        self.metrics.deleted(spec.name, why, n)
+        self.metrics.maintenance_seconds["delete"].observe(time.perf_counter() - started)
+        return n
+
+    def files_views(self) -> dict[str, tuple[int, str | None, tuple[DataFile, ...]]]:
+        """Per table: (Delta version, DuckDB view name, data files) currently read."""
+        with self._lock:
+            return dict(self._files_views)
+
+    def rotate_log(self) -> None:
+        """Close the log segment being written, so that it is deleted once applied."""
+        if self._wal is not None:
+            self._wal.rotate()
+
     def status(self) -> dict[str, Any]:
         with self._lock:
             return {
@@ -731,6 +787,26 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def table_configuration(spec: TableSpec) -> dict[str, str]:
+    """Delta table properties: a checkpoint every 50 commits, and statistics (which
+    Delta copies into its transaction log) only for columns without personal data, so
+    a purge plus vacuum leaves no copy of a deleted row's content anywhere."""
+    return {
+        "delta.checkpointInterval": "50",
+        "delta.dataSkippingStatsColumns": ",".join(spec.stats_columns),
+    }
+
+
+def _configure(dt: DeltaTable, spec: TableSpec) -> DeltaTable:
+    want = table_configuration(spec)
+    have = dt.metadata().configuration
+    missing = {k: v for k, v in want.items() if have.get(k) != v}
+    if missing:
+        dt.alter.set_table_properties(missing, raise_if_not_exists=False)
+        dt = DeltaTable(dt.table_uri)
+    return dt
 
 
 def data_files(root: Path, dt: DeltaTable, spec: TableSpec) -> tuple[DataFile, ...]:

@@ -52,16 +52,22 @@ def compact(root: str | Path, target_size: int = TARGET_FILE_BYTES) -> dict[str,
     return out
 
 
-def vacuum(
-    root: str | Path, retention_hours: float, *, dry_run: bool = False
-) -> dict[str, list[str]]:
-    """Delete files that are no longer part of the table and older than the window."""
-    if retention_hours < MIN_RETENTION_HOURS:
+def check_retention(retention_hours: float, force: bool = False) -> None:
+    if retention_hours < 0 or (retention_hours < MIN_RETENTION_HOURS and not force):
         raise InvalidRequest(
             f"retention_hours: at least {MIN_RETENTION_HOURS:g} hour is kept so that queries "
             f"running on an older snapshot never lose files; got {retention_hours:g}",
             param="retention_hours",
         )
+
+
+def vacuum(
+    root: str | Path, retention_hours: float, *, dry_run: bool = False, force: bool = False
+) -> dict[str, list[str]]:
+    """Delete files that are no longer part of the table and older than the window.
+    Under ``MIN_RETENTION_HOURS`` only with ``force``: a query or ``as_of`` export still
+    reading an older version may then find its files gone."""
+    check_retention(retention_hours, force)
     out = {}
     for name, dt in _tables(root).items():
         out[name] = dt.vacuum(

@@ -122,6 +122,13 @@ AMENDMENTS = pa.schema(
 )
 
 
+# Columns whose values are ours (ids, times, keys, enums), never the user's content.
+NON_PERSONAL = frozenset(
+    {"id", "created_at", "use_case", "model", "completion_id", "metric", "value", "action",
+     "source", "status", "latency_ms", "ttft_ms"}
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class TableSpec:
     """A stored table: its name (folder under the data root and SQL view name), its
@@ -134,6 +141,11 @@ class TableSpec:
     @property
     def columns(self) -> list[str]:
         return self.schema.names
+
+    @property
+    def stats_columns(self) -> tuple[str, ...]:
+        """Columns Delta keeps min/max statistics for: none that can hold personal data."""
+        return tuple(c for c in self.columns if c in NON_PERSONAL and c not in self.partition_by)
 
 
 INTERACTIONS_TABLE = TableSpec("interactions", INTERACTIONS, ("use_case", "day"))

@@ -159,6 +159,7 @@ class WriteAheadLog:
         self._seg_size = 0
         self._seg_last_lsn: dict[Path, int] = {}
         self._lock = threading.Lock()
+        self._io_lock = threading.Lock()  # the segment file: the writer thread and rotate()
         self._closed = False
         self.fsyncs = 0
         self.last_error: str | None = None
@@ -238,7 +239,20 @@ class WriteAheadLog:
                 batch.append(item)
             self._commit(batch)
 
+    def rotate(self) -> None:
+        """Close the segment being written (its frames are already fsynced); the next
+        write opens a new one, and ``release`` may delete this one once applied."""
+        with self._io_lock:
+            if self._fd is not None:
+                fd, self._fd = self._fd, None
+                os.close(fd)
+                self._seg_path = None
+
     def _commit(self, batch: list[_Pending]) -> None:
+        with self._io_lock:
+            self._commit_locked(batch)
+
+    def _commit_locked(self, batch: list[_Pending]) -> None:
         lsns = list(range(self._next_lsn, self._next_lsn + len(batch)))
         # LSNs are never reused, even when the write fails: a failed frame may sit on disk.
         self._next_lsn += len(batch)

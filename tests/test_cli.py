@@ -74,7 +74,8 @@ def test_stats_compact_vacuum(tmp_path: Path) -> None:
     assert (support["rows"], support["files"]) == (15, 3)
     r = CliRunner().invoke(main, ["compact", "--data", data])
     assert r.exit_code == 0
-    assert r.stdout.splitlines()[0] == "interactions: 6 files → 2 (2 partitions)"
+    assert r.stdout.splitlines()[0] == "deleted rows removed from the files: none"
+    assert r.stdout.splitlines()[1] == "interactions: 6 files → 2 (2 partitions)"
     r = CliRunner().invoke(main, ["vacuum", "--data", data, "--retention-hours", "0"])
     assert r.exit_code == 1 and "retention_hours" in r.stderr
     r = CliRunner().invoke(main, ["vacuum", "--data", data, "--dry-run"])

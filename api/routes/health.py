@@ -7,6 +7,7 @@ from starlette.responses import Response
 
 from api.body import JSONResponse
 from api.errors import error_response
+from api.metrics import CONTENT_TYPE, render
 
 router = APIRouter(tags=["health"])
 
@@ -27,6 +28,17 @@ def readyz(request: Request) -> Response:
         )
     state = request.app.state
     gateway = {**state.gateway.status(), **state.gateway_stats.as_dict()}
+    job = state.maintenance
     return JSONResponse(
-        {"status": "degraded" if problem else "ready", **status, "gateway": gateway}
+        {
+            "status": "degraded" if problem else "ready",
+            **status,
+            "gateway": gateway,
+            "maintenance": job.status() if job is not None else None,
+        }
     )
+
+
+@router.get("/metrics", summary="Prometheus metrics (text format)")
+def prometheus(request: Request) -> Response:
+    return Response(render(request.app.state.metrics_registry), media_type=CONTENT_TYPE)

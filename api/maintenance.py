@@ -1,0 +1,114 @@
+"""The server's background maintenance: on a schedule (``ISTORE_MAINTENANCE_INTERVAL_S``)
+apply retention, purge deleted interactions, compact small files, write a Delta
+checkpoint and clean the old log entries, and vacuum files older than
+``ISTORE_VACUUM_RETENTION_HOURS``. One job at a time; every run is logged and counted."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from deltalake import DeltaTable
+
+from store.engine import Store, writer_properties
+from store.lifecycle import Retention, apply_retention, purge
+from store.maintenance import TARGET_FILE_BYTES
+from store.schema import TABLES
+
+log = logging.getLogger("istore.maintenance")
+
+
+class MaintenanceJob:
+    def __init__(self, store: Store, interval_s: float, vacuum_hours: float) -> None:
+        self.store = store
+        self.interval_s = interval_s
+        self.vacuum_hours = vacuum_hours
+        self.runs = 0
+        self.failures = 0
+        self.last_run: float | None = None
+        self.last_error: str | None = None
+        self.last_result: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._run_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.interval_s <= 0:
+            return
+        self._thread = threading.Thread(target=self._loop, name="istore-maintenance", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.run_once()
+
+    def run_once(self) -> dict[str, Any]:
+        """One pass; errors are logged and counted, never raised."""
+        with self._run_lock:
+            started = time.perf_counter()
+            result: dict[str, Any] = {}
+            try:
+                store = self.store
+                result["retention"] = apply_retention(store, Retention.load(store.root))
+                result["purged"] = purge(store)
+                result["compacted"] = self._compact()
+                result["vacuumed"] = self._vacuum()
+                store.refresh()
+                self.last_error = None
+            except Exception as exc:  # the next run tries again
+                self.failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("maintenance run failed")
+            self.runs += 1
+            self.last_run = time.time()
+            self.last_result = result
+            elapsed = time.perf_counter() - started
+            self.store.metrics.maintenance_seconds["run"].observe(elapsed)
+            log.info("maintenance run %d in %.2f s: %s", self.runs, elapsed, result)
+            return result
+
+    def _compact(self) -> dict[str, int]:
+        out = {}
+        with self.store.maintenance():  # no flush commits while files are rewritten
+            for name in TABLES:
+                path = self.store.root / name
+                if not DeltaTable.is_deltatable(str(path)):
+                    continue
+                dt = DeltaTable(str(path))
+                m = dt.optimize.compact(
+                    target_size=TARGET_FILE_BYTES, writer_properties=writer_properties()
+                )
+                out[name] = int(m.get("numFilesRemoved", 0))
+                dt = DeltaTable(str(path))
+                dt.create_checkpoint()
+                dt.cleanup_metadata()
+        return out
+
+    def _vacuum(self) -> dict[str, int]:
+        out = {}
+        for name in TABLES:
+            path = self.store.root / name
+            if DeltaTable.is_deltatable(str(path)):
+                removed = DeltaTable(str(path)).vacuum(
+                    retention_hours=int(self.vacuum_hours),
+                    dry_run=False,
+                    enforce_retention_duration=False,
+                )
+                out[name] = len(removed)
+        return out
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "interval_s": self.interval_s,
+            "runs": self.runs,
+            "failures": self.failures,
+            "last_run": self.last_run,
+            "last_error": self.last_error,
+        }

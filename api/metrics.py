@@ -1,0 +1,142 @@
+"""``GET /metrics`` in Prometheus' text format: what the store, the gateway, the HTTP
+layer and the maintenance job are doing. Values are read from their own counters at
+scrape time (one registry per app), so the hot paths only bump integers."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from store.metrics import Histogram
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class RequestMetrics:
+    """Per route template, method and status class: a latency histogram."""
+
+    def __init__(self) -> None:
+        self.latency: dict[tuple[str, str, str], Histogram] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, f"{status // 100}xx")
+        h = self.latency.get(key)
+        if h is None:
+            h = self.latency.setdefault(key, Histogram())
+        h.observe(seconds)
+
+
+def _hist(name: str, doc: str, labels: list[str]) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, doc, labels=labels)
+
+
+def _add(family: HistogramMetricFamily, values: list[str], h: Histogram) -> None:
+    family.add_metric(values, h.cumulative(), h.sum)
+
+
+class Collector:
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        state = self.state
+        store = state.store
+        m = store.metrics
+        status = store.status()
+
+        rows = CounterMetricFamily("istore_ingested_records", "Rows made durable, per table",
+                                   labels=["table"])  # fmt: skip
+        nbytes = CounterMetricFamily("istore_ingested_bytes", "Write-ahead-log bytes of "
+                                     "durable rows, per table", labels=["table"])  # fmt: skip
+        for table, n in sorted(m.ingested_rows.items()):
+            rows.add_metric([table], n)
+            nbytes.add_metric([table], m.ingested_bytes[table])
+        yield rows
+        yield nbytes
+
+        deleted = CounterMetricFamily("istore_deleted_rows", "Rows removed from the tables, "
+                                      "per table and reason (deleted, retention)",
+                                      labels=["table", "reason"])  # fmt: skip
+        for (table, why), n in sorted(m.deleted_rows.items()):
+            deleted.add_metric([table, why], n)
+        yield deleted
+
+        yield GaugeMetricFamily("istore_wal_bytes", "Size of the write-ahead log on disk",
+                                value=_wal_bytes(store.root / "wal"))  # fmt: skip
+        yield GaugeMetricFamily("istore_pending_rows", "Durable rows not yet in the Delta "
+                                "tables (flush lag)", value=status["pending_rows"])  # fmt: skip
+        yield GaugeMetricFamily("istore_pending_bytes", "Durable bytes not yet in the Delta "
+                                "tables", value=status["pending_bytes"])  # fmt: skip
+        yield GaugeMetricFamily("istore_flush_failing", "1 while flushes to the tables fail",
+                                value=1 if status["flush_error"] else 0)  # fmt: skip
+
+        flush = _hist("istore_flush_seconds", "Time to append the log's tail to the Delta "
+                      "tables (write and commit)", [])  # fmt: skip
+        _add(flush, [], m.flush_seconds)
+        yield flush
+        maint = _hist("istore_maintenance_seconds", "Maintenance work: whole runs and "
+                      "Delta deletes", ["kind"])  # fmt: skip
+        for kind, h in sorted(m.maintenance_seconds.items()):
+            _add(maint, [kind], h)
+        yield maint
+
+        version = GaugeMetricFamily("istore_table_version", "Delta version", labels=["table"])
+        files = GaugeMetricFamily("istore_table_files", "Parquet files in the current "
+                                  "version", labels=["table"])  # fmt: skip
+        for table, (v, _, fs) in sorted(store.files_views().items()):
+            version.add_metric([table], v)
+            files.add_metric([table], len(fs))
+        yield version
+        yield files
+
+        req = _hist("istore_request_seconds", "HTTP request latency by route",
+                    ["route", "method", "status"])  # fmt: skip
+        for (route, method, cls), h in sorted(state.request_metrics.latency.items()):
+            _add(req, [route, method, cls], h)
+        yield req
+
+        gw = state.gateway_stats
+        for name, doc, value in [
+            ("istore_gateway_calls", "Chat calls accepted by the gateway", gw.calls),
+            ("istore_gateway_upstream_errors", "Gateway calls whose upstream failed",
+             gw.upstream_errors),
+            ("istore_gateway_logged", "Gateway interactions made durable", gw.logged),
+            ("istore_gateway_log_failures", "Gateway interactions that could not be logged",
+             gw.log_failures),
+        ]:  # fmt: skip
+            yield CounterMetricFamily(name, doc, value=value)
+
+        job = getattr(state, "maintenance", None)
+        if job is not None:
+            yield CounterMetricFamily("istore_maintenance_runs", "Maintenance runs", value=job.runs)
+            yield CounterMetricFamily("istore_maintenance_failures", "Failed maintenance runs",
+                                      value=job.failures)  # fmt: skip
+        yield GaugeMetricFamily("istore_up_seconds", "Seconds since the app started",
+                                value=time.monotonic() - state.started)  # fmt: skip
+
+
+def _wal_bytes(directory: os.PathLike[str]) -> int:
+    try:
+        return sum(e.stat().st_size for e in os.scandir(directory) if e.is_file())
+    except FileNotFoundError:
+        return 0
+
+
+def registry(state: Any) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(Collector(state))  # type: ignore[arg-type]
+    return reg
+
+
+def render(reg: CollectorRegistry) -> bytes:
+    return generate_latest(reg)

@@ -1,0 +1,216 @@
+"""The data lifecycle: deletion that really deletes, and retention.
+
+**Deletion** has two steps.
+
+1. *Hide at once.* ``delete`` resolves a filter (or ids) to the interactions it
+   matches now and appends one tombstone per interaction (``amendments`` rows with
+   ``action = 'delete'``, ids only: never the filter, which may name the person)
+   through the write-ahead log. Every read path applies the tombstones
+   (``store.duck.effective``): list, get, stats, SQL, export, stored completions; the
+   feedback and comparisons of a deleted interaction are hidden with it.
+2. *Remove.* ``purge`` (run by ``istore compact``/``vacuum`` and the server's
+   maintenance job) rewrites the Parquet files that still hold tombstoned rows (a Delta
+   delete) in ``interactions``, ``feedback``, ``comparisons`` and the label amendments,
+   then closes the write-ahead-log segment in use so the segments holding the original
+   writes are deleted as soon as they are applied. ``vacuum`` then deletes the files
+   the rewrite replaced once they are older than its retention window: after
+   ``istore vacuum --retention-hours 0 --force`` no byte of a deleted interaction is
+   left under the data root. (Delta statistics, which copy column values into the
+   transaction log, are only kept for columns that hold no personal data:
+   ``STATS_COLUMNS``.)
+
+**Retention** (``retention.json`` in the data root, ``istore retention set``): rows of a
+use case older than its ``retention_days`` (or the default) are deleted from every
+table by ``apply_retention`` (the server runs it on its maintenance schedule)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ingest.ids import uuid7_many
+from ingest.models import check_use_case
+from store.errors import ValidationFailed
+from store.filters import Expr, restrict
+from store.rows import Columns
+from store.schema import (
+    AMENDMENTS_TABLE,
+    COMPARISONS_TABLE,
+    FEEDBACK_TABLE,
+    INTERACTIONS_TABLE,
+    TABLES,
+)
+
+if TYPE_CHECKING:
+    from store.engine import Store
+
+log = logging.getLogger("istore.lifecycle")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_CHUNK = 2000  # ids per Delta delete predicate
+RETENTION_FILE = "retention.json"
+
+
+def _now_us() -> int:
+    return (datetime.now(UTC) - _EPOCH) // timedelta(microseconds=1)
+
+
+def tombstones(pairs: list[tuple[str, str]]) -> Columns:
+    """``amendments`` rows that delete the interactions ``(id, use_case)``."""
+    now = _now_us()
+    day = now // 86_400_000_000
+    n = len(pairs)
+    return {
+        "id": uuid7_many(n),
+        "created_at": [now] * n,
+        "completion_id": [p[0] for p in pairs],
+        "use_case": [p[1] for p in pairs],
+        "action": ["delete"] * n,
+        "labels": [None] * n,
+        "day": [day] * n,
+    }
+
+
+def matching(store: Store, expr: Expr, use_cases: tuple[str, ...] | None) -> list[tuple[str, str]]:
+    """The visible (not yet deleted) interactions ``expr`` matches now: (id, use case)."""
+    where, params = restrict(expr, use_cases).where()
+    rows = store.query(
+        f"SELECT id, use_case FROM interactions WHERE {where}",
+        params,
+        use_cases=use_cases,
+        max_rows=None,
+    ).to_pylist()
+    return [(r["id"], r["use_case"]) for r in rows]
+
+
+def _quote_list(values: list[str]) -> str:
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+
+
+def purge(store: Store) -> dict[str, int]:
+    """Rewrite away every tombstoned interaction and what belongs to it; rows removed
+    per table. The tail not yet flushed stays hidden and goes at the next purge."""
+    store.flush()
+    removed: dict[str, int] = {}
+    with store.maintenance():
+        t = store.committed(AMENDMENTS_TABLE, "DISTINCT completion_id", "action = 'delete'")
+        gone = t.column("completion_id").to_pylist() if t.num_columns else []
+        if gone:
+            for spec, cols, extra in (
+                (INTERACTIONS_TABLE, ("id",), ""),
+                (FEEDBACK_TABLE, ("completion_id",), ""),
+                (COMPARISONS_TABLE, ("preferred_id", "other_id"), ""),
+                (AMENDMENTS_TABLE, ("completion_id",), "action = 'labels'"),
+            ):
+                n = 0
+                for i in range(0, len(gone), _CHUNK):
+                    ids = _quote_list(gone[i : i + _CHUNK])
+                    cond = " OR ".join(f"{c} IN ({ids})" for c in cols)
+                    if extra:
+                        cond = f"({cond}) AND {extra}"
+                    n += store.delete_where(spec, cond, "deleted")
+                removed[spec.name] = n
+        store.rotate_log()
+    store.flush()  # releases the log segments the rotation closed
+    if any(removed.values()):
+        log.info("purged deleted interactions: %s", removed)
+    return removed
+
+
+# -- retention ---------------------------------------------------------------------------
+@dataclass
+class Retention:
+    """Days to keep, per use case, and a default for the others (None: forever)."""
+
+    default_days: float | None = None
+    use_cases: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, root: str | Path) -> Retention:
+        path = Path(root) / RETENTION_FILE
+        try:
+            raw = orjson.loads(path.read_bytes())
+        except FileNotFoundError:
+            return cls()
+        return cls(raw.get("default_days"), dict(raw.get("use_cases") or {}))
+
+    def save(self, root: str | Path) -> None:
+        path = Path(root) / RETENTION_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = orjson.dumps(
+            {"default_days": self.default_days, "use_cases": self.use_cases},
+            option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS,
+        )
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".retention-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def set(self, use_case: str | None, days: float | None) -> None:
+        if days is not None and not days > 0:
+            raise ValidationFailed("days: must be a positive number", param="days")
+        if use_case is None:
+            self.default_days = days
+            return
+        try:
+            check_use_case(use_case)
+        except ValueError as exc:
+            raise ValidationFailed(f"use_case: {exc}", param="use_case") from None
+        if days is None:
+            self.use_cases.pop(use_case, None)
+        else:
+            self.use_cases[use_case] = days
+
+    def conditions(self, now: datetime) -> list[tuple[str, str]]:
+        """(description, Delta predicate) per rule: rows to delete."""
+        out = []
+        for uc, days in sorted(self.use_cases.items()):
+            cutoff = _ts(now - timedelta(days=days))
+            out.append((f"{uc}: older than {days:g} days",
+                        f"use_case = '{uc}' AND created_at < {cutoff}"))  # fmt: skip
+        if self.default_days is not None:
+            cutoff = _ts(now - timedelta(days=self.default_days))
+            others = _quote_list(sorted(self.use_cases))
+            cond = f"created_at < {cutoff}"
+            if others:
+                cond = f"(use_case IS NULL OR use_case NOT IN ({others})) AND {cond}"
+            out.append((f"default: older than {self.default_days:g} days", cond))
+        return out
+
+
+def _ts(t: datetime) -> str:
+    return f"arrow_cast('{t.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%f')}Z', " \
+           "'Timestamp(Microsecond, Some(\"UTC\"))')"  # fmt: skip
+
+
+def apply_retention(store: Store, policy: Retention, now: datetime | None = None) -> dict[str, int]:
+    """Delete every row older than its use case's window, in every table; rows per table."""
+    rules = policy.conditions(now or datetime.now(UTC))
+    removed: dict[str, int] = {}
+    if not rules:
+        return removed
+    store.flush()
+    with store.maintenance():
+        for spec in TABLES.values():
+            if "use_case" not in spec.columns:
+                continue
+            n = 0
+            for _, cond in rules:
+                n += store.delete_where(spec, cond, "retention")
+            removed[spec.name] = n
+    if any(removed.values()):
+        log.info("retention deleted %s", removed)
+    return removed
+
+
+def retention_summary(policy: Retention) -> dict[str, Any]:
+    return {"default_days": policy.default_days, "use_cases": dict(policy.use_cases)}
