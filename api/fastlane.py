@@ -73,8 +73,7 @@ class FastLaneApp(FastAPI):
                 await _answer(self.state, scope, receive, tagged, _chat)
             else:
                 await super().__call__(scope, receive, tagged)
-                matched = scope.get("route")
-                route = getattr(matched, "path_format", None) or "(unmatched)"
+                route = _template(scope)
         finally:
             elapsed = time.perf_counter() - started
             self.state.request_metrics.observe(route, scope["method"], status, elapsed)
@@ -86,6 +85,19 @@ class FastLaneApp(FastAPI):
                                       "ms": round(elapsed * 1000, 3)}},
                 )  # fmt: skip
             request_id.reset(token)
+
+
+def _template(scope: Scope) -> str:
+    """The matched route's path template with its router prefix (``/api/v1/…/{id}``):
+    FastAPI keeps included routes' templates without the prefix."""
+    template = getattr(scope.get("route"), "path_format", None)
+    if template is None:
+        return "(unmatched)"
+    concrete = template
+    for name, value in (scope.get("path_params") or {}).items():
+        concrete = concrete.replace("{" + name + "}", str(value))
+    path = scope["path"]
+    return path[: len(path) - len(concrete)] + template if path.endswith(concrete) else template
 
 
 async def _ingest(

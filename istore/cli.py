@@ -507,6 +507,24 @@ def delete(
     click.echo(f"deleted {len(pairs)} interactions (physically removed by istore compact/vacuum)")
 
 
+@main.command()
+@data_option
+def doctor(data: str | None) -> None:
+    """Check the tables, the write-ahead log, key file permissions, free disk and the
+    configuration, and say what to do (exit 1 on a failure)."""
+    from istore.doctor import check
+
+    settings = _settings(data=data)
+    failed = False
+    for f in check(Path(settings.data), settings.gateway_config):
+        failed |= f.level == "FAIL"
+        color = {"ok": "green", "warn": "yellow", "FAIL": "red"}[f.level]
+        line = click.style(f"{f.level:<5}", fg=color) + f"{f.check}: {f.detail}"
+        click.echo(line + (f"\n      → {f.advice}" if f.advice else ""))
+    if failed:
+        sys.exit(1)
+
+
 @main.group()
 def retention() -> None:
     """How long each use case keeps its data (retention.json in the data root)."""

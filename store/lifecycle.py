@@ -103,24 +103,35 @@ def purge(store: Store) -> dict[str, int]:
         t = store.committed(AMENDMENTS_TABLE, "DISTINCT completion_id", "action = 'delete'")
         gone = t.column("completion_id").to_pylist() if t.num_columns else []
         if gone:
-            for spec, cols, extra in (
-                (INTERACTIONS_TABLE, ("id",), ""),
-                (FEEDBACK_TABLE, ("completion_id",), ""),
-                (COMPARISONS_TABLE, ("preferred_id", "other_id"), ""),
-                (AMENDMENTS_TABLE, ("completion_id",), "action = 'labels'"),
-            ):
-                n = 0
-                for i in range(0, len(gone), _CHUNK):
-                    ids = _quote_list(gone[i : i + _CHUNK])
-                    cond = " OR ".join(f"{c} IN ({ids})" for c in cols)
-                    if extra:
-                        cond = f"({cond}) AND {extra}"
-                    n += store.delete_where(spec, cond, "deleted")
-                removed[spec.name] = n
+            removed = _delete_ids(store, gone, "deleted")
         store.rotate_log()
     store.flush()  # releases the log segments the rotation closed
     if any(removed.values()):
         log.info("purged deleted interactions: %s", removed)
+    return removed
+
+
+_LINKED = (
+    (INTERACTIONS_TABLE, ("id",), ""),
+    (FEEDBACK_TABLE, ("completion_id",), ""),
+    (COMPARISONS_TABLE, ("preferred_id", "other_id"), ""),
+    (AMENDMENTS_TABLE, ("completion_id",), "action = 'labels'"),
+)
+
+
+def _delete_ids(store: Store, ids: list[str], why: str) -> dict[str, int]:
+    """Delete interactions ``ids`` with the feedback, comparisons and label amendments
+    that name them (their tombstones stay). Call inside ``store.maintenance()``."""
+    removed: dict[str, int] = {}
+    for spec, cols, extra in _LINKED:
+        n = 0
+        for i in range(0, len(ids), _CHUNK):
+            quoted = _quote_list(ids[i : i + _CHUNK])
+            cond = " OR ".join(f"{c} IN ({quoted})" for c in cols)
+            if extra:
+                cond = f"({cond}) AND {extra}"
+            n += store.delete_where(spec, cond, why)
+        removed[spec.name] = n
     return removed
 
 
@@ -188,8 +199,8 @@ class Retention:
 
 
 def _ts(t: datetime) -> str:
-    return f"arrow_cast('{t.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%f')}Z', " \
-           "'Timestamp(Microsecond, Some(\"UTC\"))')"  # fmt: skip
+    """A timestamp literal that DuckDB and Delta's DataFusion both compare correctly."""
+    return "'" + t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") + "'"
 
 
 def apply_retention(store: Store, policy: Retention, now: datetime | None = None) -> dict[str, int]:
@@ -200,13 +211,17 @@ def apply_retention(store: Store, policy: Retention, now: datetime | None = None
         return removed
     store.flush()
     with store.maintenance():
-        for spec in TABLES.values():
-            if "use_case" not in spec.columns:
-                continue
-            n = 0
-            for _, cond in rules:
-                n += store.delete_where(spec, cond, "retention")
-            removed[spec.name] = n
+        for _, cond in rules:
+            # The interactions past the window, and what names them (whatever its age).
+            t = store.committed(INTERACTIONS_TABLE, "id", cond)
+            ids = t.column("id").to_pylist() if t.num_columns else []
+            for name, n in _delete_ids(store, ids, "retention").items():
+                removed[name] = removed.get(name, 0) + n
+            # Then every other table's own rows past the window.
+            for spec in TABLES.values():
+                if "use_case" in spec.columns and spec is not INTERACTIONS_TABLE:
+                    n = store.delete_where(spec, cond, "retention")
+                    removed[spec.name] = removed.get(spec.name, 0) + n
     if any(removed.values()):
         log.info("retention deleted %s", removed)
     return removed

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -70,6 +71,25 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env}
         self.proc: subprocess.Popen[bytes] | None = None
+        self._err: list[bytes] = []
+        self._reader: threading.Thread | None = None
+
+    @property
+    def stderr_text(self) -> str:
+        """What the server wrote to stderr so far (read continuously, so a chatty
+        server never blocks on a full pipe)."""
+        return b"".join(self._err).decode("utf-8", "replace")
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in iter(self.proc.stderr.readline, b""):
+            self._err.append(line)
+
+    def _close_stderr(self) -> None:
+        if self._reader is not None:
+            self._reader.join(timeout=10)
+        if self.proc and self.proc.stderr:
+            self.proc.stderr.close()
 
     def start(self, timeout: float = 30.0) -> Server:
         self.proc = subprocess.Popen(
@@ -88,11 +108,14 @@ class Server:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {err}")
+                self._close_stderr()
+                raise RuntimeError(f"server exited with {self.proc.returncode}: "
+                                   f"{self.stderr_text}")  # fmt: skip
             try:
                 if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
                     return self
@@ -106,8 +129,7 @@ class Server:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        if self.proc and self.proc.stderr:
-            self.proc.stderr.close()
+        self._close_stderr()
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -117,8 +139,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc and self.proc.stderr:
-            self.proc.stderr.close()
+        self._close_stderr()
 
 
 @pytest.fixture

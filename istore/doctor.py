@@ -1,0 +1,159 @@
+"""``istore doctor``: check a data root and say what to do about what is wrong.
+
+Each check gives ``ok``, ``warn`` or ``FAIL`` with a line of advice; any ``FAIL`` makes
+the command exit 1. It only reads: it never repairs, cuts or rewrites anything."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+from deltalake import DeltaTable
+
+from store.engine import APP_ID
+from store.schema import TABLES
+from store.wal import list_segments, scan
+
+MIN_FREE_BYTES = 1 << 30
+SMALL_FILE_BYTES = 16 << 20
+
+
+@dataclass
+class Finding:
+    level: str  # ok, warn, FAIL
+    check: str
+    detail: str
+    advice: str = ""
+
+
+def _locked(root: Path) -> bool:
+    path = root / "LOCK"
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def check(root: Path, gateway_config: str | None = None) -> Iterator[Finding]:
+    if not root.exists():
+        yield Finding("FAIL", "data root", f"{root} does not exist",
+                      "start `istore serve` or `istore import` to create it, "
+                      "or pass --data")  # fmt: skip
+        return
+    running = _locked(root)
+    yield Finding("ok", "server", "a server holds this data root" if running
+                  else "no server is running on this data root")  # fmt: skip
+
+    usage = shutil.disk_usage(root)
+    free_pct = usage.free / usage.total * 100 if usage.total else 0
+    level = "FAIL" if usage.free < MIN_FREE_BYTES // 4 else (
+        "warn" if usage.free < MIN_FREE_BYTES or free_pct < 5 else "ok")  # fmt: skip
+    yield Finding(level, "free disk", f"{usage.free / 2**30:.1f} GiB free ({free_pct:.0f} %)",
+                  "" if level == "ok" else "free space or move ISTORE_DATA: at 0 bytes "
+                  "ingest answers 503 until space returns")  # fmt: skip
+    if not os.access(root, os.W_OK):
+        yield Finding("FAIL", "permissions", f"{root} is not writable by this user",
+                      "run the server as the owner of the data root")  # fmt: skip
+
+    applied: dict[str, int] = {}
+    for name in TABLES:
+        path = root / name
+        if not DeltaTable.is_deltatable(str(path)):
+            yield Finding("warn", f"table {name}", "missing (created at the next start)")
+            continue
+        try:
+            dt = DeltaTable(str(path))
+            files = dt.file_uris()
+        except Exception as exc:
+            yield Finding("FAIL", f"table {name}", f"cannot be opened: {exc}",
+                          "restore the _delta_log folder from a backup")  # fmt: skip
+            continue
+        missing = [f for f in files if not Path(f.removeprefix("file://")).exists()]
+        if missing:
+            yield Finding("FAIL", f"table {name}",
+                          f"{len(missing)} data files of version {dt.version()} are missing, "
+                          f"e.g. {missing[0]}",
+                          "restore them from a backup; never delete files under a table "
+                          "by hand (use istore vacuum)")  # fmt: skip
+            continue
+        applied[name] = dt.transaction_version(APP_ID) or 0
+        actions = dt.get_add_actions(flatten=True)
+        sizes: list[int] = pa.table(actions).column("size_bytes").to_pylist() if len(files) else []
+        small = sum(1 for s in sizes if s < SMALL_FILE_BYTES)
+        level = "warn" if small > 200 else "ok"
+        yield Finding(level, f"table {name}",
+                      f"version {dt.version()}, {len(files)} files ({small} small)",
+                      "run `istore compact` (a server compacts on its maintenance schedule)"
+                      if level == "warn" else "")  # fmt: skip
+
+    wal = root / "wal"
+    if wal.exists():
+        segments = list_segments(wal)
+        size = sum(p.stat().st_size for p in segments)
+        records, report = scan(wal, repair=False)
+        pending = sum(1 for r in records if r.lsn > min(applied.values(), default=0))
+        if report.cut_bytes:
+            yield Finding("warn", "write-ahead log",
+                          f"{report.cut_bytes} torn or corrupt bytes at the end of "
+                          f"{', '.join(report.cut_segments)}",
+                          "nothing acknowledged is lost: the next start cuts them (and keeps "
+                          "them aside as cut-*.bin)")  # fmt: skip
+        else:
+            yield Finding("ok", "write-ahead log",
+                          f"{len(segments)} segments, {size / 2**20:.1f} MiB, "
+                          f"{pending} records not yet in every table")  # fmt: skip
+        aside = sorted(p.name for p in wal.glob("cut-*.bin"))
+        if aside:
+            yield Finding("warn", "write-ahead log", f"{len(aside)} cut tails kept aside "
+                          f"({aside[0]} …)", "they hold unacknowledged writes from a crash: "
+                          "inspect, then delete them")  # fmt: skip
+    else:
+        yield Finding("ok", "write-ahead log", "empty (no writes yet)")
+
+    keys = root / "keys.json"
+    if keys.exists():
+        mode = stat.S_IMODE(keys.stat().st_mode)
+        if mode & 0o077:
+            yield Finding("FAIL", "API keys", f"keys.json is mode {mode:o}: others can read "
+                          "the key hashes", f"chmod 600 {keys}")  # fmt: skip
+        else:
+            yield Finding("ok", "API keys", f"keys.json mode {mode:o}")
+    else:
+        yield Finding("warn", "API keys", "no key exists: the server is open to anyone who "
+                      "can reach it (loopback only)",
+                      "istore keys create --scope admin")  # fmt: skip
+
+    try:
+        from store.lifecycle import Retention
+
+        policy = Retention.load(root)
+        rules = len(policy.use_cases) + (policy.default_days is not None)
+        yield Finding("ok", "retention", f"{rules} rules" if rules else "keep everything")
+    except Exception as exc:
+        yield Finding("FAIL", "retention", f"retention.json is unreadable: {exc}",
+                      "fix or remove it; `istore retention show` prints the rules")  # fmt: skip
+
+    if gateway_config:
+        from gateway.config import ConfigError, load
+
+        try:
+            routing = load(gateway_config)
+            yield Finding("ok", "gateway", f"{len(routing.models)} models, "
+                          f"{len(routing.use_cases)} use cases")  # fmt: skip
+        except ConfigError as exc:
+            yield Finding("FAIL", "gateway", f"{gateway_config}: {exc}",
+                          "fix the routing file (see gateway.example.toml)")  # fmt: skip
