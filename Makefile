@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint fmt bench-load bench-validate bench-query bench-export bench-gateway soak clean
+.PHONY: serve test lint fmt bench-load bench-validate bench-query bench-export bench-gateway soak fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ bench-validate: $(STAMP)
 ROWS ?= 10000000
 bench-query: $(STAMP)
 	$(BIN)/python bench/query.py --rows $(ROWS) --json bench/results/query-$$(date +%F).json
+
+# Schemathesis over every operation, thousands of calls (CI runs ~500).
+fuzz: $(STAMP)
+	ISTORE_FUZZ_EXAMPLES=$${EXAMPLES:-200} $(BIN)/python -m pytest -q -s tests/test_fuzz.py -p no:cacheprovider
 
 # Latency the gateway adds over calling an instant upstream directly (wrk, 32 and 1 conns).
 bench-gateway: $(STAMP)

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -124,10 +125,49 @@ def _on_sighup(routing: RoutingFile) -> Callable[[], None]:
     return undo
 
 
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "additionalProperties": False,
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "additionalProperties": False,
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+
+
+def _document_errors(schema: dict[str, Any]) -> None:
+    """Every operation's errors have the one error shape (FastAPI would document its
+    own ``HTTPValidationError`` for 422, which this API never sends)."""
+    components = schema["components"]["schemas"]
+    components["Error"] = ERROR_SCHEMA
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for ops in schema.get("paths", {}).values():
+        for op in ops.values():
+            responses = op.setdefault("responses", {})
+            for status, resp in list(responses.items()):
+                if status[0] in "45":
+                    resp["content"] = error
+                for media in resp.get("content", {}).values():
+                    # Routes returning a Response document no model: any JSON, not "string".
+                    if media.get("schema") == {"type": "string"} and status[0] == "2":
+                        media["schema"] = {}
+            responses["default"] = {"description": "An error (4xx, 5xx)", "content": error}
+
+
 def _add_body_schemas(app: FastAPI) -> None:
     """Routes that read their body raw (NDJSON, size limits) still document it."""
-    from typing import Any
-
     from api.routes.chat import ChatRequest
     from ingest.feedback import ComparisonIn, FeedbackIn, OutcomeIn
     from ingest.models import InteractionIn
@@ -143,6 +183,7 @@ def _add_body_schemas(app: FastAPI) -> None:
             model = cls.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(model.pop("$defs", {}))
             components[cls.__name__] = model
+        _document_errors(schema)
         app.openapi_schema = schema
         return schema
 
