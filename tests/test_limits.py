@@ -108,13 +108,16 @@ async def test_limits_name_the_item_in_a_batch(tight: httpx.AsyncClient) -> None
     assert await _count(tight) == 0
 
 
+@pytest.mark.parametrize(
+    ("errno_", "text"), [(28, "No space left on device"), (30, "Read-only file system")]
+)
 async def test_disk_failure_is_503_with_retry_after_and_nothing_acked(
-    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, errno_: int, text: str
 ) -> None:
     real = os.fdatasync
 
     def full(fd: int) -> None:
-        raise OSError(28, "No space left on device")
+        raise OSError(errno_, text)
 
     monkeypatch.setattr(os, "fdatasync", full)
     for path, body in (
@@ -124,7 +127,7 @@ async def test_disk_failure_is_503_with_retry_after_and_nothing_acked(
         r = await client.post(path, json=body)
         err = assert_error(r, 503)
         assert int(r.headers["retry-after"]) >= 1
-        assert "No space left" in err["message"]
+        assert text in err["message"]
     monkeypatch.setattr(os, "fdatasync", real)
     assert await _count(client) == 0
     # Space is back: the same request now succeeds, with no restart.
