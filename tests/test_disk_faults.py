@@ -43,7 +43,8 @@ class Disk:
         if not self.mounted:
             assert self.server is not None and self.server.proc is not None
             try:
-                resource.prlimit(self.server.proc.pid, resource.RLIMIT_FSIZE, (8 << 20, 8 << 20))
+                _, hard = resource.prlimit(self.server.proc.pid, resource.RLIMIT_FSIZE)
+                resource.prlimit(self.server.proc.pid, resource.RLIMIT_FSIZE, (8 << 20, hard))
             except PermissionError:
                 pytest.skip("neither a tmpfs mount nor a file-size limit is allowed here; "
                             "tests/test_limits.py fails the log's writes in process")  # fmt: skip
@@ -53,8 +54,8 @@ class Disk:
             self._remount("size=512m")
         else:
             assert self.server is not None and self.server.proc is not None
-            unlimited = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
-            resource.prlimit(self.server.proc.pid, resource.RLIMIT_FSIZE, unlimited)
+            _, hard = resource.prlimit(self.server.proc.pid, resource.RLIMIT_FSIZE)
+            resource.prlimit(self.server.proc.pid, resource.RLIMIT_FSIZE, (hard, hard))
 
     def close(self) -> None:
         if self.mounted:
