@@ -6,6 +6,7 @@ checkpoint and clean the old log entries, and vacuum files older than
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from typing import Any
@@ -54,23 +55,30 @@ class MaintenanceJob:
         with self._run_lock:
             started = time.perf_counter()
             result: dict[str, Any] = {}
-            try:
-                store = self.store
-                result["retention"] = apply_retention(store, Retention.load(store.root))
-                result["purged"] = purge(store)
-                result["compacted"] = self._compact()
-                result["vacuumed"] = self._vacuum()
-                store.refresh()
-                self.last_error = None
-            except Exception as exc:  # the next run tries again
+            store = self.store
+            errors = []
+            # Each step on its own: a bad retention file must not stop the purge.
+            for name, step in (
+                ("retention", lambda: apply_retention(store, Retention.load(store.root))),
+                ("purged", lambda: purge(store)),
+                ("compacted", self._compact),
+                ("refresh", store.refresh),  # the compacted files, before vacuum
+                ("vacuumed", self._vacuum),
+            ):
+                try:
+                    result[name] = step()
+                except Exception as exc:  # the next run tries again
+                    errors.append(f"{name}: {type(exc).__name__}: {exc}")
+                    log.exception("maintenance step %s failed", name)
+            result.pop("refresh", None)
+            if errors:
                 self.failures += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("maintenance run failed")
+            self.last_error = "; ".join(errors) or None
             self.runs += 1
             self.last_run = time.time()
             self.last_result = result
             elapsed = time.perf_counter() - started
-            self.store.metrics.maintenance_seconds["run"].observe(elapsed)
+            self.store.metrics.timer("run").observe(elapsed)
             log.info("maintenance run %d in %.2f s: %s", self.runs, elapsed, result)
             return result
 
@@ -97,7 +105,7 @@ class MaintenanceJob:
             path = self.store.root / name
             if DeltaTable.is_deltatable(str(path)):
                 removed = DeltaTable(str(path)).vacuum(
-                    retention_hours=int(self.vacuum_hours),
+                    retention_hours=math.ceil(self.vacuum_hours),
                     dry_run=False,
                     enforce_retention_duration=False,
                 )

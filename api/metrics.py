@@ -53,21 +53,22 @@ class Collector:
         store = state.store
         m = store.metrics
         status = store.status()
+        ingested_rows, ingested_bytes, deleted_rows, timers = m.snapshot()
 
         rows = CounterMetricFamily("istore_ingested_records", "Rows made durable, per table",
                                    labels=["table"])  # fmt: skip
         nbytes = CounterMetricFamily("istore_ingested_bytes", "Write-ahead-log bytes of "
                                      "durable rows, per table", labels=["table"])  # fmt: skip
-        for table, n in sorted(m.ingested_rows.items()):
+        for table, n in sorted(ingested_rows.items()):
             rows.add_metric([table], n)
-            nbytes.add_metric([table], m.ingested_bytes[table])
+            nbytes.add_metric([table], ingested_bytes.get(table, 0))
         yield rows
         yield nbytes
 
         deleted = CounterMetricFamily("istore_deleted_rows", "Rows removed from the tables, "
                                       "per table and reason (deleted, retention)",
                                       labels=["table", "reason"])  # fmt: skip
-        for (table, why), n in sorted(m.deleted_rows.items()):
+        for (table, why), n in sorted(deleted_rows.items()):
             deleted.add_metric([table, why], n)
         yield deleted
 
@@ -86,7 +87,7 @@ class Collector:
         yield flush
         maint = _hist("istore_maintenance_seconds", "Maintenance work: whole runs and "
                       "Delta deletes", ["kind"])  # fmt: skip
-        for kind, h in sorted(m.maintenance_seconds.items()):
+        for kind, h in sorted(timers.items()):
             _add(maint, [kind], h)
         yield maint
 
@@ -101,7 +102,7 @@ class Collector:
 
         req = _hist("istore_request_seconds", "HTTP request latency by route",
                     ["route", "method", "status"])  # fmt: skip
-        for (route, method, cls), h in sorted(state.request_metrics.latency.items()):
+        for (route, method, cls), h in sorted(dict(state.request_metrics.latency).items()):
             _add(req, [route, method, cls], h)
         yield req
 

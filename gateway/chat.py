@@ -559,6 +559,9 @@ async def stream(
         error = exc
     except (TimeoutError, aiohttp.ClientError) as exc:
         error = upstream.failure(model, exc)
+    except Exception as exc:  # a chunk of an unexpected shape: the upstream's fault
+        log.warning("gateway: the stream of model %r broke: %r", model.key, exc)
+        error = upstream.malformed(model, f"a stream chunk this gateway cannot read ({exc})")
     finally:
         if not task.done():
             task.cancel()

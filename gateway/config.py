@@ -302,10 +302,11 @@ class RoutingFile:
         return self._routing
 
     def status(self) -> dict[str, Any]:
+        """For ``/readyz`` (no key needed): counts, not the names of models or use cases."""
         r = self._routing
         return {
-            "config": self.path,
-            "models": sorted(r.models) if r else [],
-            "use_cases": sorted(r.use_cases) if r else [],
+            "configured": self.path is not None,
+            "models": len(r.models) if r else 0,
+            "use_cases": len(r.use_cases) if r else 0,
             "error": self.error,
         }

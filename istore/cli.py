@@ -472,7 +472,7 @@ def delete(
     """Delete interactions (and their feedback and comparisons): hidden at once,
     physically removed by the next `istore compact` or `vacuum`."""
     from store.filters import filter_from_kwargs
-    from store.lifecycle import matching, tombstones
+    from store.lifecycle import chunks, matching, tombstones
     from store.schema import AMENDMENTS_TABLE
 
     kw: dict[str, list[str]] = {}
@@ -500,8 +500,8 @@ def delete(
         pairs = matching(store, expr, None)
         if pairs and not yes:
             click.confirm(f"Delete {len(pairs)} interactions?", abort=True)
-        if pairs:
-            store.write(AMENDMENTS_TABLE, tombstones(pairs)).result(60)
+        for chunk in chunks(pairs):
+            store.write(AMENDMENTS_TABLE, tombstones(chunk)).result(60)
     finally:
         store.close()
     click.echo(f"deleted {len(pairs)} interactions (physically removed by istore compact/vacuum)")

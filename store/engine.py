@@ -736,7 +736,7 @@ class Store:
             self._install_view(spec, dt, prepared)
         n = int(m.get("num_deleted_rows") or 0)
         self.metrics.deleted(spec.name, why, n)
-        self.metrics.maintenance_seconds["delete"].observe(time.perf_counter() - started)
+        self.metrics.timer("delete").observe(time.perf_counter() - started)
         return n
 
     def files_views(self) -> dict[str, tuple[int, str | None, tuple[DataFile, ...]]]:

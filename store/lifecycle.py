@@ -56,6 +56,7 @@ log = logging.getLogger("istore.lifecycle")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CHUNK = 2000  # ids per Delta delete predicate
 RETENTION_FILE = "retention.json"
+MAX_DAYS = 36_500  # a century: every cutoff stays a valid timestamp
 
 
 def _now_us() -> int:
@@ -76,6 +77,12 @@ def tombstones(pairs: list[tuple[str, str]]) -> Columns:
         "labels": [None] * n,
         "day": [day] * n,
     }
+
+
+def chunks(pairs: list[tuple[str, str]], size: int = 50_000) -> list[list[tuple[str, str]]]:
+    """Tombstones go to the log in records of ``size`` (each a few MB), never one
+    unbounded record."""
+    return [pairs[i : i + size] for i in range(0, len(pairs), size)]
 
 
 def matching(store: Store, expr: Expr, use_cases: tuple[str, ...] | None) -> list[tuple[str, str]]:
@@ -100,10 +107,21 @@ def purge(store: Store) -> dict[str, int]:
     store.flush()
     removed: dict[str, int] = {}
     with store.maintenance():
-        t = store.committed(AMENDMENTS_TABLE, "DISTINCT completion_id", "action = 'delete'")
-        gone = t.column("completion_id").to_pylist() if t.num_columns else []
+        # Only the tombstoned ids still in some file: one join per table and column,
+        # so a run with nothing left to remove costs a few scans, however many
+        # tombstones there are.
+        gone: set[str] = set()
+        tomb = store.files_views().get(AMENDMENTS_TABLE.name, (0, None, ()))[1]
+        if tomb is not None:
+            dead = f"(SELECT completion_id FROM \"{tomb}\" WHERE action = 'delete')"
+            for spec, cols, extra in _LINKED:
+                for col in cols:
+                    cond = f"{col} IN {dead}" + (f" AND {extra}" if extra else "")
+                    t = store.committed(spec, f"DISTINCT {col} AS x", cond)
+                    if t.num_columns:
+                        gone.update(x for x in t.column("x").to_pylist() if x is not None)
         if gone:
-            removed = _delete_ids(store, gone, "deleted")
+            removed = _delete_ids(store, sorted(gone), "deleted")
         store.rotate_log()
     store.flush()  # releases the log segments the rotation closed
     if any(removed.values()):
@@ -150,7 +168,17 @@ class Retention:
             raw = orjson.loads(path.read_bytes())
         except FileNotFoundError:
             return cls()
-        return cls(raw.get("default_days"), dict(raw.get("use_cases") or {}))
+        except orjson.JSONDecodeError as exc:
+            raise ValidationFailed(
+                f"{path}: not valid JSON ({exc}); days must be numbers"
+            ) from None
+        if not isinstance(raw, dict):
+            raise ValidationFailed(f"{path}: must hold an object")
+        policy = cls()
+        policy.set(None, raw.get("default_days"))  # checked like `istore retention set`
+        for uc, days in (raw.get("use_cases") or {}).items():
+            policy.set(uc, days)
+        return policy
 
     def save(self, root: str | Path) -> None:
         path = Path(root) / RETENTION_FILE
@@ -167,8 +195,10 @@ class Retention:
         os.replace(tmp, path)
 
     def set(self, use_case: str | None, days: float | None) -> None:
-        if days is not None and not days > 0:
-            raise ValidationFailed("days: must be a positive number", param="days")
+        if days is not None and not 0 < days <= MAX_DAYS:
+            raise ValidationFailed(
+                f"days: must be a number of days from more than 0 to {MAX_DAYS}", param="days"
+            )
         if use_case is None:
             self.default_days = days
             return

@@ -56,3 +56,14 @@ class StoreMetrics:
     def deleted(self, table: str, why: str, rows: int) -> None:
         with self._lock:
             self.deleted_rows[(table, why)] += rows
+
+    def snapshot(self) -> tuple[dict[str, int], dict[str, int], dict[tuple[str, str], int],
+                                dict[str, Histogram]]:  # fmt: skip
+        """Copies of the counters (another thread may be adding keys)."""
+        with self._lock:
+            return (dict(self.ingested_rows), dict(self.ingested_bytes),
+                    dict(self.deleted_rows), dict(self.maintenance_seconds))  # fmt: skip
+
+    def timer(self, kind: str) -> Histogram:
+        with self._lock:
+            return self.maintenance_seconds[kind]

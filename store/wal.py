@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from store.ack import Ack
-from store.errors import Unavailable
+from store.errors import PayloadTooLarge, Unavailable
 
 log = logging.getLogger("istore.wal")
 
@@ -174,6 +174,11 @@ class WriteAheadLog:
     # -- public -------------------------------------------------------------------------
     def append(self, code: int, payload: bytes, meta: object = None) -> Ack[int]:
         fut: Ack[int] = Ack()
+        if len(payload) > MAX_PAYLOAD:  # recovery would take it for corruption
+            fut.set_exception(PayloadTooLarge(
+                f"one write of {len(payload)} bytes; at most {MAX_PAYLOAD} fit in one log record"
+            ))  # fmt: skip
+            return fut
         if self._closed:
             fut.set_exception(Unavailable("the store is shutting down"))
             return fut

@@ -73,6 +73,8 @@ base_url = "{base_url}"
 base_url = "{base_url}"
 [models.nostream]
 base_url = "{base_url}"
+[models.oddchunk]
+base_url = "{base_url}"
 [models.down]
 base_url = "http://127.0.0.1:{free_port()}/v1"
 
@@ -368,6 +370,16 @@ async def test_upstream_that_does_not_stream_is_streamed_anyway(gw: httpx.AsyncC
     assert text == "echo: Hello model!"
     item = (await gw.get(f"/api/v1/interactions/{events[0]['id']}")).json()
     assert item["completion"] == text and item["status"] == "ok"
+
+
+async def test_stream_chunk_of_an_impossible_shape_is_a_clean_error(
+    gw: httpx.AsyncClient,
+) -> None:
+    events = sse((await chat(gw, model="support/oddchunk", stream=True)).text)
+    assert "[DONE]" not in events and events[-1]["error"]["code"] == "upstream_malformed"
+    item = (await gw.get(f"/api/v1/interactions/{events[0]['id']}")).json()
+    assert item["status"] == "error" and item["completion"] == "Hi"
+    assert (await chat(gw, model="support")).status_code == 200
 
 
 async def test_broken_stream_ends_with_an_error_event_and_logs_the_part(

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pyarrow.parquet as pq
+import pytest
 from click.testing import CliRunner
 from deltalake import DeltaTable
 from prometheus_client.parser import text_string_to_metric_families
@@ -258,6 +259,61 @@ def test_logs_are_json_with_request_ids_and_no_secrets(
     }  # fmt: skip
     text = "\n".join(lines)
     assert secret not in text and MARK not in text and "wrong" not in text
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"user": None}, "user"),
+        ({"user": []}, "user"),
+        ({"label": []}, "label"),
+        ({"from": None}, "from"),
+        ({"and": []}, "and"),
+        ({"or": [{"user": "x"}, {"user": None}]}, "or[1].user"),
+        ({"not": {}}, "not"),
+        ({"all": False}, "body"),
+    ],
+)
+async def test_delete_refuses_filters_that_match_everything(
+    store: Store, body: dict[str, object], param: str
+) -> None:
+    async with in_process(store) as c:
+        for i in range(3):
+            await c.post("/api/v1/interactions", json=interaction(i, user=f"u{i}"))
+        assert_error(await c.post("/api/v1/interactions/delete", json=body), 422, param=param)
+        assert len((await c.get("/api/v1/interactions")).json()["data"]) == 3
+
+
+async def test_repeating_a_deleted_interaction_is_a_no_op(store: Store) -> None:
+    async with in_process(store) as c:
+        body = interaction(0, id="once")
+        assert (await c.post("/api/v1/interactions", json=body)).status_code == 201
+        assert (await c.delete("/api/v1/interactions/once")).json() == {"deleted": 1}
+        again = await c.post("/api/v1/interactions", json=body)  # a client's retry
+        assert again.status_code == 201 and again.json()["completion_id"] == "once"
+        assert_error(await c.get("/api/v1/interactions/once"), 404)
+
+
+def test_retention_rules_are_bounded(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    for days in ("inf", "nan", "1e6", "0"):
+        r = CliRunner().invoke(main, ["retention", "set", "--data", data, "a", days])
+        assert r.exit_code != 0 and "days" in r.output, days
+    (tmp_path / "data").mkdir(exist_ok=True)
+    (tmp_path / "data" / "retention.json").write_text('{"use_cases": {"a": 1e999}}')
+    r = CliRunner().invoke(main, ["retention", "show", "--data", data])
+    assert r.exit_code != 0 and "days" in r.output
+
+
+async def test_a_bad_retention_file_does_not_stop_the_purge(store: Store) -> None:
+    async with in_process(store) as c:
+        await c.post("/api/v1/interactions", json=interaction(0, id="gone"))
+        await c.delete("/api/v1/interactions/gone")
+        (store.root / "retention.json").write_text('{"default_days": -5}')
+        job = c._transport.app.state.maintenance  # type: ignore[attr-defined]
+        result = job.run_once()
+    assert result["purged"]["interactions"] == 1
+    assert "retention" in (job.last_error or "")
 
 
 def test_doctor(tmp_path: Path) -> None:

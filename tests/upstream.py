@@ -6,7 +6,8 @@ The upstream model name picks the behaviour:
 ``slow`` (answers after ``delay_s``), ``fail400`` / ``fail500`` (OpenAI errors),
 ``badjson`` (200 with a body that is not JSON), ``broken`` (a stream that dies after
 two chunks), ``gated`` (a stream that holds after its first chunk until ``release``),
-``nostream`` (answers a stream request with one JSON body).
+``nostream`` (answers a stream request with one JSON body), ``oddchunk`` (a stream
+with a chunk of an impossible shape).
 Every request is recorded (body and headers) in ``requests``."""
 
 from __future__ import annotations
@@ -165,7 +166,11 @@ class Upstream:
                     "created": int(time.time()), "model": name,
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
 
-        if name == "tools":
+        if name == "oddchunk":  # a delta no OpenAI server sends
+            await event(chunk({"role": "assistant", "content": "Hi"}))
+            await event(chunk({"tool_calls": 5}))
+            await event(chunk({}, "stop"))
+        elif name == "tools":
             await event(chunk({"role": "assistant", "content": None, "tool_calls": [
                 {"index": 0, "id": "call_1", "type": "function",
                  "function": {"name": "get_weather", "arguments": ""}}]}))  # fmt: skip

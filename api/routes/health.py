@@ -40,5 +40,6 @@ def readyz(request: Request) -> Response:
 
 
 @router.get("/metrics", summary="Prometheus metrics (text format)")
-def prometheus(request: Request) -> Response:
+async def prometheus(request: Request) -> Response:
+    # On the event loop, where the request counters are written: no concurrent change.
     return Response(render(request.app.state.metrics_registry), media_type=CONTENT_TYPE)

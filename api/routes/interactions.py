@@ -17,6 +17,7 @@ from ingest.normalize import Batch, build_batch
 from ingest.parse import Limits, parse_located
 from store.ack import wait
 from store.engine import Store
+from store.errors import NotFound
 from store.filters import Filter
 from store.reader import Reader
 from store.schema import INTERACTIONS_TABLE
@@ -74,7 +75,10 @@ async def ingest_body(
         batch = build_batch(items, source="api", new_session=single)
     duplicates = await persist(store, batch)
     if single and duplicates:  # a repeat: answer with what is stored, not what was sent
-        stored = await run_in_threadpool(reader.get, batch.ids[0])
+        try:
+            stored = await run_in_threadpool(reader.get, batch.ids[0])
+        except NotFound:  # stored, then deleted: the repeat is a no-op all the same
+            stored = {"id": batch.ids[0], "session_id": batch.session_ids[0]}
         return {"completion_id": stored["id"], "session_id": stored["session_id"],
                 "feedback_ids": []}  # fmt: skip
     if single:

@@ -17,7 +17,7 @@ from api.body import JSONResponse, read_body
 from store.ack import wait
 from store.errors import InvalidRequest, ValidationFailed
 from store.filters import Filter, parse_expr
-from store.lifecycle import matching, tombstones
+from store.lifecycle import chunks, matching, tombstones
 from store.reader import Reader
 from store.schema import AMENDMENTS_TABLE
 
@@ -82,8 +82,24 @@ async def delete_interactions(request: Request, principal: Admin) -> JSONRespons
             param="body",
         )
     else:
+        _no_empty(raw, "")
         expr = parse_expr(raw, "")
     pairs = await run_in_threadpool(matching, state.store, expr, principal.visible(None))
-    if pairs:
-        await wait(state.store.write(AMENDMENTS_TABLE, tombstones(pairs)))
+    for chunk in chunks(pairs):
+        await wait(state.store.write(AMENDMENTS_TABLE, tombstones(chunk)))
     return JSONResponse({"deleted": len(pairs)})
+
+
+def _no_empty(raw: Any, where: str) -> None:
+    """A null or empty value matches everything (``{"user": null}`` would delete every
+    interaction): refuse it wherever it is."""
+    items = raw.items() if isinstance(raw, dict) else enumerate(raw)
+    for key, value in items:
+        at = f"{where}.{key}" if isinstance(key, str) else f"{where}[{key}]"
+        at = at.lstrip(".")
+        if value is None or value == [] or value == {}:
+            raise ValidationFailed(
+                f"{at}: a null or empty value would match every interaction", param=at
+            )
+        if isinstance(value, dict | list):
+            _no_empty(value, at)
