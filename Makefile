@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint fmt bench-load bench-validate bench-query bench-export bench-gateway soak fuzz clean
+.PHONY: serve test lint fmt bench-load bench-validate bench-query bench-export bench-gateway bench bench-smoke soak fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,15 @@ bench-validate: $(STAMP)
 ROWS ?= 10000000
 bench-query: $(STAMP)
 	$(BIN)/python bench/query.py --rows $(ROWS) --json bench/results/query-$$(date +%F).json
+
+# Us against the limit, PostgreSQL 15 and chDB on the same rows (SCALE=1M | 10M | smoke).
+bench: $(STAMP)
+	@command -v wrk >/dev/null || (apt-get install -y -q wrk >/dev/null 2>&1 || sudo apt-get install -y -q wrk)
+	@test -x /usr/lib/postgresql/15/bin/initdb || (apt-get install -y -q postgresql-15 >/dev/null 2>&1 || sudo apt-get install -y -q postgresql-15)
+	$(BIN)/python bench/compare.py --scale $${SCALE:-1M}
+
+bench-smoke: $(STAMP)
+	$(BIN)/python bench/compare.py --scale smoke --runs 2 --out /tmp/istore-bench-smoke
 
 # Schemathesis over every operation, thousands of calls (CI runs ~500).
 fuzz: $(STAMP)

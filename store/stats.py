@@ -6,7 +6,7 @@ rows, in one snapshot, and runs one DuckDB query."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from store.duck import Duck, Snapshot, effective, sql_str
@@ -76,8 +76,10 @@ def _names(values: list[str], allowed: str, param: str) -> list[str]:
 def _group_sql(name: str) -> str:
     if name in COLUMNS:
         return f'b."{name}"'
-    if name in TIME_BUCKETS:
-        return f"strftime(date_trunc('{name}', b.created_at), '%Y-%m-%dT%H:%M:%SZ')"
+    if name == "day":  # the partition column: no per-row work
+        return 'b."day"'
+    if name in TIME_BUCKETS:  # formatted after grouping (``_bucket``), not per row
+        return f"date_trunc('{name}', b.created_at)"
     if name.startswith("label:") and len(name) > 6:
         return f"map_extract_value(b.labels, {sql_str(name[6:])})"
     raise ValidationFailed(
@@ -154,10 +156,20 @@ def stats(
     truncated = len(rows) > MAX_GROUPS
     data = []
     for r in rows[:MAX_GROUPS]:
-        item = {g: r[f"g{i}"] for i, g in enumerate(groups)}
+        item = {g: _bucket(r[f"g{i}"]) if g in TIME_BUCKETS else r[f"g{i}"]
+                for i, g in enumerate(groups)}  # fmt: skip
         item.update({m: _num(r[f"m{i}"]) for i, m in enumerate(wanted)})
         data.append(item)
     return {"group_by": groups, "metrics": wanted, "data": data, "truncated": truncated}
+
+
+def _bucket(x: Any) -> str | None:
+    """A time bucket's start as ``YYYY-MM-DDTHH:MM:SSZ`` (a date is its midnight, UTC)."""
+    if x is None:
+        return None
+    if isinstance(x, datetime):
+        return x.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{x.isoformat()}T00:00:00Z"
 
 
 def _num(x: Any) -> Any:
