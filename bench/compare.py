@@ -25,6 +25,7 @@ and ``.md``."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -35,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -99,10 +100,19 @@ def dataset(rows: int) -> Path:
     return path
 
 
-def slices(path: Path, k: int) -> list[bytes]:
-    lines = path.read_bytes().splitlines(keepends=True)
-    step = -(-len(lines) // k)
-    return [b"".join(lines[i : i + step]) for i in range(0, len(lines), step)]
+SLICE_ROWS = 1_000_000  # at most this many rows in memory at once (10M: ten slices)
+
+
+def slices(path: Path, rows: int, k: int) -> Iterator[bytes]:
+    """The file in ``k`` (or more, of at most SLICE_ROWS rows) consecutive slices, read
+    one at a time."""
+    step = min(-(-rows // k), SLICE_ROWS)
+    with open(path, "rb") as f:
+        while True:
+            chunk = b"".join(itertools.islice(f, step))
+            if not chunk:
+                return
+            yield chunk
 
 
 # -- the limit: in-process pyarrow -------------------------------------------------------
@@ -362,7 +372,10 @@ def _run(scale: str, runs: int, work: Path, started: list[Any]) -> dict[str, Any
     rows = SCALES[scale]
     src = dataset(rows)
     ndjson_bytes = src.stat().st_size
-    parts = slices(src, runs)
+
+    def parts() -> Iterator[bytes]:
+        return slices(src, rows, runs)
+
     res: dict[str, Any] = {
         "scale": scale, "rows": rows, "runs": runs, "ndjson_bytes": ndjson_bytes,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
@@ -378,11 +391,11 @@ def _run(scale: str, runs: int, work: Path, started: list[Any]) -> dict[str, Any
     started.append(server)
     assert server.proc is not None
     log("ingest: us (HTTP, NDJSON, 1,000 per request)")
-    ours = [len(p.splitlines()) / our_ingest(server.url, p) for p in parts]
+    ours = [len(p.splitlines()) / our_ingest(server.url, p) for p in parts()]
     log("ingest: the limit (pyarrow in process)")
     (work / "limit").mkdir()
     lim = [len(p.splitlines()) / limit_ingest(p, work / "limit" / f"{i}.parquet")
-           for i, p in enumerate(parts)]  # fmt: skip
+           for i, p in enumerate(parts())]  # fmt: skip
     s["batched_ingest_per_s"] = {"us": statistics.median(ours), "limit": statistics.median(lim)}
 
     pg = Postgres(work) if pg_available() else None
@@ -392,7 +405,7 @@ def _run(scale: str, runs: int, work: Path, started: list[Any]) -> dict[str, Any
     if pg is not None:
         log("ingest: PostgreSQL COPY into JSONB (GIN + btree)")
         s["batched_ingest_per_s"]["postgres"] = statistics.median(
-            len(p.splitlines()) / pg.ingest(p) for p in parts
+            len(p.splitlines()) / pg.ingest(p) for p in parts()
         )
 
     if shutil.which("wrk") is not None:
