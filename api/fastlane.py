@@ -17,12 +17,12 @@ from typing import Any
 from fastapi import FastAPI
 
 from api.auth import authorize
+from api.body import send_json
 from api.errors import error_body
 from api.logs import new_request_id, request_id
 from api.routes.chat import start_call
 from api.routes.interactions import ingest_body
 from store.errors import PayloadTooLarge, StoreError, Unauthorized, Unavailable
-from store.jsonutil import dumps_bytes
 
 log = logging.getLogger("istore.api")
 access = logging.getLogger("istore.access")
@@ -147,19 +147,7 @@ async def _answer(
         status = 500
         payload = error_body(500, "internal error; see the server log", None, None,
                              "internal_error")  # fmt: skip
-    data = dumps_bytes(payload)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(data)).encode()),
-                *extra,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": data})
+    await send_json(send, status, payload, extra)
 
 
 async def _read(receive: Receive, headers: dict[str, str], limit: int) -> bytes:

@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from api.body import send_json
 from api.keys import Principal
 from gateway import upstream
 from gateway.config import Route, RoutingFile
@@ -419,22 +420,6 @@ Send = Any
 Receive = Any
 
 
-async def _send_json(send: Send, status: int, payload: Any, extra: list[Any] = ()) -> None:  # type: ignore[assignment]
-    data = orjson.dumps(payload)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(data)).encode()),
-                *extra,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": data})
-
-
 async def complete(
     call: Call, session: aiohttp.ClientSession, store: Store, stats: GatewayStats,
     limits: Limits, send: Send,
@@ -464,7 +449,7 @@ async def complete(
         raise err from None
     items = finish_completion(call, answer)
     record(store, stats, call, items, limits)  # before answering: read-your-writes
-    await _send_json(send, 200, answer)
+    await send_json(send, 200, answer)
 
 
 async def stream(

@@ -536,8 +536,6 @@ def retention() -> None:
 @click.option("--default", "is_default", is_flag=True, help="Set the default for other use cases.")
 def retention_set(data: str | None, args: tuple[str, ...], is_default: bool) -> None:
     """Keep USE_CASE's data DAYS days (or, with --default, every other use case's)."""
-    from store.lifecycle import Retention
-
     if len(args) != (1 if is_default else 2):
         raise click.UsageError("give USE_CASE DAYS, or --default DAYS")
     use_case = None if is_default else args[0]
@@ -545,11 +543,7 @@ def retention_set(data: str | None, args: tuple[str, ...], is_default: bool) -> 
         days = float(args[-1])
     except ValueError:
         raise click.BadParameter(f"{args[-1]!r} is not a number of days") from None
-    settings = _settings(data=data)
-    policy = Retention.load(settings.data)
-    policy.set(use_case, days)
-    policy.save(settings.data)
-    click.echo(f"retention of {use_case or 'every other use case'}: {days:g} days")
+    _set_retention(data, use_case, days)
 
 
 @retention.command("unset")
@@ -558,15 +552,20 @@ def retention_set(data: str | None, args: tuple[str, ...], is_default: bool) -> 
 @click.option("--default", "is_default", is_flag=True, help="Remove the default.")
 def retention_unset(data: str | None, use_case: str | None, is_default: bool) -> None:
     """Keep USE_CASE's data forever (or remove the default)."""
-    from store.lifecycle import Retention
-
     if (use_case is None) != is_default:
         raise click.UsageError("give USE_CASE, or --default")
+    _set_retention(data, use_case, None)
+
+
+def _set_retention(data: str | None, use_case: str | None, days: float | None) -> None:
+    from store.lifecycle import Retention
+
     settings = _settings(data=data)
     policy = Retention.load(settings.data)
-    policy.set(use_case, None)
+    policy.set(use_case, days)
     policy.save(settings.data)
-    click.echo(f"retention of {use_case or 'every other use case'}: forever")
+    kept = "forever" if days is None else f"{days:g} days"
+    click.echo(f"retention of {use_case or 'every other use case'}: {kept}")
 
 
 @retention.command("show")

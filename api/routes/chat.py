@@ -18,12 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from api.auth import Ingest
-from api.body import read_body
+from api.body import read_body, send_json
 from api.errors import error_body
 from api.keys import Principal
 from gateway import chat
 from store.errors import StoreError, Unavailable
-from store.jsonutil import dumps_bytes
 
 router = APIRouter(tags=["gateway"])
 
@@ -52,13 +51,11 @@ class GatewayAnswer(Response):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await disconnected
         except StoreError as exc:  # before the answer started
-            data = dumps_bytes(error_body(exc.status, exc.message, exc.type, exc.param, exc.code))
-            headers = [(b"content-type", b"application/json"),
-                       (b"content-length", str(len(data)).encode())]  # fmt: skip
+            body = error_body(exc.status, exc.message, exc.type, exc.param, exc.code)
+            extra = []
             if isinstance(exc, Unavailable):
-                headers.append((b"retry-after", str(exc.retry_after).encode()))
-            await send({"type": "http.response.start", "status": exc.status, "headers": headers})
-            await send({"type": "http.response.body", "body": data})
+                extra.append((b"retry-after", str(exc.retry_after).encode()))
+            await send_json(send, exc.status, body, extra)
 
 
 def start_call(state: Any, principal: Principal, body: bytes) -> GatewayAnswer:
