@@ -5,10 +5,12 @@ scrape time (one registry per app), so the hot paths only bump integers."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import pyarrow as pa
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -122,6 +124,15 @@ class Collector:
             yield CounterMetricFamily("istore_maintenance_runs", "Maintenance runs", value=job.runs)
             yield CounterMetricFamily("istore_maintenance_failures", "Failed maintenance runs",
                                       value=job.failures)  # fmt: skip
+        yield GaugeMetricFamily("istore_arrow_allocated_bytes", "Bytes held by Arrow's pool",
+                                value=pa.total_allocated_bytes())  # fmt: skip
+        yield GaugeMetricFamily("istore_duckdb_memory_bytes", "Bytes held by DuckDB's buffer "
+                                "manager", value=store.duck.memory_bytes())  # fmt: skip
+        yield GaugeMetricFamily("istore_python_allocated_blocks", "Python objects' memory "
+                                "blocks (sys.getallocatedblocks)",
+                                value=sys.getallocatedblocks())  # fmt: skip
+        yield GaugeMetricFamily("istore_label_index_files", "Data files in the label index",
+                                value=store.labels.status()["files_indexed"])  # fmt: skip
         yield GaugeMetricFamily("istore_up_seconds", "Seconds since the app started",
                                 value=time.monotonic() - state.started)  # fmt: skip
 

@@ -121,10 +121,21 @@ def run(minutes: float, rate: float, seed: int = 7) -> dict[str, Any]:
                 _call(rec, "export", c.get, "/api/v1/export", params=params)
                 stop.wait(5)
 
+    gauges: list[tuple[float, dict[str, float]]] = []
+
     def sample() -> None:
-        while not stop.is_set():
-            rss.append((time.monotonic() - start, rss_mb(pid)))
-            stop.wait(5)
+        names = ("istore_arrow_allocated_bytes", "istore_duckdb_memory_bytes",
+                 "istore_python_allocated_blocks", "istore_table_files")  # fmt: skip
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            while not stop.is_set():
+                rss.append((time.monotonic() - start, rss_mb(pid)))
+                got: dict[str, float] = {}
+                for line in c.get("/metrics").text.splitlines():
+                    name = line.split("{")[0].split(" ")[0]
+                    if name in names:
+                        got[name] = got.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+                gauges.append((time.monotonic() - start, got))
+                stop.wait(5)
 
     threads = [threading.Thread(target=ingest, args=(w,)) for w in range(4)]
     threads += [threading.Thread(target=query), threading.Thread(target=export),
@@ -138,7 +149,12 @@ def run(minutes: float, rate: float, seed: int = 7) -> dict[str, Any]:
         for t in threads:
             t.join()
         server.stop()
-    return summarize(rec, rss, minutes)
+    out = summarize(rec, rss, minutes)
+    warm_at = min(60.0, minutes * 60 / 3)
+    after = [g for t, g in gauges if t >= warm_at]
+    out["memory_gauges"] = {"after_warmup": after[0] if after else {},
+                            "end": gauges[-1][1] if gauges else {}}  # fmt: skip
+    return out
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -201,6 +217,7 @@ def main() -> None:
     print(table(s))
     for e in s["first_errors"]:
         print("error:", e)
+    print("memory gauges:", orjson.dumps(s["memory_gauges"]).decode())
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_bytes(orjson.dumps(s, option=orjson.OPT_INDENT_2))

@@ -146,6 +146,18 @@ class Duck:
                 cur.close()
         return name
 
+    def memory_bytes(self) -> int:
+        """What DuckDB's buffer manager holds now (for /metrics)."""
+        with self._lock:
+            cur = self._db.cursor()
+            try:
+                row = cur.execute(
+                    "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory()"
+                ).fetchall()
+            finally:
+                cur.close()
+        return int(row[0][0])
+
     def raw_cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor without views, for internal queries that name their files."""
         return self._db.cursor()
