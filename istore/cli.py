@@ -299,12 +299,7 @@ def export(
         versions = old["versions"]
         options = ExportOptions(**{**old["options"], "filters": old["filters"]})
     else:
-        parsed: dict[str, list[str]] = {}
-        for item in filters:
-            name, sep, value = item.partition("=")
-            if not sep:
-                raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--filter")
-            parsed.setdefault(name, []).append(value)
+        parsed = _filter_options(filters)
         options = ExportOptions(
             format=fmt, include_errors=include_errors, include_feedback=include_feedback,
             metric=metric, min_margin=min_margin, comparisons=not no_comparisons, dedupe=dedupe,
@@ -374,6 +369,17 @@ def export(
 
 
 # -- maintenance -------------------------------------------------------------------------
+def _filter_options(filters: tuple[str, ...]) -> dict[str, list[str]]:
+    """``--filter NAME=VALUE`` options (repeatable) → {name: [values]}."""
+    parsed: dict[str, list[str]] = {}
+    for item in filters:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--filter")
+        parsed.setdefault(name, []).append(value)
+    return parsed
+
+
 @contextlib.contextmanager
 def _writer(data: str, why: str) -> Iterator[Any]:
     """The data root's writer (``Store``), or None when a server holds it (then the
@@ -475,12 +481,7 @@ def delete(
     from store.lifecycle import chunks, matching, tombstones
     from store.schema import AMENDMENTS_TABLE
 
-    kw: dict[str, list[str]] = {}
-    for f in filters:
-        name, sep, value = f.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{f!r} is not NAME=VALUE", param_hint="--filter")
-        kw.setdefault(name, []).append(value)
+    kw = _filter_options(filters)
     if ids:
         kw["id"] = list(ids)
     if not kw and not everything:
