@@ -65,7 +65,9 @@ def _call(rec: Recorder, kind: str, method: Any, *args: Any, **kwargs: Any) -> A
     return r
 
 
-def run(minutes: float, rate: float, seed: int = 7) -> dict[str, Any]:
+def run(
+    minutes: float, rate: float, seed: int = 7, ingest_minutes: float | None = None
+) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="istore-soak-"))
     server = Server(work / "data", ISTORE_FLUSH_INTERVAL_S="1",
                     ISTORE_MAINTENANCE_INTERVAL_S="30").start()  # fmt: skip
@@ -82,7 +84,8 @@ def run(minutes: float, rate: float, seed: int = 7) -> dict[str, Any]:
     def ingest(w: int) -> None:
         with httpx.Client(base_url=server.url, timeout=60) as c:
             k = 0
-            while not stop.is_set():
+            ingest_until = start + (ingest_minutes if ingest_minutes is not None else minutes) * 60
+            while not stop.is_set() and time.monotonic() < ingest_until:
                 k += 1
                 uc = use_cases[k % len(use_cases)]
                 if k % 10:
@@ -211,9 +214,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--rate", type=float, default=200.0, help="single ingests per second")
+    ap.add_argument("--ingest-minutes", type=float, default=None,
+                    help="stop ingesting after this long (default: the whole run)")  # fmt: skip
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    s = run(args.minutes, args.rate)
+    s = run(args.minutes, args.rate, ingest_minutes=args.ingest_minutes)
     print(table(s))
     for e in s["first_errors"]:
         print("error:", e)
