@@ -417,7 +417,6 @@ def rewrite_chunk(call: Call, chunk: dict[str, Any]) -> None:
 
 # -- the ASGI handler -------------------------------------------------------------------
 Send = Any
-Receive = Any
 
 
 async def complete(

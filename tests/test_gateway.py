@@ -42,7 +42,12 @@ def _fresh(upstream: Upstream) -> None:
     upstream.gated_finished.clear()
 
 
+# Upstream stand-in behaviours reached as "support/<name>" (tests/upstream.py).
+BEHAVIOURS = ("tools", "fail400", "fail500", "badjson", "broken", "gated", "nostream", "oddchunk")
+
+
 def routing_toml(base_url: str) -> str:
+    behaviours = "".join(f'[models.{b}]\nbase_url = "{base_url}"\n' for b in BEHAVIOURS)
     return f"""
 [models.small]
 base_url = "{base_url}"
@@ -54,27 +59,10 @@ timeout_s = 10
 base_url = "{base_url}"
 model = "plain"
 
-[models.tools]
-base_url = "{base_url}"
-
 [models.slow]
 base_url = "{base_url}"
 timeout_s = 0.5
-
-[models.fail400]
-base_url = "{base_url}"
-[models.fail500]
-base_url = "{base_url}"
-[models.badjson]
-base_url = "{base_url}"
-[models.broken]
-base_url = "{base_url}"
-[models.gated]
-base_url = "{base_url}"
-[models.nostream]
-base_url = "{base_url}"
-[models.oddchunk]
-base_url = "{base_url}"
+{behaviours}
 [models.down]
 base_url = "http://127.0.0.1:{free_port()}/v1"
 
