@@ -47,7 +47,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = store is None
-        st = store or Store(settings.data, options=settings.store_options())
+        st = store or settings.open_store()
         app.state.store = st
         app.state.reader = Reader(st)
         app.state.keys = KeyRing(st.root)

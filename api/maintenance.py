@@ -11,11 +11,10 @@ import threading
 import time
 from typing import Any
 
-from deltalake import DeltaTable
-
 from store.engine import Store, writer_properties
 from store.lifecycle import Retention, apply_retention, purge
-from store.maintenance import TARGET_FILE_BYTES
+from store.location import Lease
+from store.maintenance import MIN_RETENTION_HOURS, TARGET_FILE_BYTES
 from store.schema import TABLES
 
 log = logging.getLogger("istore.maintenance")
@@ -28,6 +27,7 @@ class MaintenanceJob:
         self.vacuum_hours = vacuum_hours
         self.runs = 0
         self.failures = 0
+        self.skipped = 0
         self.last_run: float | None = None
         self.last_error: str | None = None
         self.last_result: dict[str, Any] = {}
@@ -51,50 +51,61 @@ class MaintenanceJob:
             self.run_once()
 
     def run_once(self) -> dict[str, Any]:
-        """One pass; errors are logged and counted, never raised."""
+        """One pass; errors are logged and counted, never raised. Among several
+        writers of the same tables, one runs it at a time (``Lease``); the others skip."""
         with self._run_lock:
-            started = time.perf_counter()
-            result: dict[str, Any] = {}
-            store = self.store
-            errors = []
-            # Each step on its own: a bad retention file must not stop the purge.
-            for name, step in (
-                ("retention", lambda: apply_retention(store, Retention.load(store.root))),
-                ("purged", lambda: purge(store)),
-                ("compacted", self._compact),
-                ("refresh", store.refresh),  # the compacted files, before vacuum
-                ("vacuumed", self._vacuum),
-            ):
-                try:
-                    result[name] = step()
-                except Exception as exc:  # the next run tries again
-                    errors.append(f"{name}: {type(exc).__name__}: {exc}")
-                    log.exception("maintenance step %s failed", name)
-            result.pop("refresh", None)
-            if errors:
-                self.failures += 1
-            self.last_error = "; ".join(errors) or None
-            self.runs += 1
-            self.last_run = time.time()
-            self.last_result = result
-            elapsed = time.perf_counter() - started
-            self.store.metrics.timer("run").observe(elapsed)
-            log.info("maintenance run %d in %.2f s: %s", self.runs, elapsed, result)
-            return result
+            if not self.store.shared:
+                return self._run()
+            lease = Lease(self.store.location, "maintenance", self.store.app_id)
+            with lease as held:
+                if held:
+                    return self._run()
+                self.skipped += 1
+                log.info("maintenance skipped: another writer of these tables runs it")
+                return {"skipped": "another writer runs maintenance"}
+
+    def _run(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        result: dict[str, Any] = {}
+        store = self.store
+        errors = []
+        # Each step on its own: a bad retention file must not stop the purge.
+        for name, step in (
+            ("retention", lambda: apply_retention(store, Retention.load(store.root))),
+            ("purged", lambda: purge(store)),
+            ("compacted", self._compact),
+            ("refresh", store.refresh),  # the compacted files, before vacuum
+            ("vacuumed", self._vacuum),
+        ):
+            try:
+                result[name] = step()
+            except Exception as exc:  # the next run tries again
+                errors.append(f"{name}: {type(exc).__name__}: {exc}")
+                log.exception("maintenance step %s failed", name)
+        result.pop("refresh", None)
+        if errors:
+            self.failures += 1
+        self.last_error = "; ".join(errors) or None
+        self.runs += 1
+        self.last_run = time.time()
+        self.last_result = result
+        elapsed = time.perf_counter() - started
+        self.store.metrics.timer("run").observe(elapsed)
+        log.info("maintenance run %d in %.2f s: %s", self.runs, elapsed, result)
+        return result
 
     def _compact(self) -> dict[str, int]:
         out = {}
         with self.store.maintenance():  # no flush commits while files are rewritten
             for name in TABLES:
-                path = self.store.root / name
-                if not DeltaTable.is_deltatable(str(path)):
+                dt = self.store.location.open_if_exists(name)
+                if dt is None:
                     continue
-                dt = DeltaTable(str(path))
                 m = dt.optimize.compact(
                     target_size=TARGET_FILE_BYTES, writer_properties=writer_properties()
                 )
                 out[name] = int(m.get("numFilesRemoved", 0))
-                dt = DeltaTable(str(path))
+                dt = self.store.location.open(name)
                 dt.create_checkpoint()
                 dt.cleanup_metadata()
         return out
@@ -102,10 +113,15 @@ class MaintenanceJob:
     def _vacuum(self) -> dict[str, int]:
         out = {}
         for name in TABLES:
-            path = self.store.root / name
-            if DeltaTable.is_deltatable(str(path)):
-                removed = DeltaTable(str(path)).vacuum(
-                    retention_hours=math.ceil(self.vacuum_hours),
+            dt = self.store.location.open_if_exists(name)
+            if dt is not None:
+                # Other writers' files are uncommitted for a moment after they are
+                # written: never vacuum a shared table below the minimum window.
+                hours = self.vacuum_hours
+                if self.store.shared:
+                    hours = max(hours, MIN_RETENTION_HOURS)
+                removed = dt.vacuum(
+                    retention_hours=math.ceil(hours),
                     dry_run=False,
                     enforce_retention_duration=False,
                 )
@@ -117,6 +133,7 @@ class MaintenanceJob:
             "interval_s": self.interval_s,
             "runs": self.runs,
             "failures": self.failures,
+            "skipped": self.skipped,
             "last_run": self.last_run,
             "last_error": self.last_error,
         }

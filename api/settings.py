@@ -6,13 +6,30 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ingest.parse import Limits
-from store.engine import StoreOptions
+from store.engine import Store, StoreOptions
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ISTORE_", extra="ignore")
 
-    data: str = Field("./data", description="Data root: the tables and the write-ahead log.")
+    data: str = Field(
+        "./data",
+        description="Data root: a folder (the tables and the write-ahead log), or object "
+        "storage: s3://bucket/prefix, gs://bucket/prefix, az://container/prefix.",
+    )
+    wal_dir: str | None = Field(
+        None,
+        description="This writer's write-ahead log, on local disk (default: <data>/wal). "
+        "Required when the data root is object storage; each writer needs its own.",
+    )
+    state_dir: str | None = Field(
+        None,
+        description="Local folder for keys.json and retention.json when the data root is "
+        "object storage (default: the write-ahead log folder).",
+    )
+    workers: int = Field(
+        1, ge=1, le=64, description="Server processes on this host, each with its own log."
+    )
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8080, description="Port to listen on.")
     gateway_config: str | None = Field(
@@ -67,6 +84,15 @@ class Settings(BaseSettings):
 
     def limits(self) -> Limits:
         return Limits(self.max_batch_items, self.max_messages, self.max_content_chars)
+
+    def open_store(self, *, writable: bool = True) -> Store:
+        return Store(
+            self.data,
+            writable=writable,
+            options=self.store_options(),
+            wal_dir=self.wal_dir,
+            state_dir=self.state_dir,
+        )
 
     def store_options(self) -> StoreOptions:
         return StoreOptions(

@@ -17,6 +17,7 @@ import orjson
 
 from api.settings import Settings
 from store.errors import StoreError, StoreLocked
+from store.location import Location
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "interactions.ndjson"
 
@@ -61,6 +62,19 @@ def main() -> None:
     is_flag=True,
     help="Serve on a non-loopback address although no API key exists (anyone may do anything).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Server processes, each with its own write-ahead log (default: $ISTORE_WORKERS or 1).",
+)
+@click.option(
+    "--wal-dir",
+    default=None,
+    help="This writer's write-ahead log folder (default: $ISTORE_WAL_DIR or <data>/wal).",
+)
+@click.option("--listen-fd", type=int, default=None, hidden=True)
+@click.option("--worker-index", type=int, default=None, hidden=True)
 def serve(
     data: str | None,
     host: str | None,
@@ -68,19 +82,34 @@ def serve(
     gateway_config: str | None,
     load_sample_if_empty: bool,
     insecure_no_auth: bool,
+    workers: int | None,
+    wal_dir: str | None,
+    listen_fd: int | None,
+    worker_index: int | None,
 ) -> None:
     """Serve the HTTP API."""
     import uvicorn
 
     from api.app import create_app
     from api.keys import KeyRing
-    from store.engine import Store
 
-    settings = _settings(data=data, host=host, port=port, gateway_config=gateway_config)
+    settings = _settings(
+        data=data,
+        host=host,
+        port=port,
+        gateway_config=gateway_config,
+        workers=workers,
+        wal_dir=wal_dir,
+    )
     from api.logs import configure
 
     configure(settings.log_level, settings.log_format)
-    keys = KeyRing(settings.data)
+    if settings.workers > 1 and worker_index is None:
+        from istore import workers as supervisor
+
+        keys = KeyRing(supervisor.state_dir(settings))
+    else:
+        keys = KeyRing(settings.state_dir or _local_root(settings))
     secured = keys.active()
     if not secured and not _is_loopback(settings.host) and not insecure_no_auth:
         raise click.UsageError(
@@ -88,12 +117,29 @@ def serve(
             "can reach the port could read and write everything. Create one with "
             "`istore keys create --scope admin`, or pass --insecure-no-auth"
         )
-    store = Store(settings.data, options=settings.store_options())
+    if settings.workers > 1 and worker_index is None:
+        if load_sample_if_empty and not settings.wal_dir:
+            with settings.open_store() as first:
+                _load_sample(first)
+        argv = [f"--{k.replace('_', '-')}={v}" for k, v in {
+            "data": data, "host": host, "port": port, "gateway_config": gateway_config,
+        }.items() if v is not None]  # fmt: skip
+        argv += ["--insecure-no-auth"] if insecure_no_auth else []
+        sys.exit(supervisor.supervise(settings, argv))
+    if worker_index is None and not settings.wal_dir and not Location.parse(settings.data).remote:
+        from istore import workers as supervisor
+
+        # Logs of an earlier `--workers N` run go into the tables first.
+        for d in supervisor.drain_orphans(settings, 0, own_log=False):
+            click.echo(f"Replayed the write-ahead log in {d} into the tables")
+    store = settings.open_store()
     try:
-        if load_sample_if_empty and _is_empty(store) and SAMPLE.exists():
-            n, _ = _import_files(store, [SAMPLE], progress=False)
-            click.echo(f"Loaded {n} sample interactions from {SAMPLE.name} into {store.root}")
-        where = f"istore serving {store.root} on http://{settings.host}:{settings.port}"
+        if load_sample_if_empty:
+            _load_sample(store)
+        name = store.location.uri
+        if worker_index is not None:
+            name += f" (worker {worker_index}, log {store.wal_dir})"
+        where = f"istore serving {name} on http://{settings.host}:{settings.port}"
         if secured:
             click.echo(f"{where} (API keys required)")
         else:
@@ -110,6 +156,7 @@ def serve(
             app,
             host=settings.host,
             port=settings.port,
+            fd=listen_fd,  # a worker accepts on the supervisor's socket
             log_config=None,  # api.logs configured it
             access_log=False,  # ours is istore.access (ISTORE_ACCESS_LOG)
             loop="uvloop",
@@ -130,6 +177,25 @@ def serve(
             "stopped: the write-ahead log is flushed into the tables (%.2f s)",
             time.monotonic() - started,
         )
+
+
+def _load_sample(store: Any) -> None:
+    if _is_empty(store) and SAMPLE.exists():
+        n, _ = _import_files(store, [SAMPLE], progress=False)
+        click.echo(f"Loaded {n} sample interactions from {SAMPLE.name} into {store.root}")
+
+
+def _local_root(settings: Settings) -> str:
+    """The folder of this node's keys and retention rules."""
+    location = Location.parse(settings.data)
+    if not location.remote:
+        return str(location.path)
+    if not settings.wal_dir:
+        raise StoreError(
+            f"the data root {location.uri} is object storage: give the write-ahead log a "
+            "local folder (ISTORE_WAL_DIR or --wal-dir)"
+        )
+    return settings.wal_dir
 
 
 def _is_loopback(host: str) -> bool:
@@ -180,10 +246,9 @@ def import_(data: str | None, use_case: str | None, files: tuple[str, ...]) -> N
     """Import JSONL files, one record per line: interactions, gateway logs
     ({"request", "response"}), OpenAI fine-tuning examples ({"messages"} ending with
     the assistant's) or Adaptive dataset lines ({"messages", "completion"})."""
-    from store.engine import Store
 
     settings = _settings(data=data)
-    with Store(settings.data, options=settings.store_options()) as store:
+    with settings.open_store() as store:
         n, new = _import_files(store, [Path(f) for f in files], progress=True, use_case=use_case)
     dup = f" ({n - new} were already stored)" if n != new else ""
     click.echo(f"Imported {new} of {n} interactions into {store.root}{dup}")

@@ -81,11 +81,20 @@ class Snapshot:
         return {name: t.version for name, t in self.tables.items()}
 
 
+def _readable(d: str | Path) -> str:
+    """An ``allowed_directories`` entry: a resolved local folder, or a URL prefix."""
+    text = str(d)
+    if "://" in text:
+        return text.rstrip("/") + "/"
+    return str(Path(text).resolve()) + "/"
+
+
 class Duck:
     def __init__(
         self,
-        readable_dirs: Sequence[Path],
+        readable_dirs: Sequence[str | Path],
         *,
+        filesystem: Any = None,
         memory_limit: str = "2GB",
         threads: int = 2,
     ) -> None:
@@ -97,7 +106,9 @@ class Duck:
                 "threads": threads,
             }
         )
-        dirs = ", ".join(sql_str(str(d.resolve()) + "/") for d in readable_dirs)
+        if filesystem is not None:  # object storage, read through pyarrow (fsspec)
+            self._db.register_filesystem(filesystem)
+        dirs = ", ".join(sql_str(_readable(d)) for d in readable_dirs)
         for macro in MACROS:
             self._db.execute(macro)
         self._db.execute("SET GLOBAL TimeZone = 'UTC'")

@@ -18,11 +18,11 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import pyarrow as pa
 from deltalake import (
@@ -38,6 +38,7 @@ from store.duck import DataFile, Duck, Snapshot, TableSnapshot
 from store.errors import StoreError, StoreLocked, Unavailable, ValidationFailed
 from store.idindex import IdIndex, hash_ids
 from store.labelindex import LabelIndex
+from store.location import Location
 from store.metrics import StoreMetrics
 from store.rows import Columns, decode_tables, encode_tables, num_rows, select, to_arrow
 from store.schema import FEEDBACK_TABLE, INTERACTIONS_TABLE, TABLES, TableSpec
@@ -45,12 +46,17 @@ from store.wal import Record, RecoveryReport, WriteAheadLog, fsync_path, scan
 
 log = logging.getLogger("istore.store")
 
-APP_ID = "istore-wal"
+APP_ID = "istore-wal"  # the app transaction of a data root's own log (``<root>/wal``)
+WRITER_FILE = "WRITER"  # in any other log's folder: the writer id, fixed at creation
 RECORD_FORMAT = 1  # WAL payload: {table name: columns}, see store.rows
 
 _CONVERT_ERRORS = (pa.ArrowException, TypeError, ValueError, OverflowError, KeyError)
 
-REFRESH_S = 10.0  # how often the writer looks for commits made by other processes
+# How often a writer looks for commits made by other processes: maintenance commands
+# beside a single writer; every few seconds when several writers share the tables.
+REFRESH_S = 10.0
+SHARED_REFRESH_S = 2.0
+COMMIT_RETRIES = 100  # appends never conflict logically: retry a lost commit race
 
 # Small row groups: fetching a page of rows by id reads ~2k rows per file, not a whole
 # day's worth, thanks to min/max statistics on time-ordered ids.
@@ -102,13 +108,42 @@ class _Tail:
 
 
 class Store:
-    """Open with ``Store(root)`` (the writer: one per data root, takes a lock) or
-    ``Store(root, writable=False)`` (a read-only view beside a running writer)."""
+    """Open with ``Store(root)`` (the writer of the data root's own log, takes its lock)
+    or ``Store(root, writable=False)`` (a read-only view beside running writers).
+
+    With ``wal_dir``, the store writes through that log instead, as one of several
+    writers of the same tables (``istore serve --workers N``, or servers on several
+    hosts sharing an object-store root): each log has its own writer id, stored in
+    the folder, and commits under its own Delta app transaction ``istore-wal-<id>``,
+    so recovery replays exactly what that log has not yet committed. ``root`` may be
+    ``s3://``, ``gs://`` or ``az://``; then ``wal_dir`` is required, and ``state_dir``
+    (default: ``wal_dir``) holds the node's own files (keys, retention rules)."""
 
     def __init__(
-        self, root: str | Path, *, writable: bool = True, options: StoreOptions | None = None
+        self,
+        root: str | Path,
+        *,
+        writable: bool = True,
+        options: StoreOptions | None = None,
+        wal_dir: str | Path | None = None,
+        state_dir: str | Path | None = None,
     ) -> None:
-        self.root = Path(root).absolute()
+        self.location = Location.parse(root)
+        if self.location.remote:
+            local = state_dir or wal_dir or (None if writable else ".")
+            if local is None:
+                raise StoreError(
+                    f"the data root {self.location.uri} is object storage: the write-ahead "
+                    "log needs a local folder (ISTORE_WAL_DIR or --wal-dir)"
+                )
+            self.root = Path(local).absolute()
+        else:
+            self.root = Path(state_dir).absolute() if state_dir else self.location.path
+        legacy = self.location.path / "wal" if not self.location.remote else None
+        self.wal_dir = Path(wal_dir).absolute() if wal_dir else (legacy or self.root / "wal")
+        # A shared store: other writers may commit to the same tables.
+        self.shared = legacy is None or self.wal_dir != legacy.absolute()
+        self.app_id = APP_ID
         self.writable = writable
         self.options = options or StoreOptions()
         self._lock = threading.RLock()
@@ -133,9 +168,12 @@ class Store:
 
         if writable:
             self.root.mkdir(parents=True, exist_ok=True)
+            self.wal_dir.mkdir(parents=True, exist_ok=True)
             self._take_lock()
-        elif not self.root.exists():
-            raise StoreError(f"no store at {self.root}")
+            if self.shared:
+                self.app_id = f"{APP_ID}-{_writer_id(self.wal_dir)}"
+        elif not self.location.exists():
+            raise StoreError(f"no store at {self.location.uri}")
         try:
             self._open()
         except BaseException:
@@ -144,14 +182,16 @@ class Store:
 
     # -- opening ------------------------------------------------------------------------
     def _take_lock(self) -> None:
-        fd = os.open(self.root / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
+        lock = self.wal_dir / "LOCK" if self.shared else self.root / "LOCK"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
+            what = f"the log at {self.wal_dir}" if self.shared else f"the store at {self.root}"
             raise StoreLocked(
-                f"the store at {self.root} is open for writing by another process "
+                f"{what} is open for writing by another process "
                 f"(pid {owner}); stop it, or send data to its HTTP API"
             ) from None
         os.ftruncate(fd, 0)
@@ -163,13 +203,16 @@ class Store:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def table_path(self, spec: TableSpec) -> Path:
-        return self.root / spec.name
+    def table_path(self, spec: TableSpec) -> str:
+        return self.location.table(spec.name)
 
     def _open(self) -> None:
         for _attempt in range(5):
             applied = self._load_tables()
-            records, self.recovery = scan(self.root / "wal", repair=self.writable)
+            if self.writable or not self.location.remote:
+                records, self.recovery = scan(self.wal_dir, repair=self.writable)
+            else:
+                records = []
             # A writer may flush and delete segments between the two reads: if the
             # tables moved on meanwhile, read again, or those rows would be in neither.
             if self.writable or self._applied() == applied:
@@ -192,6 +235,7 @@ class Store:
 
         self.duck = Duck(
             [self.table_path(s) for s in TABLES.values()],
+            filesystem=self.location.duckdb_filesystem(),
             memory_limit=self.options.query_memory_limit,
             threads=self.options.query_threads,
         )
@@ -203,7 +247,7 @@ class Store:
 
         if self.writable:
             self._wal = WriteAheadLog(
-                self.root / "wal",
+                self.wal_dir,
                 next_lsn=max_lsn + 1,
                 on_durable=self._on_durable,
                 segment_bytes=self.options.wal_segment_bytes,
@@ -216,19 +260,24 @@ class Store:
     def _load_tables(self) -> dict[str, int]:
         """Open (or create) the Delta tables; the log position each has applied."""
         for spec in TABLES.values():
-            path = self.table_path(spec)
-            if DeltaTable.is_deltatable(str(path)):
-                dt = DeltaTable(str(path))
+            if self.location.is_table(spec.name):
+                dt = self.location.open(spec.name)
                 if self.writable:
-                    dt = _configure(dt, spec)
+                    dt = _configure(dt, spec, self.location)
             elif self.writable:
-                dt = DeltaTable.create(
-                    str(path),
-                    schema=spec.schema,
-                    partition_by=list(spec.partition_by),
-                    name=spec.name,
-                    configuration=table_configuration(spec),
-                )
+                try:
+                    dt = DeltaTable.create(
+                        self.table_path(spec),
+                        schema=spec.schema,
+                        partition_by=list(spec.partition_by),
+                        name=spec.name,
+                        configuration=table_configuration(spec),
+                        storage_options=self.location.options(),
+                    )
+                except Exception:
+                    if not self.location.is_table(spec.name):
+                        raise
+                    dt = self.location.open(spec.name)  # another writer created it first
             else:
                 dt = None
             self._deltas[spec.name] = dt
@@ -240,7 +289,7 @@ class Store:
             dt = self._deltas.get(spec.name)
             if dt is not None and not self.writable:
                 dt = self.delta(spec)
-            out[spec.name] = (dt.transaction_version(APP_ID) or 0) if dt else 0
+            out[spec.name] = (dt.transaction_version(self.app_id) or 0) if dt else 0
         return out
 
     def _load_ids(self) -> None:
@@ -251,9 +300,22 @@ class Store:
         for entry in self._tails[INTERACTIONS_TABLE.name].entries:
             self._ids.add_pending(entry.cols["id"])
 
-    def _refresh_files_view(self, spec: TableSpec, dt: DeltaTable | None) -> None:
-        """Point the table's view at ``dt``'s version."""
+    def _refresh_files_view(
+        self, spec: TableSpec, dt: DeltaTable | None, *, learn_ids: bool = False
+    ) -> None:
+        """Point the table's view at ``dt``'s version. With ``learn_ids``, the ids in
+        files that other writers added go into the id index, so that a retry sent to
+        this writer of an id another writer stored is recognised."""
+        before = {f.path for f in self._files_views.get(spec.name, (0, None, ()))[2]}
         prepared = self._prepare_view(spec, dt)
+        if learn_ids and prepared is not None and spec is INTERACTIONS_TABLE and self.writable:
+            added = [f.path for f in prepared[2] if f.path not in before]
+            if added:
+                scan_sql = self.duck.scan_sql(spec, added)
+                t = self.duck.query(Snapshot({}), f"SELECT id FROM {scan_sql}")
+                hashes = hash_ids(t.column("id").to_pylist())
+                with self._lock:
+                    self._ids.load_committed(hashes)
         with self._lock:
             self._install_view(spec, dt, prepared)
 
@@ -267,7 +329,7 @@ class Store:
         current = self._files_views.get(spec.name)
         if current is not None and current[0] >= version:
             return None
-        files = data_files(self.table_path(spec), dt, spec)
+        files = data_files(self.location, dt, spec)
         return version, self.duck.files_view(spec, version, [f.path for f in files]), files
 
     def _install_view(
@@ -473,6 +535,7 @@ class Store:
     def _flush_loop(self) -> None:
         backoff = self.options.flush_interval_s
         refreshed = time.monotonic()
+        every = SHARED_REFRESH_S if self.shared else REFRESH_S
         while not self._stop.is_set():
             self._kick.wait(backoff)
             self._kick.clear()
@@ -480,7 +543,7 @@ class Store:
                 self.flush()
                 self.flush_error = None
                 backoff = self.options.flush_interval_s
-                if time.monotonic() - refreshed > REFRESH_S:
+                if time.monotonic() - refreshed > every:
                     # Commits by other processes (`istore compact`) must reach our
                     # snapshots long before `vacuum` may delete the files they replaced.
                     self.refresh()
@@ -511,9 +574,8 @@ class Store:
             entries = list(self._tails[spec.name].entries)
         if not entries:
             return 0
-        path = str(self.table_path(spec))
-        dt = DeltaTable(path)
-        done = dt.transaction_version(APP_ID) or 0
+        dt = self.location.open(spec.name)
+        done = dt.transaction_version(self.app_id) or 0
         todo = [e for e in entries if e.lsn > done]
         tables = self._arrow(spec, todo) if todo else []
         if tables:
@@ -525,11 +587,12 @@ class Store:
                 mode="append",
                 writer_properties=writer_properties(),
                 commit_properties=CommitProperties(
-                    app_transactions=[Transaction(app_id=APP_ID, version=upto)]
+                    app_transactions=[Transaction(app_id=self.app_id, version=upto)],
+                    max_commit_retries=COMMIT_RETRIES,
                 ),
             )
             self.flushes += 1
-            dt = DeltaTable(path)
+            dt = self.location.open(spec.name)
         else:
             upto = entries[-1].lsn if not todo else todo[-1].lsn
         before = {f.path for f in self._files_views.get(spec.name, (0, None, ()))[2]}
@@ -558,7 +621,9 @@ class Store:
         return sum(e.nrows for e in todo if not e.quarantined)
 
     def _sync_commit(self, spec: TableSpec, dt: DeltaTable, new_files: list[str]) -> None:
-        root = self.table_path(spec)
+        if self.location.remote:
+            return  # an object store has the object once the PUT returned
+        root = Path(self.table_path(spec))
         dirs: set[Path] = {root, root / "_delta_log"}
         for path in new_files:
             fsync_path(Path(path))
@@ -571,9 +636,9 @@ class Store:
             fsync_path(d)
 
     def refresh(self) -> None:
-        """Pick up commits made by other processes (e.g. `istore compact`)."""
+        """Pick up commits made by other processes (other writers, `istore compact`)."""
         for spec in TABLES.values():
-            self._refresh_files_view(spec, self.delta(spec))
+            self._refresh_files_view(spec, self.delta(spec), learn_ids=self.shared)
 
     # -- reading ------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -640,30 +705,25 @@ class Store:
             raise ValidationFailed(f"as_of: no table {unknown[0]!r}", param="as_of")
         tables = {}
         for name, spec in TABLES.items():
-            path = self.table_path(spec)
-            if not DeltaTable.is_deltatable(str(path)):
+            if not self.location.is_table(name):
                 tables[name] = TableSnapshot(spec, -1, None, spec.schema.empty_table(), ())
                 continue
             want = (versions or {}).get(name)
             if want is not None:
-                current = DeltaTable(str(path)).version()
+                current = self.location.open(name).version()
                 if not 0 <= want <= current:
                     raise ValidationFailed(
                         f"as_of: {name} is at version {current}; {want} does not exist",
                         param="as_of",
                     )
             try:
-                dt = (
-                    DeltaTable(str(path), version=want)
-                    if want is not None
-                    else DeltaTable(str(path))
-                )
+                dt = self.location.open(name, version=want)
             except Exception as exc:  # delta-rs raises its own errors for a missing version
                 raise ValidationFailed(
                     f"as_of: {name} has no version {want} ({exc})", param="as_of"
                 ) from None
             version = dt.version()
-            files = data_files(path, dt, spec)
+            files = data_files(self.location, dt, spec)
             view = self.duck.files_view(spec, version, [f.path for f in files])
             tables[name] = TableSnapshot(spec, version, view, spec.schema.empty_table(), files)
         return Snapshot(tables)
@@ -724,10 +784,9 @@ class Store:
         t = self.committed(spec, "count(*) AS n", cond)
         if t.num_columns == 0 or not t.column("n")[0].as_py():
             return 0
-        path = self.table_path(spec)
         started = time.perf_counter()
-        m = DeltaTable(str(path)).delete(cond, writer_properties=writer_properties())
-        dt = DeltaTable(str(path))
+        m = self.location.open(spec.name).delete(cond, writer_properties=writer_properties())
+        dt = self.location.open(spec.name)
         before = {f.path for f in self._files_views.get(spec.name, (0, None, ()))[2]}
         prepared = self._prepare_view(spec, dt)
         if prepared is not None:
@@ -752,6 +811,7 @@ class Store:
     def status(self) -> dict[str, Any]:
         with self._lock:
             return {
+                "writer": self.app_id,  # the Delta app transaction of this log
                 "durable_lsn": self._durable_lsn,
                 "pending_rows": self._pending_rows(),
                 "pending_bytes": self._pending_bytes(),
@@ -762,8 +822,7 @@ class Store:
             }
 
     def delta(self, spec: TableSpec) -> DeltaTable | None:
-        path = self.table_path(spec)
-        return DeltaTable(str(path)) if DeltaTable.is_deltatable(str(path)) else None
+        return self.location.open_if_exists(spec.name)
 
     # -- closing ------------------------------------------------------------------------
     def close(self) -> None:
@@ -799,24 +858,46 @@ def table_configuration(spec: TableSpec) -> dict[str, str]:
     }
 
 
-def _configure(dt: DeltaTable, spec: TableSpec) -> DeltaTable:
+def _configure(dt: DeltaTable, spec: TableSpec, location: Location) -> DeltaTable:
     want = table_configuration(spec)
     have = dt.metadata().configuration
     missing = {k: v for k, v in want.items() if have.get(k) != v}
     if missing:
         dt.alter.set_table_properties(missing, raise_if_not_exists=False)
-        dt = DeltaTable(dt.table_uri)
+        dt = location.open(spec.name)
     return dt
 
 
-def data_files(root: Path, dt: DeltaTable, spec: TableSpec) -> tuple[DataFile, ...]:
-    """The files of ``dt``'s version (a table at ``root``) with their partition values."""
+def data_files(location: Location, dt: DeltaTable, spec: TableSpec) -> tuple[DataFile, ...]:
+    """The files of ``dt``'s version (table ``spec`` under ``location``) with their
+    partition values."""
     actions = pa.table(dt.get_add_actions(flatten=True))
     cols = {c: actions.column(f"partition.{c}").to_pylist() for c in spec.partition_by}
     out = []
     for i, path in enumerate(actions.column("path").to_pylist()):
-        out.append(DataFile(str(root / unquote(path)), {c: v[i] for c, v in cols.items()}))
+        out.append(DataFile(location.file(spec.name, path), {c: v[i] for c, v in cols.items()}))
     return tuple(out)
+
+
+def _writer_id(wal_dir: Path) -> str:
+    """The writer id of the log in ``wal_dir``, made once and kept with the log: the
+    Delta app transaction that says how much of this log is committed is named by it."""
+    path = wal_dir / WRITER_FILE
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        text = ""
+    if text:
+        return text
+    writer = uuid.uuid4().hex[:16]
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        f.write(writer + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_path(wal_dir)
+    return writer
 
 
 def _combine(futures: Sequence[Ack[Any]], result: WriteResult) -> Ack[WriteResult]:

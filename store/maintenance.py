@@ -17,6 +17,7 @@ from deltalake import DeltaTable
 
 from store.engine import APP_ID, writer_properties
 from store.errors import InvalidRequest, StoreError
+from store.location import Location
 from store.rows import decode_tables, num_rows
 from store.schema import TABLES
 from store.wal import scan
@@ -26,14 +27,13 @@ MIN_RETENTION_HOURS = 1.0
 
 
 def _tables(root: str | Path) -> dict[str, DeltaTable]:
-    base = Path(root)
-    if not base.exists():
-        raise StoreError(f"no store at {base.absolute()}")
+    location = Location.parse(root)
+    if not location.exists():
+        raise StoreError(f"no store at {location.uri}")
     out = {}
     for name in TABLES:
-        path = base / name
-        if DeltaTable.is_deltatable(str(path)):
-            out[name] = DeltaTable(str(path))
+        if location.is_table(name):
+            out[name] = location.open(name)
     return out
 
 
@@ -83,7 +83,8 @@ def table_stats(root: str | Path) -> list[dict[str, Any]]:
     the write-ahead log (acknowledged, not yet flushed)."""
     rows: list[dict[str, Any]] = []
     tables = _tables(root)
-    wal_records, _ = scan(Path(root) / "wal", repair=False)
+    location = Location.parse(root)
+    wal_records = [] if location.remote else scan(location.path / "wal", repair=False)[0]
     for name, dt in tables.items():
         version = dt.version()
         actions = pa.table(dt.get_add_actions(flatten=True)).to_pylist()

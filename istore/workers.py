@@ -1,0 +1,143 @@
+"""``istore serve --workers N``: N server processes on one port, each writing through
+its own write-ahead log to the same tables.
+
+The supervisor binds the socket once and hands it to every worker (the kernel spreads
+connections over the processes that accept on it). Worker ``i`` writes through
+``<wal base>/worker-<i>``: the log, its lock and its writer id stay with the index, so
+a worker that dies is restarted on its own log and replays it. Before starting, the
+supervisor drains any log no worker will own: the data root's own log (from a
+single-process run) and the logs of workers beyond N (from a run with more workers).
+Maintenance runs in whichever worker holds the data root's maintenance lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from api.settings import Settings
+from store.engine import Store
+from store.errors import StoreLocked
+from store.location import Location
+
+log = logging.getLogger("istore.workers")
+
+RESTART_DELAY_S = 1.0
+
+
+def wal_base(settings: Settings) -> Path:
+    if settings.wal_dir:
+        return Path(settings.wal_dir).absolute()
+    location = Location.parse(settings.data)
+    if location.remote:
+        raise SystemExit(
+            "the data root is object storage: give the write-ahead log a local folder "
+            "(ISTORE_WAL_DIR or --wal-dir)"
+        )
+    return location.path / "wal"
+
+
+def state_dir(settings: Settings) -> Path:
+    if settings.state_dir:
+        return Path(settings.state_dir).absolute()
+    location = Location.parse(settings.data)
+    return wal_base(settings) if location.remote else location.path
+
+
+def worker_wal(settings: Settings, index: int) -> Path:
+    return wal_base(settings) / f"worker-{index}"
+
+
+def drain_orphans(settings: Settings, keep: int, *, own_log: bool = True) -> list[str]:
+    """Replay into the tables every log that no worker of this run owns: workers
+    ``keep`` and up, and (``own_log``) the data root's own log. A log another process
+    holds is left to it. Returns the folders drained."""
+    drained = []
+    location = Location.parse(settings.data)
+    opts = settings.store_options()
+    if own_log and not location.remote and not settings.wal_dir:
+        with contextlib.suppress(StoreLocked):
+            Store(settings.data, options=opts).close()
+            drained.append(str(location.path / "wal"))
+    base = wal_base(settings)
+    if base.exists():
+        for d in sorted(base.glob("worker-*")):
+            suffix = d.name.removeprefix("worker-")
+            if d.is_dir() and suffix.isdigit() and int(suffix) >= keep:
+                with contextlib.suppress(StoreLocked):
+                    Store(settings.data, options=opts, wal_dir=d,
+                          state_dir=state_dir(settings)).close()  # fmt: skip
+                    drained.append(str(d))
+    return drained
+
+
+def listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def supervise(settings: Settings, argv: list[str]) -> int:
+    """Run ``settings.workers`` workers until SIGTERM/SIGINT; restart any that dies.
+    ``argv`` are the ``istore serve`` options to pass on to each worker."""
+    for d in drain_orphans(settings, settings.workers):
+        log.info("replayed the write-ahead log in %s into the tables", d)
+    sock = listen(settings.host, settings.port)
+    stopping = False
+
+    def spawn(i: int) -> subprocess.Popen[bytes]:
+        env = dict(os.environ)
+        env.update(
+            ISTORE_WAL_DIR=str(worker_wal(settings, i)),
+            ISTORE_STATE_DIR=str(state_dir(settings)),
+            ISTORE_WORKERS="1",
+        )
+        cmd = [sys.executable, "-m", "istore", "serve", *argv]
+        cmd += ["--listen-fd", str(sock.fileno()), "--worker-index", str(i)]
+        return subprocess.Popen(cmd, env=env, pass_fds=[sock.fileno()])
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    procs = {i: spawn(i) for i in range(settings.workers)}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    print(
+        f"istore supervising {settings.workers} workers on "
+        f"http://{settings.host}:{settings.port} (logs under {wal_base(settings)})",
+        flush=True,
+    )
+    deadline: float | None = None
+    while procs:
+        time.sleep(0.2)
+        if stopping and deadline is None:
+            deadline = time.monotonic() + settings.shutdown_timeout_s + 60
+        for i, p in list(procs.items()):
+            rc = p.poll()
+            if rc is None:
+                if deadline is not None and time.monotonic() > deadline:
+                    p.kill()  # its log keeps what it acknowledged
+                continue
+            if stopping:
+                del procs[i]
+                continue
+            log.warning("worker %d exited with %s; restarting it on its own log", i, rc)
+            time.sleep(RESTART_DELAY_S)
+            procs[i] = spawn(i)
+    sock.close()
+    return 0

@@ -1,0 +1,236 @@
+"""Where the tables live: a local folder, or object storage (``s3://``, ``gs://``,
+``az://``) through the storage layers of ``deltalake`` (writes, the Delta log) and
+``pyarrow`` (reads by DuckDB, which has no object-store extension offline).
+
+Credentials and endpoints come from the usual environment variables of each cloud
+(see ``docs/scaling.md``); nothing here is ever logged.
+
+Commits to S3 are made safe for many writers by conditional writes
+(``If-None-Match``, ``conditional_put = etag``), which AWS S3, MinIO, Cloudflare R2
+and the S3 emulators support; GCS and Azure have their own put-if-absent.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from deltalake import DeltaTable
+
+from store.errors import StoreError
+
+REMOTE_SCHEMES = ("s3", "gs", "az")
+_ALIASES = {"s3a": "s3", "gcs": "gs", "abfs": "az", "abfss": "az"}
+
+
+@dataclass(frozen=True)
+class Location:
+    """The data root: ``uri`` is an absolute local path, or ``scheme://bucket/prefix``."""
+
+    uri: str
+    scheme: str = "file"
+    storage_options: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, data: str | Path) -> Location:
+        text = str(data)
+        scheme, sep, rest = text.partition("://")
+        if not sep:
+            return cls(str(Path(text).absolute()))
+        scheme = _ALIASES.get(scheme.lower(), scheme.lower())
+        if scheme == "file":
+            return cls(str(Path(rest).absolute()))
+        if scheme not in REMOTE_SCHEMES:
+            raise StoreError(
+                f"data root {text!r}: unsupported scheme {scheme!r}; use a local path, "
+                "s3://bucket/prefix, gs://bucket/prefix or az://container/prefix"
+            )
+        rest = rest.strip("/")
+        if not rest or rest.startswith("."):
+            raise StoreError(f"data root {text!r}: name a bucket (and optionally a prefix)")
+        return cls(f"{scheme}://{rest}", scheme, _storage_options(scheme))
+
+    @property
+    def remote(self) -> bool:
+        return self.scheme != "file"
+
+    @property
+    def path(self) -> Path:
+        """The local folder (local data roots only)."""
+        if self.remote:
+            raise StoreError(f"{self.uri} is not a local folder")
+        return Path(self.uri)
+
+    def table(self, name: str) -> str:
+        return f"{self.uri}/{name}"
+
+    def file(self, table: str, relative: str) -> str:
+        """The full path of a data file named by a Delta add action (URL-encoded)."""
+        return f"{self.uri}/{table}/{unquote(relative)}"
+
+    def exists(self) -> bool:
+        if self.remote:
+            return True  # a bucket without tables is an empty store
+        return Path(self.uri).exists()
+
+    def is_table(self, name: str) -> bool:
+        return DeltaTable.is_deltatable(self.table(name), storage_options=self.options())
+
+    def open(self, name: str, version: int | None = None) -> DeltaTable:
+        return DeltaTable(self.table(name), version=version, storage_options=self.options())
+
+    def open_if_exists(self, name: str) -> DeltaTable | None:
+        return self.open(name) if self.is_table(name) else None
+
+    def options(self) -> dict[str, str] | None:
+        return dict(self.storage_options) if self.remote else None
+
+    def duckdb_filesystem(self) -> Any:
+        """An fsspec file system DuckDB can register, reading this bucket through
+        pyarrow (None for local roots)."""
+        if not self.remote:
+            return None
+        from fsspec.implementations.arrow import ArrowFSWrapper
+
+        wrapper = type(f"Istore{self.scheme.upper()}FS", (ArrowFSWrapper,), {
+            "protocol": self.scheme,
+        })  # fmt: skip
+        return wrapper(_arrow_filesystem(self.scheme, self.storage_options))
+
+
+def _env(*names: str) -> str | None:
+    for n in names:
+        v = os.environ.get(n)
+        if v:
+            return v
+    return None
+
+
+def _storage_options(scheme: str) -> dict[str, str]:
+    """deltalake storage options from the environment (the same variables the
+    official cloud SDKs read)."""
+    opts: dict[str, str] = {}
+    if scheme == "s3":
+        for key, names in {
+            "AWS_ACCESS_KEY_ID": ("AWS_ACCESS_KEY_ID",),
+            "AWS_SECRET_ACCESS_KEY": ("AWS_SECRET_ACCESS_KEY",),
+            "AWS_SESSION_TOKEN": ("AWS_SESSION_TOKEN",),
+            "AWS_REGION": ("AWS_REGION", "AWS_DEFAULT_REGION"),
+            "AWS_ENDPOINT_URL": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+        }.items():
+            v = _env(*names)
+            if v:
+                opts[key] = v
+        opts.setdefault("AWS_REGION", "us-east-1")
+        if opts.get("AWS_ENDPOINT_URL", "").startswith("http://") or _env("AWS_ALLOW_HTTP"):
+            opts["AWS_ALLOW_HTTP"] = "true"
+        # Many writers commit safely only with put-if-absent on the commit files.
+        opts["conditional_put"] = os.environ.get("ISTORE_S3_CONDITIONAL_PUT", "etag")
+    elif scheme == "gs":
+        v = _env("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_SERVICE_ACCOUNT")
+        if v:
+            opts["google_service_account"] = v
+    elif scheme == "az":
+        for key, names in {
+            "azure_storage_account_name": ("AZURE_STORAGE_ACCOUNT_NAME",),
+            "azure_storage_account_key": ("AZURE_STORAGE_ACCOUNT_KEY",),
+            "azure_storage_sas_token": ("AZURE_STORAGE_SAS_TOKEN",),
+        }.items():
+            v = _env(*names)
+            if v:
+                opts[key] = v
+    return opts
+
+
+def _arrow_filesystem(scheme: str, opts: dict[str, str]) -> Any:
+    import pyarrow.fs as pafs
+
+    if scheme == "s3":
+        endpoint = opts.get("AWS_ENDPOINT_URL")
+        kw: dict[str, Any] = {"region": opts.get("AWS_REGION")}
+        if endpoint:
+            proto, _, host = endpoint.partition("://")
+            kw["endpoint_override"] = host.rstrip("/") if host else endpoint
+            kw["scheme"] = proto if host else "https"
+        if opts.get("AWS_ACCESS_KEY_ID"):
+            kw["access_key"] = opts["AWS_ACCESS_KEY_ID"]
+            kw["secret_key"] = opts.get("AWS_SECRET_ACCESS_KEY")
+            kw["session_token"] = opts.get("AWS_SESSION_TOKEN")
+        return pafs.S3FileSystem(**kw)
+    if scheme == "gs":
+        return pafs.GcsFileSystem()
+    return pafs.AzureFileSystem(
+        account_name=opts.get("azure_storage_account_name", ""),
+        account_key=opts.get("azure_storage_account_key"),
+        sas_token=opts.get("azure_storage_sas_token"),
+    )
+
+
+class Lease:
+    """At most one holder at a time of a named job over the data root (maintenance
+    among several writers). Local roots: an ``flock`` on ``<root>/<name>.lock``,
+    exact. Object storage: a lease object ``_istore/<name>.json`` holding the owner
+    and an expiry, written then read back after a pause: best effort (two nodes can
+    both win a near-simultaneous race), which is safe because every maintenance step
+    is a Delta commit whose conflicts Delta detects, and vacuum never deletes files
+    younger than an hour while writers share the tables."""
+
+    def __init__(self, location: Location, name: str, owner: str, ttl_s: float = 3600.0):
+        self.location, self.name, self.owner, self.ttl_s = location, name, owner, ttl_s
+        self._fd: int | None = None
+
+    def __enter__(self) -> bool:
+        if not self.location.remote:
+            import fcntl
+
+            fd = os.open(self.location.path / f"{self.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            self._fd = fd
+            return True
+        return self._claim()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        elif self.location.remote:
+            self._write(0.0)  # expired at once: the next runner need not wait
+
+    # -- object storage ------------------------------------------------------------------
+    def _path(self) -> str:
+        return f"{self.location.uri.split('://', 1)[1]}/_istore/{self.name}.json"
+
+    def _read(self) -> dict[str, Any]:
+        import orjson
+
+        fs = _arrow_filesystem(self.location.scheme, self.location.storage_options)
+        try:
+            with fs.open_input_stream(self._path()) as f:
+                data = orjson.loads(f.read())
+            return data if isinstance(data, dict) else {}
+        except (FileNotFoundError, OSError, ValueError):
+            return {}
+
+    def _write(self, until: float) -> None:
+        import orjson
+
+        fs = _arrow_filesystem(self.location.scheme, self.location.storage_options)
+        with fs.open_output_stream(self._path()) as f:
+            f.write(orjson.dumps({"owner": self.owner, "until": until}))
+
+    def _claim(self) -> bool:
+        import time
+
+        held = self._read()
+        if held.get("owner") not in (None, self.owner) and held.get("until", 0) > time.time():
+            return False
+        self._write(time.time() + self.ttl_s)
+        time.sleep(1.0)  # let a racing claim land, then see who won
+        return self._read().get("owner") == self.owner

@@ -1,0 +1,335 @@
+"""Beyond one process: several writers on one table, on local disk and on a real
+S3-protocol server (moto's standalone server on loopback).
+
+Each writer has its own write-ahead log and Delta app transaction; the checks read
+the final table with ``deltalake`` and ``polars`` directly, without this project's
+code: every acknowledged record exactly once."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import polars as pl
+import pytest
+from deltalake import DeltaTable
+
+from tests.conftest import ROOT, Server, free_port, interaction
+
+BUCKET = "istore-test"
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[dict[str, str]]:
+    """A real S3 endpoint on 127.0.0.1; yields the environment a client needs."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+    }
+    import boto3
+
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
+                 aws_secret_access_key="testing", region_name="us-east-1",
+                 ).create_bucket(Bucket=BUCKET)  # fmt: skip
+    try:
+        yield env
+    finally:
+        server.stop()
+
+
+def storage_options(env: dict[str, str]) -> dict[str, str]:
+    return {
+        "AWS_ENDPOINT_URL": env["AWS_ENDPOINT_URL"],
+        "AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],
+        "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"],
+        "AWS_REGION": env["AWS_REGION"],
+        "AWS_ALLOW_HTTP": "true",
+    }
+
+
+class Writer(threading.Thread):
+    """Posts batches of new interactions to one server until stopped; keeps the ids
+    the server acknowledged. Connection errors (a killed server) are retried with
+    new ids: an unacknowledged batch may or may not be stored, never twice."""
+
+    def __init__(self, url: str, tag: str, batch: int = 20) -> None:
+        super().__init__(daemon=True)
+        self.url, self.tag, self.batch = url, tag, batch
+        self.acked: list[str] = []
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(timeout=30) as c:
+            while not self.stop.is_set():
+                rows = [
+                    interaction(0, id=str(uuid.uuid4()), use_case=f"uc-{self.tag}", model="m")
+                    for _ in range(self.batch)
+                ]
+                try:
+                    r = c.post(self.url + "/api/v1/interactions", json=rows)
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+                    continue
+                if r.status_code in (200, 201):
+                    self.acked.extend(x["id"] for x in rows)  # type: ignore[misc]
+                elif r.status_code != 503:
+                    self.errors.append(f"{r.status_code} {r.text[:200]}")
+
+
+def table_ids(uri: str, opts: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """The interaction ids, read by deltalake and by polars, no project code."""
+    dt = DeltaTable(uri, storage_options=opts)
+    by_delta = dt.to_pyarrow_table(columns=["id"]).column("id").to_pylist()
+    by_polars = pl.read_delta(uri, storage_options=opts, columns=["id"])["id"].to_list()
+    return by_delta, by_polars
+
+
+def app_transactions(uri: str, opts: dict[str, str] | None = None) -> set[str]:
+    dt = DeltaTable(uri, storage_options=opts)
+    found = set()
+    for line in _commit_lines(dt, opts):
+        if '"txn"' in line:
+            found.add(line.split('"appId":"', 1)[1].split('"', 1)[0])
+    return found
+
+
+def _commit_lines(dt: DeltaTable, opts: dict[str, str] | None) -> Iterator[str]:
+    import pyarrow.fs as pafs
+
+    uri = dt.table_uri.rstrip("/")
+    if uri.startswith("s3://"):
+        assert opts is not None
+        ep = opts["AWS_ENDPOINT_URL"].split("://", 1)[1]
+        fs: Any = pafs.S3FileSystem(endpoint_override=ep, scheme="http", access_key="testing",
+                                    secret_key="testing", region="us-east-1")  # fmt: skip
+        base = uri.removeprefix("s3://") + "/_delta_log"
+    else:
+        fs, base = pafs.LocalFileSystem(), uri.removeprefix("file://") + "/_delta_log"
+    for info in fs.get_file_info(pafs.FileSelector(base)):
+        if info.path.endswith(".json"):
+            with fs.open_input_stream(info.path) as f:
+                yield from f.read().decode().splitlines()
+
+
+def assert_exactly_once(acked: list[str], delta_ids: list[str], polars_ids: list[str]) -> None:
+    assert len(set(acked)) == len(acked)
+    for ids in (delta_ids, polars_ids):
+        assert len(ids) == len(set(ids)), "a record is stored twice"
+        missing = set(acked) - set(ids)
+        assert not missing, f"{len(missing)} acknowledged records are missing"
+
+
+def wait_visible(url: str, id_: str, timeout: float = 15.0) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if httpx.get(f"{url}/api/v1/interactions/{id_}", timeout=5).status_code == 200:
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise AssertionError(f"{id_} not visible at {url} after {timeout} s")
+
+
+def test_three_servers_share_an_s3_table_one_killed(
+    s3: dict[str, str], tmp_path: Path, server_factory: type[Server]
+) -> None:
+    uri = f"s3://{BUCKET}/shared"
+    env = {**s3, "ISTORE_MAINTENANCE_INTERVAL_S": "3"}
+    nodes = [
+        server_factory(uri, ISTORE_WAL_DIR=str(tmp_path / f"node{i}"), **env)  # type: ignore[arg-type]
+        for i in range(3)
+    ]
+    for n in nodes:
+        n.start(timeout=60)
+    writers = [Writer(n.url, str(i)) for i, n in enumerate(nodes)]
+    for w in writers:
+        w.start()
+    time.sleep(4)
+    nodes[1].kill()  # kill -9, mid-load
+    time.sleep(1)
+    nodes[1].start(timeout=60)  # the same log: replays what it acknowledged
+    time.sleep(4)
+    for w in writers:
+        w.stop.set()
+    for w in writers:
+        w.join(60)
+
+    # A write on one node is read on another within seconds.
+    probe = interaction(0, id=str(uuid.uuid4()))
+    assert httpx.post(nodes[0].url + "/api/v1/interactions", json=probe).status_code == 201
+    seen_after = wait_visible(nodes[2].url, str(probe["id"]))
+    assert seen_after < 15
+
+    maintenance = [httpx.get(n.url + "/readyz").json().get("maintenance") for n in nodes]
+    for n in nodes:
+        n.stop()
+        assert n.proc is not None and n.proc.returncode == 0, n.stderr_text[-2000:]
+
+    acked = [i for w in writers for i in w.acked] + [str(probe["id"])]
+    assert all(not w.errors for w in writers), [w.errors[:3] for w in writers]
+    assert all(len(w.acked) > 0 for w in writers)
+    opts = storage_options(s3)
+    delta_ids, polars_ids = table_ids(f"{uri}/interactions", opts)
+    assert_exactly_once(acked, delta_ids, polars_ids)
+    # Three logs, three app transactions (the restarted node kept its writer id).
+    assert len(app_transactions(f"{uri}/interactions", opts)) == 3
+    print(f"\n3 nodes on S3: {len(acked)} acked, {len(delta_ids)} stored, "
+          f"cross-node visibility {seen_after:.2f} s, maintenance {maintenance}")  # fmt: skip
+
+
+def test_one_writer_on_s3_reads_sql_and_exports(
+    s3: dict[str, str], tmp_path: Path, server_factory: type[Server]
+) -> None:
+    """The read paths (DuckDB over pyarrow's S3 file system) on a remote root."""
+    uri = f"s3://{BUCKET}/reads"
+    node = server_factory(uri, ISTORE_WAL_DIR=str(tmp_path / "wal"), **s3).start(timeout=60)  # type: ignore[arg-type]
+    rows = [interaction(i, model=("a", "b")[i % 2]) for i in range(40)]
+    assert httpx.post(node.url + "/api/v1/interactions", json=rows).status_code == 201
+    # Past the first flush: read the committed Parquet files from the bucket.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        st = httpx.get(node.url + "/readyz").json()
+        if st["pending_rows"] == 0 and st["versions"]["interactions"] > 0:
+            break
+        time.sleep(0.2)
+    sql = "SELECT model, count(*) AS n FROM interactions GROUP BY 1 ORDER BY 1"
+    r = httpx.post(node.url + "/api/v1/sql", json={"sql": sql})
+    assert r.status_code == 200, r.text
+    assert r.json()["data"] == [{"model": "a", "n": 20}, {"model": "b", "n": 20}]
+    # The sandbox still holds: the bucket's other prefixes and local files are out.
+    for sql in (
+        f"SELECT * FROM read_parquet('s3://{BUCKET}/shared/interactions/x.parquet')",
+        "SELECT * FROM read_csv('/etc/passwd')",
+    ):
+        assert httpx.post(node.url + "/api/v1/sql", json={"sql": sql}).status_code == 400
+    r = httpx.get(node.url + "/api/v1/export", params={"format": "openai", "use_case": "support"})
+    assert r.status_code == 200, r.text
+    assert len(r.text.strip().splitlines()) == 40
+    node.stop()
+
+
+class Workers:
+    """`istore serve --workers N` on a local data root."""
+
+    def __init__(self, data: Path, n: int) -> None:
+        self.data, self.n = data, n
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Workers:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "istore",
+                "serve",
+                "--data",
+                str(self.data),
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.n),
+            ],  # fmt: skip
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    if len(self.children()) == self.n:
+                        return self
+            time.sleep(0.1)
+        raise RuntimeError("workers did not start")
+
+    def children(self) -> list[int]:
+        assert self.proc is not None
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(x) for x in out.stdout.split()]
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(60)
+
+    def kill_all(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+
+def test_workers_share_a_local_table(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    sup = Workers(data, 2).start()
+    try:
+        writers = [Writer(sup.url, str(i)) for i in range(4)]
+        for w in writers:
+            w.start()
+        time.sleep(3)
+        victim = sup.children()[0]
+        os.kill(victim, signal.SIGKILL)  # the supervisor restarts it on its own log
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (
+            len(sup.children()) != 2 or victim in sup.children()
+        ):
+            time.sleep(0.1)
+        time.sleep(3)
+        for w in writers:
+            w.stop.set()
+        for w in writers:
+            w.join(60)
+        assert sup.stop() == 0
+    except BaseException:
+        sup.kill_all()
+        raise
+    acked = [i for w in writers for i in w.acked]
+    assert acked and all(not w.errors for w in writers)
+    assert_exactly_once(acked, *table_ids(str(data / "interactions")))
+    assert len(app_transactions(str(data / "interactions"))) == 2
+    assert sorted(p.name for p in (data / "wal").iterdir() if p.is_dir()) == [
+        "worker-0",
+        "worker-1",
+    ]
+
+
+def test_logs_of_gone_workers_are_replayed(tmp_path: Path, server_factory: type[Server]) -> None:
+    """Killed with everything (no final flush), then started with fewer workers: the
+    orphaned logs are replayed into the table at start-up."""
+    data = tmp_path / "data"
+    sup = Workers(data, 2).start()
+    writers = [Writer(sup.url, str(i)) for i in range(3)]
+    try:
+        for w in writers:
+            w.start()
+        time.sleep(2)
+        for w in writers:
+            w.stop.set()
+        for w in writers:
+            w.join(60)
+    finally:
+        sup.kill_all()
+    acked = [i for w in writers for i in w.acked]
+    single = server_factory(data).start(timeout=60)  # one process: drains worker-0 and 1
+    single.stop()
+    assert_exactly_once(acked, *table_ids(str(data / "interactions")))
