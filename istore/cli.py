@@ -73,7 +73,6 @@ def main() -> None:
     default=None,
     help="This writer's write-ahead log folder (default: $ISTORE_WAL_DIR or <data>/wal).",
 )
-@click.option("--listen-fd", type=int, default=None, hidden=True)
 @click.option("--worker-index", type=int, default=None, hidden=True)
 def serve(
     data: str | None,
@@ -84,7 +83,6 @@ def serve(
     insecure_no_auth: bool,
     workers: int | None,
     wal_dir: str | None,
-    listen_fd: int | None,
     worker_index: int | None,
 ) -> None:
     """Serve the HTTP API."""
@@ -151,12 +149,18 @@ def serve(
                 banner = "WARNING: --insecure-no-auth on a non-loopback address. " + banner
             click.secho(banner, fg="red", bold=True, err=True)
             click.echo(f"{where} (no API key: open)")
+        listening = None
+        if worker_index is not None:
+            from istore.workers import listen
+
+            listening = listen(settings.host, settings.port)
         app = create_app(settings, store=store)
         config = uvicorn.Config(
             app,
             host=settings.host,
             port=settings.port,
-            fd=listen_fd,  # a worker accepts on the supervisor's socket
+            # a worker listens in the port's SO_REUSEPORT group
+            fd=listening.fileno() if listening is not None else None,
             log_config=None,  # api.logs configured it
             access_log=False,  # ours is istore.access (ISTORE_ACCESS_LOG)
             loop="uvloop",

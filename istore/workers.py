@@ -1,8 +1,8 @@
 """``istore serve --workers N``: N server processes on one port, each writing through
 its own write-ahead log to the same tables.
 
-The supervisor binds the socket once and hands it to every worker (the kernel spreads
-connections over the processes that accept on it). Worker ``i`` writes through
+Every worker listens on the port with ``SO_REUSEPORT``; the kernel spreads
+connections over them. Worker ``i`` writes through
 ``<wal base>/worker-<i>``: the log, its lock and its writer id stay with the index, so
 a worker that dies is restarted on its own log and replays it. Before starting, the
 supervisor drains any log no worker will own: the data root's own log (from a
@@ -78,13 +78,17 @@ def drain_orphans(settings: Settings, keep: int, *, own_log: bool = True) -> lis
     return drained
 
 
-def listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
+    """A socket in the port's ``SO_REUSEPORT`` group: the kernel spreads incoming
+    connections evenly over the workers' sockets (one shared socket would hand most
+    of them to whichever process happens to be waiting first)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
+    if backlog:
+        sock.listen(backlog)
     return sock
 
 
@@ -93,7 +97,7 @@ def supervise(settings: Settings, argv: list[str]) -> int:
     ``argv`` are the ``istore serve`` options to pass on to each worker."""
     for d in drain_orphans(settings, settings.workers):
         log.info("replayed the write-ahead log in %s into the tables", d)
-    sock = listen(settings.host, settings.port)
+    listen(settings.host, settings.port, backlog=0).close()  # the port is free for us
     stopping = False
 
     def spawn(i: int) -> subprocess.Popen[bytes]:
@@ -103,9 +107,8 @@ def supervise(settings: Settings, argv: list[str]) -> int:
             ISTORE_STATE_DIR=str(state_dir(settings)),
             ISTORE_WORKERS="1",
         )
-        cmd = [sys.executable, "-m", "istore", "serve", *argv]
-        cmd += ["--listen-fd", str(sock.fileno()), "--worker-index", str(i)]
-        return subprocess.Popen(cmd, env=env, pass_fds=[sock.fileno()])
+        cmd = [sys.executable, "-m", "istore", "serve", *argv, "--worker-index", str(i)]
+        return subprocess.Popen(cmd, env=env)
 
     def stop(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -139,5 +142,4 @@ def supervise(settings: Settings, argv: list[str]) -> int:
             log.warning("worker %d exited with %s; restarting it on its own log", i, rc)
             time.sleep(RESTART_DELAY_S)
             procs[i] = spawn(i)
-    sock.close()
     return 0

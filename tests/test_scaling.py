@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -71,15 +72,17 @@ class Writer(threading.Thread):
     the server acknowledged. Connection errors (a killed server) are retried with
     new ids: an unacknowledged batch may or may not be stored, never twice."""
 
-    def __init__(self, url: str, tag: str, batch: int = 20) -> None:
+    def __init__(self, url: str, tag: str, batch: int = 20, keepalive: bool = True) -> None:
         super().__init__(daemon=True)
         self.url, self.tag, self.batch = url, tag, batch
+        # A new connection per request reaches every worker of `serve --workers`.
+        self.limits = httpx.Limits(max_keepalive_connections=None if keepalive else 0)
         self.acked: list[str] = []
         self.errors: list[str] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
-        with httpx.Client(timeout=30) as c:
+        with httpx.Client(timeout=30, limits=self.limits) as c:
             while not self.stop.is_set():
                 rows = [
                     interaction(0, id=str(uuid.uuid4()), use_case=f"uc-{self.tag}", model="m")
@@ -195,11 +198,17 @@ def test_three_servers_share_an_s3_table_one_killed(
           f"cross-node visibility {seen_after:.2f} s, maintenance {maintenance}")  # fmt: skip
 
 
-def test_one_writer_on_s3_reads_sql_and_exports(
-    s3: dict[str, str], tmp_path: Path, server_factory: type[Server]
+def test_one_writer_on_s3_reads_sql_and_exports_and_readme_snippets(
+    s3: dict[str, str], tmp_path: Path, server_factory: type[Server], monkeypatch: Any
 ) -> None:
-    """The read paths (DuckDB over pyarrow's S3 file system) on a remote root."""
-    uri = f"s3://{BUCKET}/reads"
+    """The read paths (DuckDB over pyarrow's S3 file system) on a remote root, then
+    the README's object-storage snippets (```py blocks) on the table it wrote."""
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
+                 aws_secret_access_key="testing", region_name="us-east-1",
+                 ).create_bucket(Bucket="my-bucket")  # fmt: skip
+    uri = "s3://my-bucket/istore"
     node = server_factory(uri, ISTORE_WAL_DIR=str(tmp_path / "wal"), **s3).start(timeout=60)  # type: ignore[arg-type]
     rows = [interaction(i, model=("a", "b")[i % 2]) for i in range(40)]
     assert httpx.post(node.url + "/api/v1/interactions", json=rows).status_code == 201
@@ -223,7 +232,25 @@ def test_one_writer_on_s3_reads_sql_and_exports(
     r = httpx.get(node.url + "/api/v1/export", params={"format": "openai", "use_case": "support"})
     assert r.status_code == 200, r.text
     assert len(r.text.strip().splitlines()) == 40
+    gone = str(rows[0]["id"]) if "id" in rows[0] else None
+    if gone is None:
+        listed = httpx.get(node.url + "/api/v1/interactions", params={"limit": 1}).json()
+        gone = listed["data"][0]["id"]
+    assert httpx.delete(f"{node.url}/api/v1/interactions/{gone}").status_code in (200, 204)
     node.stop()
+
+    for k, v in s3.items():
+        monkeypatch.setenv(k, v)
+    readme = (ROOT / "README.md").read_text()
+    snippets = [b for b in re.findall(r"```py\n(.*?)```", readme, flags=re.S) if "s3://" in b]
+    assert snippets
+    scope: dict[str, Any] = {}
+    for code in snippets:
+        exec(compile(code, "README.md", "exec"), scope)  # noqa: S102
+    assert scope["df"].height == 40  # the deleted row is still in the files (no purge yet)
+    assert scope["frame"].shape == (40, 2)
+    effective = dict(scope["effective"])
+    assert sum(effective.values()) == 39 and set(effective) == {"a", "b"}
 
 
 class Workers:
@@ -283,7 +310,7 @@ def test_workers_share_a_local_table(tmp_path: Path) -> None:
     data = tmp_path / "data"
     sup = Workers(data, 2).start()
     try:
-        writers = [Writer(sup.url, str(i)) for i in range(4)]
+        writers = [Writer(sup.url, str(i), keepalive=False) for i in range(4)]
         for w in writers:
             w.start()
         time.sleep(3)
