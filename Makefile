@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint fmt bench-load bench-validate bench-query bench-export bench-gateway bench bench-smoke soak fuzz clean
+.PHONY: serve test lint fmt bench-load bench-validate bench-query bench-export bench-gateway bench bench-scaling bench-smoke soak fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get install -y -q wrk >/dev/null 2>&1 || sudo apt-get install -y -q wrk)
 	@test -x /usr/lib/postgresql/15/bin/initdb || (apt-get install -y -q postgresql-15 >/dev/null 2>&1 || sudo apt-get install -y -q postgresql-15)
 	$(BIN)/python bench/compare.py --scale $${SCALE:-1M}
+
+# One process, --workers 2, and S3 (moto on loopback) with one and three nodes.
+bench-scaling: $(STAMP)
+	$(BIN)/python bench/scaling.py --json bench/results/scaling-$$(date +%F).json
 
 bench-smoke: $(STAMP)
 	$(BIN)/python bench/compare.py --scale smoke --runs 2 --out /tmp/istore-bench-smoke

@@ -96,7 +96,8 @@ class MaintenanceJob:
 
     def _compact(self) -> dict[str, int]:
         out = {}
-        with self.store.maintenance():  # no flush commits while files are rewritten
+        # No flush commits of this writer while files are rewritten (single writer).
+        with self.store.maintenance(exclusive=False):
             for name in TABLES:
                 dt = self.store.location.open_if_exists(name)
                 if dt is None:

@@ -223,8 +223,18 @@ def main() -> int:
                 k: round(v / args.seconds, 1) for k, v in sorted(counter.counts.items())
             }
             if len(urls) > 1:
-                r["cross_node_visibility_s"] = visibility(urls[0], urls[-1])
-            r["same_node_visibility_s"] = visibility(urls[0], urls[0])
+                from tests.test_scaling import cross_node_visibility
+
+                for p in procs:  # the backlog first: visibility when the nodes keep up
+                    while httpx.get(p.url + "/readyz").json()["pending_rows"]:
+                        time.sleep(0.2)
+                committed, seen = cross_node_visibility(urls[0], urls[-1])
+                r["cross_node_commit_s"], r["cross_node_seen_s"] = (
+                    round(committed, 2),
+                    round(seen, 2),
+                )
+            elif not layout.startswith("s3"):
+                r["read_after_write_s"] = visibility(urls[0], urls[0])
             for p in procs:
                 p.stop()
             results[layout] = r

@@ -161,6 +161,7 @@ class Store:
         self._stop = threading.Event()
         self._kick = threading.Event()
         self._flusher: threading.Thread | None = None
+        self._refresher: threading.Thread | None = None
         self.flush_error: str | None = None
         self.recovery = RecoveryReport()
         self.flushes = 0
@@ -256,6 +257,11 @@ class Store:
                 target=self._flush_loop, name="istore-flush", daemon=True
             )
             self._flusher.start()
+            if self.shared:
+                self._refresher = threading.Thread(
+                    target=self._refresh_loop, name="istore-refresh", daemon=True
+                )
+                self._refresher.start()
 
     def _load_tables(self) -> dict[str, int]:
         """Open (or create) the Delta tables; the log position each has applied."""
@@ -532,10 +538,19 @@ class Store:
         return sum(t.nrows for t in self._tails.values())
 
     # -- flushing -----------------------------------------------------------------------
+    def _refresh_loop(self) -> None:
+        """Shared tables: pick up the other writers' commits every few seconds, on a
+        thread of its own, so that neither a slow flush nor maintenance delays it."""
+        while not self._stop.wait(SHARED_REFRESH_S):
+            try:
+                self.refresh()
+            except Exception as exc:  # the next round tries again
+                log.warning("could not read the other writers' commits: %s", exc)
+
     def _flush_loop(self) -> None:
         backoff = self.options.flush_interval_s
         refreshed = time.monotonic()
-        every = SHARED_REFRESH_S if self.shared else REFRESH_S
+        every = float("inf") if self.shared else REFRESH_S
         while not self._stop.is_set():
             self._kick.wait(backoff)
             self._kick.clear()
@@ -763,9 +778,14 @@ class Store:
 
     # -- lifecycle (store.lifecycle) ------------------------------------------------------
     @contextlib.contextmanager
-    def maintenance(self) -> Iterator[None]:
+    def maintenance(self, *, exclusive: bool = True) -> Iterator[None]:
         """Keep the flusher out while a maintenance job rewrites tables, so this
-        process's appends and deletes never race each other."""
+        process's appends and deletes never race each other. Where other writers
+        append anyway (``shared``), a non-``exclusive`` job (compaction, which Delta
+        lets run beside appends) does not hold up this writer's flushes."""
+        if self.shared and not exclusive:
+            yield
+            return
         with self._flush_lock:
             yield
 
@@ -831,6 +851,8 @@ class Store:
             self._wal.close()
         self._stop.set()
         self._kick.set()
+        if self._refresher is not None:
+            self._refresher.join()
         if self._flusher is not None:
             self._flusher.join()
             try:
