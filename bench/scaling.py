@@ -140,6 +140,16 @@ def visibility(write_url: str, read_url: str, tries: int = 5) -> float:
     return round(out[len(out) // 2], 2)
 
 
+def lookup(url: str) -> float:
+    """Seconds for one ``GET /interactions/{id}`` of a stored interaction (a full
+    scan of the id column: no id index on disk)."""
+    first = httpx.get(url + "/api/v1/interactions", params={"limit": 1}, timeout=600)
+    id_ = first.json()["data"][0]["id"]
+    t0 = time.monotonic()
+    assert httpx.get(f"{url}/api/v1/interactions/{id_}", timeout=600).status_code == 200
+    return round(time.monotonic() - t0, 2)
+
+
 class S3Counter(logging.Handler):
     """Counts the S3 requests moto serves, by method."""
 
@@ -228,13 +238,15 @@ def main() -> int:
                 for p in procs:  # the backlog first: visibility when the nodes keep up
                     while httpx.get(p.url + "/readyz").json()["pending_rows"]:
                         time.sleep(0.2)
-                committed, seen = cross_node_visibility(urls[0], urls[-1])
+                committed, seen = cross_node_visibility(urls[0], urls[-1], confirm=False)
                 r["cross_node_commit_s"], r["cross_node_seen_s"] = (
                     round(committed, 2),
                     round(seen, 2),
                 )
             elif not layout.startswith("s3"):
                 r["read_after_write_s"] = visibility(urls[0], urls[0])
+            r["files"] = httpx.get(urls[0] + "/readyz").json()["label_index"]
+            r["lookup_by_id_s"] = lookup(urls[-1])
             for p in procs:
                 p.stop()
             results[layout] = r
