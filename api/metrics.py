@@ -75,7 +75,7 @@ class Collector:
         yield deleted
 
         yield GaugeMetricFamily("istore_wal_bytes", "Size of the write-ahead log on disk",
-                                value=_wal_bytes(store.root / "wal"))  # fmt: skip
+                                value=_wal_bytes(store.wal_dir))  # fmt: skip
         yield GaugeMetricFamily("istore_pending_rows", "Durable rows not yet in the Delta "
                                 "tables (flush lag)", value=status["pending_rows"])  # fmt: skip
         yield GaugeMetricFamily("istore_pending_bytes", "Durable bytes not yet in the Delta "

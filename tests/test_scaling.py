@@ -274,6 +274,18 @@ def test_one_writer_on_s3_reads_sql_and_exports_and_readme_snippets(
     effective = dict(scope["effective"])
     assert sum(effective.values()) == 39 and set(effective) == {"a", "b"}
 
+    # The command line reads and compacts the bucket too (no server needed).
+    from click.testing import CliRunner
+
+    from istore.cli import main
+
+    r = CliRunner().invoke(main, ["sql", "--data", uri, "--format", "json",
+                                  "SELECT count(*) AS n FROM interactions"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert '"n": 39' in r.output or '"n":39' in r.output, r.output
+    r = CliRunner().invoke(main, ["compact", "--data", uri])
+    assert r.exit_code == 0, r.output
+
 
 class Workers:
     """`istore serve --workers N` on a local data root."""
