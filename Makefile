@@ -75,7 +75,7 @@ bench-export: $(STAMP)
 # The crash test, many rounds (CI runs 3).
 soak: $(STAMP)
 	ISTORE_CRASH_ROUNDS=$${ROUNDS:-50} $(BIN)/python -m pytest -q -s tests/test_crash.py -p no:cacheprovider
-	$(BIN)/python bench/soak.py --minutes $${MINUTES:-10} --json bench/results/soak-$$(date +%F).json
+	$(BIN)/python bench/soak.py --minutes $${MINUTES:-10} --preload $${PRELOAD:-300000} --json bench/results/soak-$$(date +%F).json
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache .mypy_cache

@@ -19,7 +19,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.parquet as pq
 
 log = logging.getLogger("istore.index")
 
@@ -27,6 +26,11 @@ _PAIRS_SQL = (
     "SELECT hash(e.key || chr(31) || e.value) AS h, file_row_number AS n FROM ("
     "SELECT unnest(map_entries(labels)) AS e, file_row_number "
     "FROM read_parquet(?, file_row_number = true))"
+)
+
+_GROUPS_SQL = (
+    "SELECT row_group_id, any_value(row_group_num_rows) FROM parquet_metadata(?) "
+    "GROUP BY 1 ORDER BY 1"
 )
 
 
@@ -100,14 +104,15 @@ class LabelIndex:
                     self._files[path] = idx
 
     def build(self, path: str) -> FileIndex:
-        meta = pq.ParquetFile(path).metadata
-        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-        bounds = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
         cur = self._duck.raw_cursor()  # type: ignore[attr-defined]
         try:
+            # Through DuckDB, which reads local files and object storage alike.
+            groups = cur.sql(_GROUPS_SQL, params=[path]).fetchall()
             t = cur.sql(_PAIRS_SQL, params=[[path]]).to_arrow_table()
         finally:
             cur.close()
+        sizes = [int(n) for _, n in groups]
+        bounds = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
         h = t.column("h").to_numpy().astype(np.uint64)
         n = t.column("n").to_numpy().astype(np.int64)
         g = (np.searchsorted(bounds, n, "right") - 1).astype(np.uint32)
