@@ -40,15 +40,9 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.conftest import free_port  # noqa: E402
+
 BATCH = 1000
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def bodies(n_batches: int) -> list[bytes]:
@@ -185,26 +179,13 @@ def main() -> int:
     moto = None
     s3env: dict[str, str] = {}
     if "s3" in args.layouts:
-        from moto.server import ThreadedMotoServer
+        from tests.s3 import start_s3
 
         wl = logging.getLogger("werkzeug")
         wl.setLevel(logging.INFO)
         wl.propagate = False
         wl.handlers = [counter]
-        mport = free_port()
-        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=mport, verbose=False)
-        moto.start()
-        s3env = {
-            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{mport}",
-            "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench",
-            "AWS_REGION": "us-east-1",
-        }
-        import boto3
-
-        boto3.client("s3", endpoint_url=s3env["AWS_ENDPOINT_URL"], aws_access_key_id="bench",
-                     aws_secret_access_key="bench", region_name="us-east-1",
-                     ).create_bucket(Bucket="bench")  # fmt: skip
+        moto, s3env = start_s3("bench")
     common = {"ISTORE_MAINTENANCE_INTERVAL_S": "0", "ISTORE_LOG_LEVEL": "warning"}
     try:
         for layout in args.layouts.split(","):

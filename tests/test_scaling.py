@@ -27,6 +27,7 @@ import pytest
 from deltalake import DeltaTable
 
 from tests.conftest import ROOT, Server, free_port, interaction
+from tests.s3 import start_s3
 
 BUCKET = "istore-test"
 
@@ -34,23 +35,8 @@ BUCKET = "istore-test"
 @pytest.fixture(scope="module")
 def s3() -> Iterator[dict[str, str]]:
     """A real S3 endpoint on 127.0.0.1; yields the environment a client needs."""
-    from moto.server import ThreadedMotoServer
-
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-    }
-    import boto3
-
-    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
-                 aws_secret_access_key="testing", region_name="us-east-1",
-                 ).create_bucket(Bucket=BUCKET)  # fmt: skip
+    server, env = start_s3(BUCKET, "my-bucket")
     try:
         yield env
     finally:
@@ -225,11 +211,6 @@ def test_one_writer_on_s3_reads_sql_and_exports_and_readme_snippets(
 ) -> None:
     """The read paths (DuckDB over pyarrow's S3 file system) on a remote root, then
     the README's object-storage snippets (```py blocks) on the table it wrote."""
-    import boto3
-
-    boto3.client("s3", endpoint_url=s3["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
-                 aws_secret_access_key="testing", region_name="us-east-1",
-                 ).create_bucket(Bucket="my-bucket")  # fmt: skip
     uri = "s3://my-bucket/istore"
     node = server_factory(uri, ISTORE_WAL_DIR=str(tmp_path / "wal"), **s3).start(timeout=60)  # type: ignore[arg-type]
     rows = [interaction(i, model=("a", "b")[i % 2]) for i in range(40)]
