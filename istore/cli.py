@@ -594,7 +594,7 @@ def doctor(data: str | None) -> None:
 
     settings = _settings(data=data)
     failed = False
-    for f in check(Path(settings.data), settings.gateway_config):
+    for f in check(settings.data, settings.gateway_config, settings.wal_dir):
         failed |= f.level == "FAIL"
         color = {"ok": "green", "warn": "yellow", "FAIL": "red"}[f.level]
         line = click.style(f"{f.level:<5}", fg=color) + f"{f.check}: {f.detail}"

@@ -16,7 +16,9 @@ from pathlib import Path
 import pyarrow as pa
 from deltalake import DeltaTable
 
-from store.engine import APP_ID
+from store.engine import APP_ID, WRITER_FILE
+from store.location import Location
+from store.rows import decode_tables
 from store.schema import TABLES
 from store.wal import list_segments, scan
 
@@ -48,7 +50,19 @@ def _locked(root: Path) -> bool:
         os.close(fd)
 
 
-def check(root: Path, gateway_config: str | None = None) -> Iterator[Finding]:
+def check(
+    root: Path | str, gateway_config: str | None = None, wal_dir: str | None = None
+) -> Iterator[Finding]:
+    location = Location.parse(root)
+    if location.remote:
+        yield from _check_tables(location, {})
+        if wal_dir:
+            yield from _check_logs(Path(wal_dir), location)
+        else:
+            yield Finding("FAIL", "write-ahead log", "no ISTORE_WAL_DIR for an object-store "
+                          "data root", "pass --wal-dir or set ISTORE_WAL_DIR")  # fmt: skip
+        return
+    root = location.path
     if not root.exists():
         yield Finding("FAIL", "data root", f"{root} does not exist",
                       "start `istore serve` or `istore import` to create it, "
@@ -69,60 +83,8 @@ def check(root: Path, gateway_config: str | None = None) -> Iterator[Finding]:
         yield Finding("FAIL", "permissions", f"{root} is not writable by this user",
                       "run the server as the owner of the data root")  # fmt: skip
 
-    applied: dict[str, int] = {}
-    for name in TABLES:
-        path = root / name
-        if not DeltaTable.is_deltatable(str(path)):
-            yield Finding("warn", f"table {name}", "missing (created at the next start)")
-            continue
-        try:
-            dt = DeltaTable(str(path))
-            files = dt.file_uris()
-        except Exception as exc:
-            yield Finding("FAIL", f"table {name}", f"cannot be opened: {exc}",
-                          "restore the _delta_log folder from a backup")  # fmt: skip
-            continue
-        missing = [f for f in files if not Path(f.removeprefix("file://")).exists()]
-        if missing:
-            yield Finding("FAIL", f"table {name}",
-                          f"{len(missing)} data files of version {dt.version()} are missing, "
-                          f"e.g. {missing[0]}",
-                          "restore them from a backup; never delete files under a table "
-                          "by hand (use istore vacuum)")  # fmt: skip
-            continue
-        applied[name] = dt.transaction_version(APP_ID) or 0
-        actions = dt.get_add_actions(flatten=True)
-        sizes: list[int] = pa.table(actions).column("size_bytes").to_pylist() if len(files) else []
-        small = sum(1 for s in sizes if s < SMALL_FILE_BYTES)
-        level = "warn" if small > 200 else "ok"
-        yield Finding(level, f"table {name}",
-                      f"version {dt.version()}, {len(files)} files ({small} small)",
-                      "run `istore compact` (a server compacts on its maintenance schedule)"
-                      if level == "warn" else "")  # fmt: skip
-
-    wal = root / "wal"
-    if wal.exists():
-        segments = list_segments(wal)
-        size = sum(p.stat().st_size for p in segments)
-        records, report = scan(wal, repair=False)
-        pending = sum(1 for r in records if r.lsn > min(applied.values(), default=0))
-        if report.cut_bytes:
-            yield Finding("warn", "write-ahead log",
-                          f"{report.cut_bytes} torn or corrupt bytes at the end of "
-                          f"{', '.join(report.cut_segments)}",
-                          "nothing acknowledged is lost: the next start cuts them (and keeps "
-                          "them aside as cut-*.bin)")  # fmt: skip
-        else:
-            yield Finding("ok", "write-ahead log",
-                          f"{len(segments)} segments, {size / 2**20:.1f} MiB, "
-                          f"{pending} records not yet in every table")  # fmt: skip
-        aside = sorted(p.name for p in wal.glob("cut-*.bin"))
-        if aside:
-            yield Finding("warn", "write-ahead log", f"{len(aside)} cut tails kept aside "
-                          f"({aside[0]} …)", "they hold unacknowledged writes from a crash: "
-                          "inspect, then delete them")  # fmt: skip
-    else:
-        yield Finding("ok", "write-ahead log", "empty (no writes yet)")
+    yield from _check_tables(location, {})
+    yield from _check_logs(Path(wal_dir) if wal_dir else root / "wal", location)
 
     keys = root / "keys.json"
     if keys.exists():
@@ -157,3 +119,76 @@ def check(root: Path, gateway_config: str | None = None) -> Iterator[Finding]:
         except ConfigError as exc:
             yield Finding("FAIL", "gateway", f"{gateway_config}: {exc}",
                           "fix the routing file (see gateway.example.toml)")  # fmt: skip
+
+
+def _check_tables(location: Location, opened: dict[str, DeltaTable]) -> Iterator[Finding]:
+    """Each table opens, and every data file of its current version exists."""
+    for name in TABLES:
+        if not location.is_table(name):
+            yield Finding("warn", f"table {name}", "missing (created at the next start)")
+            continue
+        try:
+            dt = location.open(name)
+            files = dt.file_uris()
+        except Exception as exc:
+            yield Finding("FAIL", f"table {name}", f"cannot be opened: {exc}",
+                          "restore the _delta_log folder from a backup")  # fmt: skip
+            continue
+        missing = [] if location.remote else [
+            f for f in files if not Path(f.removeprefix("file://")).exists()
+        ]  # fmt: skip
+        if missing:
+            yield Finding("FAIL", f"table {name}",
+                          f"{len(missing)} data files of version {dt.version()} are missing, "
+                          f"e.g. {missing[0]}",
+                          "restore them from a backup; never delete files under a table "
+                          "by hand (use istore vacuum)")  # fmt: skip
+            continue
+        opened[name] = dt
+        actions = dt.get_add_actions(flatten=True)
+        sizes: list[int] = pa.table(actions).column("size_bytes").to_pylist() if len(files) else []
+        small = sum(1 for s in sizes if s < SMALL_FILE_BYTES)
+        level = "warn" if small > 200 else "ok"
+        yield Finding(level, f"table {name}",
+                      f"version {dt.version()}, {len(files)} files ({small} small)",
+                      "run `istore compact` (a server compacts on its maintenance schedule)"
+                      if level == "warn" else "")  # fmt: skip
+
+
+def _check_logs(wal: Path, location: Location) -> Iterator[Finding]:
+    """The write-ahead log in ``wal``, and the worker logs under it (``--workers``):
+    torn tails, cut files, and records not yet in the tables (by each log's own Delta
+    app transaction)."""
+    if not wal.exists():
+        yield Finding("ok", "write-ahead log", "empty (no writes yet)")
+        return
+    tables = {n: location.open(n) for n in TABLES if location.is_table(n)}
+    logs = [wal] + sorted(d for d in wal.glob("worker-*") if d.is_dir())
+    for log_dir in logs:
+        writer = (log_dir / WRITER_FILE).read_text().strip() if (
+            log_dir / WRITER_FILE).exists() else ""  # fmt: skip
+        app = f"{APP_ID}-{writer}" if writer else APP_ID
+        applied = {n: dt.transaction_version(app) or 0 for n, dt in tables.items()}
+        label = "write-ahead log" if log_dir == wal else f"write-ahead log {log_dir.name}"
+        segments = list_segments(log_dir)
+        size = sum(p.stat().st_size for p in segments)
+        records, report = scan(log_dir, repair=False)
+        pending = sum(
+            1 for r in records
+            if any(r.lsn > applied.get(n, 0) for n in decode_tables(r.payload))
+        )  # fmt: skip
+        if report.cut_bytes:
+            yield Finding("warn", label,
+                          f"{report.cut_bytes} torn or corrupt bytes at the end of "
+                          f"{', '.join(report.cut_segments)}",
+                          "nothing acknowledged is lost: the next start cuts them (and keeps "
+                          "them aside as cut-*.bin)")  # fmt: skip
+        else:
+            yield Finding("ok", label,
+                          f"{len(segments)} segments, {size / 2**20:.1f} MiB, "
+                          f"{pending} records not yet in every table")  # fmt: skip
+        aside = sorted(p.name for p in log_dir.glob("cut-*.bin"))
+        if aside:
+            yield Finding("warn", label, f"{len(aside)} cut tails kept aside "
+                          f"({aside[0]} …)", "they hold unacknowledged writes from a crash: "
+                          "inspect, then delete them")  # fmt: skip

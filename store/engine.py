@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 from deltalake import (
     CommitProperties,
@@ -245,6 +246,9 @@ class Store:
             self._refresh_files_view(spec, self._deltas[spec.name])
         if self.writable:  # only the writer dedupes ids; a reader need not load them
             self._load_ids()
+        # The interactions version whose ids the index holds (shared stores learn
+        # the other writers' later commits on refresh).
+        self._ids_version = self._files_views.get(INTERACTIONS_TABLE.name, (-1, None, ()))[0]
 
         if self.writable:
             self._wal = WriteAheadLog(
@@ -312,10 +316,13 @@ class Store:
         """Point the table's view at ``dt``'s version. With ``learn_ids``, the ids in
         files that other writers added go into the id index, so that a retry sent to
         this writer of an id another writer stored is recognised."""
-        before = {f.path for f in self._files_views.get(spec.name, (0, None, ()))[2]}
         prepared = self._prepare_view(spec, dt)
-        if learn_ids and prepared is not None and spec is INTERACTIONS_TABLE and self.writable:
-            added = [f.path for f in prepared[2] if f.path not in before]
+        if learn_ids and dt is not None and spec is INTERACTIONS_TABLE and self.writable:
+            # From the last version learned, not the view's: this writer's own flush
+            # may have moved the view past other writers' commits.
+            target = dt.version()
+            added = self._appended_by_others(spec, self._ids_version, target)
+            self._ids_version = max(self._ids_version, target)
             if added:
                 scan_sql = self.duck.scan_sql(spec, added)
                 t = self.duck.query(Snapshot({}), f"SELECT id FROM {scan_sql}")
@@ -324,6 +331,28 @@ class Store:
                     self._ids.load_committed(hashes)
         with self._lock:
             self._install_view(spec, dt, prepared)
+
+    def _appended_by_others(self, spec: TableSpec, after: int, upto: int) -> list[str]:
+        """The data files other writers appended in versions ``after``+1 … ``upto``,
+        from the commit files (compactions rewrite files without new data: skipped,
+        so a compaction does not make every writer re-read every id). Commits already
+        cleaned up from the log are skipped: their ids are found by the exact check
+        only if their hash is known, as after a restart (which loads every id)."""
+        out: list[str] = []
+        for version in range(max(after, -1) + 1, upto + 1):
+            try:
+                raw = self.location.read(spec.name, f"_delta_log/{version:020d}.json")
+            except (FileNotFoundError, OSError):
+                continue
+            actions = [orjson.loads(line) for line in raw.splitlines() if line.strip()]
+            if any(a.get("txn", {}).get("appId") == self.app_id for a in actions):
+                continue  # our own flush: its ids are in the index already
+            out.extend(
+                self.location.file(spec.name, a["add"]["path"])
+                for a in actions
+                if "add" in a and a["add"].get("dataChange", True)
+            )
+        return out
 
     def _prepare_view(
         self, spec: TableSpec, dt: DeltaTable | None

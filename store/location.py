@@ -71,6 +71,14 @@ class Location:
         """The full path of a data file named by a Delta add action (URL-encoded)."""
         return f"{self.uri}/{table}/{unquote(relative)}"
 
+    def read(self, table: str, relative: str) -> bytes:
+        """The bytes of a file under a table (e.g. ``_delta_log/<version>.json``)."""
+        if not self.remote:
+            return (Path(self.uri) / table / relative).read_bytes()
+        fs = _arrow_filesystem(self.scheme, self.storage_options)
+        with fs.open_input_stream(f"{self.uri.split('://', 1)[1]}/{table}/{relative}") as f:
+            return bytes(f.read())
+
     def exists(self) -> bool:
         if self.remote:
             return True  # a bucket without tables is an empty store
