@@ -189,6 +189,7 @@ class Lease:
     def __init__(self, location: Location, name: str, owner: str, ttl_s: float = 3600.0):
         self.location, self.name, self.owner, self.ttl_s = location, name, owner, ttl_s
         self._fd: int | None = None
+        self._held = False
 
     def __enter__(self) -> bool:
         if not self.location.remote:
@@ -202,14 +203,16 @@ class Lease:
                 return False
             self._fd = fd
             return True
-        return self._claim()
+        self._held = self._claim()
+        return self._held
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        elif self.location.remote:
+        elif self._held and self._read().get("owner") == self.owner:
             self._write(0.0)  # expired at once: the next runner need not wait
+        self._held = False
 
     # -- object storage ------------------------------------------------------------------
     def _path(self) -> str:

@@ -407,3 +407,25 @@ def test_a_retry_sent_to_another_writer_is_recognised(
     delta_ids, polars_ids = table_ids(str(data / "interactions"))
     assert delta_ids.count(str(row["id"])) == 1
     assert polars_ids.count(str(row["id"])) == 1
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_one_maintenance_runner_at_a_time(
+    remote: bool, s3: dict[str, str], tmp_path: Path, monkeypatch: Any
+) -> None:
+    from store.location import Lease, Location
+
+    for k, v in s3.items():
+        monkeypatch.setenv(k, v)
+    root = f"s3://{BUCKET}/lease" if remote else str(tmp_path)
+    location = Location.parse(root)
+    with Lease(location, "maintenance", "writer-a") as a:
+        assert a
+        with Lease(location, "maintenance", "writer-b") as b:
+            assert not b  # held by a
+    with Lease(location, "maintenance", "writer-b") as b:
+        assert b  # a released it
+        with Lease(location, "maintenance", "writer-a") as a:
+            assert not a
+        with Lease(location, "maintenance", "writer-c") as c:
+            assert not c  # a's failed attempt did not release b's lease
