@@ -48,7 +48,10 @@ class MaintenanceJob:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.run_once()
+            try:
+                self.run_once()
+            except Exception:  # never let the thread die: the next interval tries again
+                log.exception("maintenance run failed")
 
     def run_once(self) -> dict[str, Any]:
         """One pass; errors are logged and counted, never raised. Among several
@@ -57,12 +60,18 @@ class MaintenanceJob:
             if not self.store.shared:
                 return self._run()
             lease = Lease(self.store.location, "maintenance", self.store.app_id)
-            with lease as held:
-                if held:
-                    return self._run()
-                self.skipped += 1
-                log.info("maintenance skipped: another writer of these tables runs it")
-                return {"skipped": "another writer runs maintenance"}
+            try:
+                with lease as held:
+                    if held:
+                        return self._run()
+            except Exception as exc:  # the lease itself (object store, lock file)
+                self.failures += 1
+                self.last_error = f"lease: {type(exc).__name__}: {exc}"
+                log.exception("maintenance lease failed")
+                return {"error": self.last_error}
+            self.skipped += 1
+            log.info("maintenance skipped: another writer of these tables runs it")
+            return {"skipped": "another writer runs maintenance"}
 
     def _run(self) -> dict[str, Any]:
         started = time.perf_counter()

@@ -107,7 +107,7 @@ def serve(
 
         keys = KeyRing(supervisor.state_dir(settings))
     else:
-        keys = KeyRing(settings.state_dir or _local_root(settings))
+        keys = KeyRing(_local_root(settings))
     secured = keys.active()
     if not secured and not _is_loopback(settings.host) and not insecure_no_auth:
         raise click.UsageError(
@@ -191,6 +191,8 @@ def _load_sample(store: Any) -> None:
 
 def _local_root(settings: Settings) -> str:
     """The folder of this node's keys and retention rules."""
+    if settings.state_dir:
+        return settings.state_dir
     location = Location.parse(settings.data)
     if not location.remote:
         return str(location.path)
@@ -639,9 +641,9 @@ def _set_retention(data: str | None, use_case: str | None, days: float | None) -
     from store.lifecycle import Retention
 
     settings = _settings(data=data)
-    policy = Retention.load(settings.data)
+    policy = Retention.load(_local_root(settings))
     policy.set(use_case, days)
-    policy.save(settings.data)
+    policy.save(_local_root(settings))
     kept = "forever" if days is None else f"{days:g} days"
     click.echo(f"retention of {use_case or 'every other use case'}: {kept}")
 
@@ -653,7 +655,7 @@ def retention_show(data: str | None) -> None:
     from store.lifecycle import Retention, retention_summary
 
     settings = _settings(data=data)
-    click.echo(orjson.dumps(retention_summary(Retention.load(settings.data)),
+    click.echo(orjson.dumps(retention_summary(Retention.load(_local_root(settings))),
                             option=orjson.OPT_INDENT_2).decode())  # fmt: skip
 
 
@@ -666,7 +668,7 @@ def retention_apply(data: str | None) -> None:
     settings = _settings(data=data)
     with _writer(settings.data, "retention") as store:
         if store is not None:
-            removed = apply_retention(store, Retention.load(settings.data))
+            removed = apply_retention(store, Retention.load(_local_root(settings)))
             click.echo("deleted rows: " + (", ".join(f"{k} {v}" for k, v in removed.items())
                                            or "none (no rules)"))  # fmt: skip
 
@@ -726,7 +728,7 @@ def keys_create(
         if not USE_CASE_RE.match(uc):
             raise click.BadParameter(f"{uc!r} is not a valid use case key", param_hint="--use-case")
     settings = _settings(data=data)
-    record, secret = KeyRing(settings.data).create(list(scopes), list(use_cases), name)
+    record, secret = KeyRing(_local_root(settings)).create(list(scopes), list(use_cases), name)
     limit = ", ".join(record["use_cases"]) if record["use_cases"] else "all use cases"
     click.echo(
         f"Created key {record['id']}"
@@ -744,7 +746,7 @@ def keys_list(data: str | None, as_json: bool) -> None:
     """Every key's id, name, scopes, use cases and times (never secrets)."""
     from api.keys import KeyRing
 
-    rows = KeyRing(_settings(data=data).data).describe()
+    rows = KeyRing(_local_root(_settings(data=data))).describe()
     if as_json:
         click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
         return
@@ -770,7 +772,7 @@ def keys_revoke(data: str | None, key: str) -> None:
     """Revoke the key with this id (or name). A running server stops accepting it at once."""
     from api.keys import KeyRing
 
-    record = KeyRing(_settings(data=data).data).revoke(key)
+    record = KeyRing(_local_root(_settings(data=data))).revoke(key)
     click.echo(f"Revoked key {record['id']} at {record['revoked_at']}")
 
 

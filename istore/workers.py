@@ -92,12 +92,29 @@ def listen(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
     return sock
 
 
+def _die_with_parent() -> None:
+    """In a worker, before exec: SIGTERM when the supervisor dies (even by SIGKILL), so
+    no worker is left serving the port on its own."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def supervise(settings: Settings, argv: list[str]) -> int:
     """Run ``settings.workers`` workers until SIGTERM/SIGINT; restart any that dies.
     ``argv`` are the ``istore serve`` options to pass on to each worker."""
     for d in drain_orphans(settings, settings.workers):
         log.info("replayed the write-ahead log in %s into the tables", d)
-    listen(settings.host, settings.port, backlog=0).close()  # the port is free for us
+    # The port must be free: a plain bind (no SO_REUSEPORT) fails while anyone listens.
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((settings.host, settings.port))
+        except OSError as exc:
+            raise SystemExit(f"cannot listen on {settings.host}:{settings.port}: {exc}") from None
     stopping = False
 
     def spawn(i: int) -> subprocess.Popen[bytes]:
@@ -108,7 +125,7 @@ def supervise(settings: Settings, argv: list[str]) -> int:
             ISTORE_WORKERS="1",
         )
         cmd = [sys.executable, "-m", "istore", "serve", *argv, "--worker-index", str(i)]
-        return subprocess.Popen(cmd, env=env)
+        return subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)
 
     def stop(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -118,6 +135,8 @@ def supervise(settings: Settings, argv: list[str]) -> int:
                 p.send_signal(signum)
 
     procs = {i: spawn(i) for i in range(settings.workers)}
+    started = {i: time.monotonic() for i in procs}
+    delay = {i: RESTART_DELAY_S / 2 for i in procs}
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)
     print(
@@ -139,7 +158,12 @@ def supervise(settings: Settings, argv: list[str]) -> int:
             if stopping:
                 del procs[i]
                 continue
-            log.warning("worker %d exited with %s; restarting it on its own log", i, rc)
-            time.sleep(RESTART_DELAY_S)
+            # Back off when a worker keeps dying at start (its log locked, a bad disk).
+            quick = time.monotonic() - started[i] < 10
+            delay[i] = min(delay[i] * 2, 30.0) if quick else RESTART_DELAY_S
+            log.warning("worker %d exited with %s; restarting it on its own log in %.0f s",
+                        i, rc, delay[i])  # fmt: skip
+            time.sleep(delay[i])
             procs[i] = spawn(i)
+            started[i] = time.monotonic()
     return 0

@@ -43,7 +43,7 @@ from store.location import Location
 from store.metrics import StoreMetrics
 from store.rows import Columns, decode_tables, encode_tables, num_rows, select, to_arrow
 from store.schema import FEEDBACK_TABLE, INTERACTIONS_TABLE, TABLES, TableSpec
-from store.wal import Record, RecoveryReport, WriteAheadLog, fsync_path, scan
+from store.wal import Record, RecoveryReport, WriteAheadLog, fsync_path, list_segments, scan
 
 log = logging.getLogger("istore.store")
 
@@ -143,7 +143,7 @@ class Store:
         legacy = self.location.path / "wal" if not self.location.remote else None
         self.wal_dir = Path(wal_dir).absolute() if wal_dir else (legacy or self.root / "wal")
         # A shared store: other writers may commit to the same tables.
-        self.shared = legacy is None or self.wal_dir != legacy.absolute()
+        self.shared = legacy is None or self.wal_dir.resolve() != legacy.resolve()
         self.app_id = APP_ID
         self.writable = writable
         self.options = options or StoreOptions()
@@ -184,7 +184,9 @@ class Store:
 
     # -- opening ------------------------------------------------------------------------
     def _take_lock(self) -> None:
-        lock = self.wal_dir / "LOCK" if self.shared else self.root / "LOCK"
+        # The lock belongs to the log: the data root's own log is locked by <data>/LOCK
+        # (whatever the state folder), every other log by a LOCK in its folder.
+        lock = self.wal_dir / "LOCK" if self.shared else self.location.path / "LOCK"
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -317,19 +319,23 @@ class Store:
         files that other writers added go into the id index, so that a retry sent to
         this writer of an id another writer stored is recognised."""
         prepared = self._prepare_view(spec, dt)
+        target: int | None = None
+        hashes = None
         if learn_ids and dt is not None and spec is INTERACTIONS_TABLE and self.writable:
             # From the last version learned, not the view's: this writer's own flush
-            # may have moved the view past other writers' commits.
+            # may have moved the view past other writers' commits. An error leaves
+            # the version where it was, so the next refresh tries these commits again.
             target = dt.version()
             added = self._appended_by_others(spec, self._ids_version, target)
-            self._ids_version = max(self._ids_version, target)
             if added:
                 scan_sql = self.duck.scan_sql(spec, added)
                 t = self.duck.query(Snapshot({}), f"SELECT id FROM {scan_sql}")
                 hashes = hash_ids(t.column("id").to_pylist())
-                with self._lock:
-                    self._ids.load_committed(hashes)
-        with self._lock:
+        with self._lock:  # the ids and the files they are in appear together
+            if hashes is not None:
+                self._ids.load_committed(hashes)
+            if target is not None:
+                self._ids_version = max(self._ids_version, target)
             self._install_view(spec, dt, prepared)
 
     def _appended_by_others(self, spec: TableSpec, after: int, upto: int) -> list[str]:
@@ -342,8 +348,8 @@ class Store:
         for version in range(max(after, -1) + 1, upto + 1):
             try:
                 raw = self.location.read(spec.name, f"_delta_log/{version:020d}.json")
-            except (FileNotFoundError, OSError):
-                continue
+            except FileNotFoundError:
+                continue  # cleaned up from the log (checkpointed long ago)
             actions = [orjson.loads(line) for line in raw.splitlines() if line.strip()]
             if any(a.get("txn", {}).get("appId") == self.app_id for a in actions):
                 continue  # our own flush: its ids are in the index already
@@ -622,6 +628,7 @@ class Store:
         done = dt.transaction_version(self.app_id) or 0
         todo = [e for e in entries if e.lsn > done]
         tables = self._arrow(spec, todo) if todo else []
+        before = {f.path for f in self._files_views.get(spec.name, (0, None, ()))[2]}
         if tables:
             upto = todo[-1].lsn  # past quarantined entries too: they are kept elsewhere
             write_deltalake(
@@ -639,12 +646,13 @@ class Store:
             dt = self.location.open(spec.name)
         else:
             upto = entries[-1].lsn if not todo else todo[-1].lsn
-        before = {f.path for f in self._files_views.get(spec.name, (0, None, ()))[2]}
         prepared = self._prepare_view(spec, dt)
-        if tables and prepared is not None:
+        if tables:
             # The log segments holding these rows are deleted next: the commit must be
-            # on disk first (delta-rs does not fsync local files).
-            self._sync_commit(spec, dt, [f.path for f in prepared[2] if f.path not in before])
+            # on disk first (delta-rs does not fsync local files), even when a refresh
+            # already showed this version.
+            files = prepared[2] if prepared is not None else data_files(self.location, dt, spec)
+            self._sync_commit(spec, dt, [f.path for f in files if f.path not in before])
         flushed_ids: list[str] = []
         with self._lock:
             # One lock hold: the new files appear exactly when the rows leave the tail.
@@ -680,9 +688,12 @@ class Store:
             fsync_path(d)
 
     def refresh(self) -> None:
-        """Pick up commits made by other processes (other writers, `istore compact`)."""
-        for spec in TABLES.values():
-            self._refresh_files_view(spec, self.delta(spec), learn_ids=self.shared)
+        """Pick up commits made by other processes (other writers, `istore compact`).
+        Not during a flush: a view installed between a flush's commit and its trimming
+        of the unflushed rows would show those rows twice."""
+        with self._flush_lock:
+            for spec in TABLES.values():
+                self._refresh_files_view(spec, self.delta(spec), learn_ids=self.shared)
 
     # -- reading ------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -940,6 +951,13 @@ def _writer_id(wal_dir: Path) -> str:
         text = ""
     if text:
         return text
+    if list_segments(wal_dir):
+        # A new id would make every record in it look uncommitted: replayed twice.
+        raise StoreError(
+            f"the write-ahead log in {wal_dir} has records but no {WRITER_FILE} file; "
+            "restore that file (it names the log's Delta app transaction), or, if this is "
+            "the data root's own log, open the store without --wal-dir"
+        )
     writer = uuid.uuid4().hex[:16]
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w") as f:

@@ -429,3 +429,29 @@ def test_one_maintenance_runner_at_a_time(
             assert not a
         with Lease(location, "maintenance", "writer-c") as c:
             assert not c  # a's failed attempt did not release b's lease
+
+
+def test_a_log_has_one_writer_and_keeps_its_id(tmp_path: Path) -> None:
+    from store.engine import Store
+    from store.errors import StoreError, StoreLocked
+
+    data = tmp_path / "data"
+    # The data root's own log is locked by <data>/LOCK, whatever the state folder.
+    with Store(data, state_dir=tmp_path / "state"):
+        with pytest.raises(StoreLocked):
+            Store(data)
+        with pytest.raises(StoreLocked):  # the same folder through another spelling
+            Store(data, wal_dir=data / "x" / ".." / "wal")
+    # A shared log: its own lock, and an id that cannot silently change.
+    log_dir = tmp_path / "node"
+    with Store(data, wal_dir=log_dir) as s:
+        with pytest.raises(StoreLocked):
+            Store(data, wal_dir=log_dir)
+        writer = s.app_id
+    assert (log_dir / "WRITER").exists()
+    with Store(data, wal_dir=log_dir) as s:
+        assert s.app_id == writer
+    (log_dir / "WRITER").unlink()
+    (log_dir / "wal-00000000000000000001.log").write_bytes(b"")  # a log with records
+    with pytest.raises(StoreError, match="WRITER"):
+        Store(data, wal_dir=log_dir)
