@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint fmt bench-load bench-validate bench-query bench-export bench-gateway bench bench-scaling bench-smoke soak fuzz clean
+.PHONY: serve test lint fmt bench-load bench-validate bench-query bench-export bench-gateway bench bench-scaling test-azure bench-smoke soak fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ bench: $(STAMP)
 # One process, --workers 2, and S3 (moto on loopback) with one and three nodes.
 bench-scaling: $(STAMP)
 	$(BIN)/python bench/scaling.py --json bench/results/scaling-$$(date +%F).json
+
+# The object-store tests against Azurite too (needs node and npm; CI has neither).
+test-azure: $(STAMP)
+	@test -x .azurite/node_modules/.bin/azurite-blob || (mkdir -p .azurite && cd .azurite && npm install --silent azurite@3)
+	$(BIN)/python -m pytest -q tests/test_scaling.py -k az
 
 bench-smoke: $(STAMP)
 	$(BIN)/python bench/compare.py --scale smoke --runs 2 --out /tmp/istore-bench-smoke

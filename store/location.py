@@ -23,6 +23,11 @@ from deltalake import DeltaTable
 from store.errors import StoreError
 
 REMOTE_SCHEMES = ("s3", "gs", "az")
+# Azurite's public development account (documented by Microsoft; not a secret).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
 _ALIASES = {"s3a": "s3", "gcs": "gs", "abfs": "az", "abfss": "az"}
 
 
@@ -105,8 +110,18 @@ class Location:
 
         wrapper = type(f"Istore{self.scheme.upper()}FS", (ArrowFSWrapper,), {
             "protocol": self.scheme,
+            "_strip_protocol": classmethod(_strip_scheme),
         })  # fmt: skip
         return wrapper(_arrow_filesystem(self.scheme, self.storage_options))
+
+
+def _strip_scheme(_cls: type, path: Any) -> Any:
+    """``scheme://bucket/key`` → ``bucket/key``, what pyarrow's file systems take
+    (fsspec's default would take an ``az://`` container for a host name)."""
+    if isinstance(path, list):
+        return [_strip_scheme(_cls, p) for p in path]
+    text = str(path)
+    return (text.split("://", 1)[1] if "://" in text else text).rstrip("/")
 
 
 def _env(*names: str) -> str | None:
@@ -142,6 +157,11 @@ def _storage_options(scheme: str) -> dict[str, str]:
         if v:
             opts["google_service_account"] = v
     elif scheme == "az":
+        if _env("AZURE_STORAGE_USE_EMULATOR") in ("1", "true", "True"):
+            # Azurite (its URL in AZURITE_BLOB_STORAGE_URL, default 127.0.0.1:10000),
+            # with its well-known development account unless others are given.
+            opts["azure_storage_use_emulator"] = "true"
+            opts["azure_storage_allow_http"] = "true"
         for key, names in {
             "azure_storage_account_name": ("AZURE_STORAGE_ACCOUNT_NAME",),
             "azure_storage_account_key": ("AZURE_STORAGE_ACCOUNT_KEY",),
@@ -170,6 +190,17 @@ def _arrow_filesystem(scheme: str, opts: dict[str, str]) -> Any:
         return pafs.S3FileSystem(**kw)
     if scheme == "gs":
         return pafs.GcsFileSystem()
+    if opts.get("azure_storage_use_emulator") == "true":
+        url = os.environ.get("AZURITE_BLOB_STORAGE_URL", "http://127.0.0.1:10000")
+        scheme_, _, authority = url.rstrip("/").partition("://")
+        return pafs.AzureFileSystem(
+            account_name=opts.get("azure_storage_account_name", AZURITE_ACCOUNT),
+            account_key=opts.get("azure_storage_account_key", AZURITE_KEY),
+            blob_storage_authority=authority,
+            blob_storage_scheme=scheme_,
+            dfs_storage_authority=authority,
+            dfs_storage_scheme=scheme_,
+        )
     return pafs.AzureFileSystem(
         account_name=opts.get("azure_storage_account_name", ""),
         account_key=opts.get("azure_storage_account_key"),

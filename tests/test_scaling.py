@@ -43,6 +43,21 @@ def s3() -> Iterator[dict[str, str]]:
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def azure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Azurite on 127.0.0.1 (skips where it is not installed: `make test-azure`)."""
+    from tests.azurite import azurite_bin, start_azurite
+
+    if azurite_bin() is None:
+        pytest.skip("azurite is not installed (make test-azure installs it from npm)")
+    proc, env = start_azurite(tmp_path_factory.mktemp("azurite"), "istore")
+    try:
+        yield env
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def storage_options(env: dict[str, str]) -> dict[str, str]:
     return {
         "AWS_ENDPOINT_URL": env["AWS_ENDPOINT_URL"],
@@ -112,6 +127,11 @@ def _commit_lines(dt: DeltaTable, opts: dict[str, str] | None) -> Iterator[str]:
         fs: Any = pafs.S3FileSystem(endpoint_override=ep, scheme="http", access_key="testing",
                                     secret_key="testing", region="us-east-1")  # fmt: skip
         base = uri.removeprefix("s3://") + "/_delta_log"
+    elif uri.startswith(("az://", "abfs")):
+        from tests.azurite import filesystem
+
+        fs = filesystem({"AZURITE_BLOB_STORAGE_URL": os.environ["AZURITE_BLOB_STORAGE_URL"]})
+        base = uri.split("://", 1)[1].split("@")[0] + "/_delta_log"
     else:
         fs, base = pafs.LocalFileSystem(), uri.removeprefix("file://") + "/_delta_log"
     for info in fs.get_file_info(pafs.FileSelector(base)):
@@ -156,11 +176,25 @@ def cross_node_visibility(
     return committed, seen
 
 
-def test_three_servers_share_an_s3_table_one_killed(
-    s3: dict[str, str], tmp_path: Path, server_factory: type[Server]
+@pytest.mark.parametrize("store_kind", ["s3", "az"])
+def test_three_servers_share_a_bucket_one_killed(
+    store_kind: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    server_factory: type[Server],
+    monkeypatch: Any,
 ) -> None:
-    uri = f"s3://{BUCKET}/shared"
-    env = {**s3, "ISTORE_MAINTENANCE_INTERVAL_S": "3"}
+    if store_kind == "s3":
+        cloud = request.getfixturevalue("s3")
+        uri, opts = f"s3://{BUCKET}/shared", storage_options(cloud)
+    else:
+        cloud = request.getfixturevalue("azure")
+        from tests.azurite import storage_options as azure_options
+
+        uri, opts = "az://istore/shared", azure_options()
+        for k, v in cloud.items():
+            monkeypatch.setenv(k, v)  # deltalake finds Azurite's URL here
+    env = {**cloud, "ISTORE_MAINTENANCE_INTERVAL_S": "3"}
     nodes = [
         server_factory(uri, ISTORE_WAL_DIR=str(tmp_path / f"node{i}"), **env)  # type: ignore[arg-type]
         for i in range(3)
@@ -196,12 +230,11 @@ def test_three_servers_share_an_s3_table_one_killed(
     acked = [i for w in writers for i in w.acked]
     assert all(not w.errors for w in writers), [w.errors[:3] for w in writers]
     assert all(len(w.acked) > 0 for w in writers)
-    opts = storage_options(s3)
     delta_ids, polars_ids = table_ids(f"{uri}/interactions", opts)
     assert_exactly_once(acked, delta_ids, polars_ids)
     # Three logs, three app transactions (the restarted node kept its writer id).
     assert len(app_transactions(f"{uri}/interactions", opts)) == 3
-    print(f"\n3 nodes on S3: {len(acked)} acked, {len(delta_ids)} stored, "
+    print(f"\n3 nodes on {store_kind}: {len(acked)} acked, {len(delta_ids)} stored, "
           f"committed after {committed:.2f} s, seen by another node after {seen:.2f} s, "
           f"maintenance {maintenance}")  # fmt: skip
 
