@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ingest.parse import Limits
 from store.engine import Store, StoreOptions
+from store.errors import StoreError
+from store.location import Location
 
 
 class Settings(BaseSettings):
@@ -84,6 +88,25 @@ class Settings(BaseSettings):
 
     def limits(self) -> Limits:
         return Limits(self.max_batch_items, self.max_messages, self.max_content_chars)
+
+    def log_folder(self) -> Path:
+        """This writer's write-ahead log folder (``--workers``: the workers' parent)."""
+        if self.wal_dir:
+            return Path(self.wal_dir).absolute()
+        location = Location.parse(self.data)
+        if location.remote:
+            raise StoreError(
+                f"the data root {location.uri} is object storage: give the write-ahead log "
+                "a local folder (ISTORE_WAL_DIR or --wal-dir)"
+            )
+        return location.path / "wal"
+
+    def state_folder(self) -> Path:
+        """The folder of this node's keys and retention rules."""
+        if self.state_dir:
+            return Path(self.state_dir).absolute()
+        location = Location.parse(self.data)
+        return self.log_folder() if location.remote else location.path
 
     def open_store(self, *, writable: bool = True) -> Store:
         return Store(

@@ -102,12 +102,7 @@ def serve(
     from api.logs import configure
 
     configure(settings.log_level, settings.log_format)
-    if settings.workers > 1 and worker_index is None:
-        from istore import workers as supervisor
-
-        keys = KeyRing(supervisor.state_dir(settings))
-    else:
-        keys = KeyRing(_local_root(settings))
+    keys = KeyRing(settings.state_folder())
     secured = keys.active()
     if not secured and not _is_loopback(settings.host) and not insecure_no_auth:
         raise click.UsageError(
@@ -116,6 +111,8 @@ def serve(
             "`istore keys create --scope admin`, or pass --insecure-no-auth"
         )
     if settings.workers > 1 and worker_index is None:
+        from istore import workers as supervisor
+
         if load_sample_if_empty and not settings.wal_dir:
             with settings.open_store() as first:
                 _load_sample(first)
@@ -187,21 +184,6 @@ def _load_sample(store: Any) -> None:
     if _is_empty(store) and SAMPLE.exists():
         n, _ = _import_files(store, [SAMPLE], progress=False)
         click.echo(f"Loaded {n} sample interactions from {SAMPLE.name} into {store.root}")
-
-
-def _local_root(settings: Settings) -> str:
-    """The folder of this node's keys and retention rules."""
-    if settings.state_dir:
-        return settings.state_dir
-    location = Location.parse(settings.data)
-    if not location.remote:
-        return str(location.path)
-    if not settings.wal_dir:
-        raise StoreError(
-            f"the data root {location.uri} is object storage: give the write-ahead log a "
-            "local folder (ISTORE_WAL_DIR or --wal-dir)"
-        )
-    return settings.wal_dir
 
 
 def _is_loopback(host: str) -> bool:
@@ -641,9 +623,9 @@ def _set_retention(data: str | None, use_case: str | None, days: float | None) -
     from store.lifecycle import Retention
 
     settings = _settings(data=data)
-    policy = Retention.load(_local_root(settings))
+    policy = Retention.load(settings.state_folder())
     policy.set(use_case, days)
-    policy.save(_local_root(settings))
+    policy.save(settings.state_folder())
     kept = "forever" if days is None else f"{days:g} days"
     click.echo(f"retention of {use_case or 'every other use case'}: {kept}")
 
@@ -655,7 +637,7 @@ def retention_show(data: str | None) -> None:
     from store.lifecycle import Retention, retention_summary
 
     settings = _settings(data=data)
-    click.echo(orjson.dumps(retention_summary(Retention.load(_local_root(settings))),
+    click.echo(orjson.dumps(retention_summary(Retention.load(settings.state_folder())),
                             option=orjson.OPT_INDENT_2).decode())  # fmt: skip
 
 
@@ -668,7 +650,7 @@ def retention_apply(data: str | None) -> None:
     settings = _settings(data=data)
     with _writer(settings.data, "retention") as store:
         if store is not None:
-            removed = apply_retention(store, Retention.load(_local_root(settings)))
+            removed = apply_retention(store, Retention.load(settings.state_folder()))
             click.echo("deleted rows: " + (", ".join(f"{k} {v}" for k, v in removed.items())
                                            or "none (no rules)"))  # fmt: skip
 
@@ -728,7 +710,7 @@ def keys_create(
         if not USE_CASE_RE.match(uc):
             raise click.BadParameter(f"{uc!r} is not a valid use case key", param_hint="--use-case")
     settings = _settings(data=data)
-    record, secret = KeyRing(_local_root(settings)).create(list(scopes), list(use_cases), name)
+    record, secret = KeyRing(settings.state_folder()).create(list(scopes), list(use_cases), name)
     limit = ", ".join(record["use_cases"]) if record["use_cases"] else "all use cases"
     click.echo(
         f"Created key {record['id']}"
@@ -746,7 +728,7 @@ def keys_list(data: str | None, as_json: bool) -> None:
     """Every key's id, name, scopes, use cases and times (never secrets)."""
     from api.keys import KeyRing
 
-    rows = KeyRing(_local_root(_settings(data=data))).describe()
+    rows = KeyRing(_settings(data=data).state_folder()).describe()
     if as_json:
         click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
         return
@@ -772,7 +754,7 @@ def keys_revoke(data: str | None, key: str) -> None:
     """Revoke the key with this id (or name). A running server stops accepting it at once."""
     from api.keys import KeyRing
 
-    record = KeyRing(_local_root(_settings(data=data))).revoke(key)
+    record = KeyRing(_settings(data=data).state_folder()).revoke(key)
     click.echo(f"Revoked key {record['id']} at {record['revoked_at']}")
 
 

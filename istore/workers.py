@@ -32,27 +32,8 @@ log = logging.getLogger("istore.workers")
 RESTART_DELAY_S = 1.0
 
 
-def wal_base(settings: Settings) -> Path:
-    if settings.wal_dir:
-        return Path(settings.wal_dir).absolute()
-    location = Location.parse(settings.data)
-    if location.remote:
-        raise SystemExit(
-            "the data root is object storage: give the write-ahead log a local folder "
-            "(ISTORE_WAL_DIR or --wal-dir)"
-        )
-    return location.path / "wal"
-
-
-def state_dir(settings: Settings) -> Path:
-    if settings.state_dir:
-        return Path(settings.state_dir).absolute()
-    location = Location.parse(settings.data)
-    return wal_base(settings) if location.remote else location.path
-
-
 def worker_wal(settings: Settings, index: int) -> Path:
-    return wal_base(settings) / f"worker-{index}"
+    return settings.log_folder() / f"worker-{index}"
 
 
 def drain_orphans(settings: Settings, keep: int, *, own_log: bool = True) -> list[str]:
@@ -66,19 +47,19 @@ def drain_orphans(settings: Settings, keep: int, *, own_log: bool = True) -> lis
         with contextlib.suppress(StoreLocked):
             Store(settings.data, options=opts).close()
             drained.append(str(location.path / "wal"))
-    base = wal_base(settings)
+    base = settings.log_folder()
     if base.exists():
         for d in sorted(base.glob("worker-*")):
             suffix = d.name.removeprefix("worker-")
             if d.is_dir() and suffix.isdigit() and int(suffix) >= keep:
                 with contextlib.suppress(StoreLocked):
                     Store(settings.data, options=opts, wal_dir=d,
-                          state_dir=state_dir(settings)).close()  # fmt: skip
+                          state_dir=settings.state_folder()).close()  # fmt: skip
                     drained.append(str(d))
     return drained
 
 
-def listen(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
+def listen(host: str, port: int) -> socket.socket:
     """A socket in the port's ``SO_REUSEPORT`` group: the kernel spreads incoming
     connections evenly over the workers' sockets (one shared socket would hand most
     of them to whichever process happens to be waiting first)."""
@@ -87,8 +68,7 @@ def listen(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    if backlog:
-        sock.listen(backlog)
+    sock.listen(2048)
     return sock
 
 
@@ -121,7 +101,7 @@ def supervise(settings: Settings, argv: list[str]) -> int:
         env = dict(os.environ)
         env.update(
             ISTORE_WAL_DIR=str(worker_wal(settings, i)),
-            ISTORE_STATE_DIR=str(state_dir(settings)),
+            ISTORE_STATE_DIR=str(settings.state_folder()),
             ISTORE_WORKERS="1",
         )
         cmd = [sys.executable, "-m", "istore", "serve", *argv, "--worker-index", str(i)]
@@ -141,7 +121,7 @@ def supervise(settings: Settings, argv: list[str]) -> int:
         signal.signal(sig, stop)
     print(
         f"istore supervising {settings.workers} workers on "
-        f"http://{settings.host}:{settings.port} (logs under {wal_base(settings)})",
+        f"http://{settings.host}:{settings.port} (logs under {settings.log_folder()})",
         flush=True,
     )
     deadline: float | None = None
