@@ -488,3 +488,55 @@ def test_a_log_has_one_writer_and_keeps_its_id(tmp_path: Path) -> None:
     (log_dir / "wal-00000000000000000001.log").write_bytes(b"")  # a log with records
     with pytest.raises(StoreError, match="WRITER"):
         Store(data, wal_dir=log_dir)
+
+
+def test_workers_do_not_outlive_their_supervisor(tmp_path: Path) -> None:
+    """A second supervisor on a busy port refuses to start (it would share the port's
+    SO_REUSEPORT group); a supervisor killed with SIGKILL takes its workers with it."""
+    sup = Workers(tmp_path / "data", 2).start()
+    try:
+        other = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "istore",
+                "serve",
+                "--data",
+                str(tmp_path / "other"),
+                "--port",
+                str(sup.port),
+                "--workers",
+                "2",
+            ],  # fmt: skip
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert other.returncode != 0 and "cannot listen" in other.stderr + other.stdout
+        children = sup.children()
+        assert sup.proc is not None
+        sup.proc.kill()  # no chance to forward anything
+        sup.proc.wait(10)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(
+            os.path.exists(f"/proc/{pid}") and "zombie" not in _state(pid) for pid in children
+        ):
+            time.sleep(0.2)
+        alive = [pid for pid in children if os.path.exists(f"/proc/{pid}") and
+                 "zombie" not in _state(pid)]  # fmt: skip
+        assert not alive, f"workers {alive} outlived their supervisor"
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            sup.kill_all()
+        raise
+
+
+def _state(pid: int) -> str:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("State:"):
+                return line
+    except OSError:
+        return "zombie"
+    return ""
