@@ -641,11 +641,14 @@ def markdown(res: dict[str, Any]) -> str:
         f"| batched ingest, NDJSON 1,000/request, durable | {f(ing['us'], '/s')} | "
         f"{f(ing['limit'], '/s')} (pyarrow) | {f(ing.get('postgres'), '/s')} (COPY) | – |"
     )
-    si = s["single_ingest_c32_per_s"]
-    lines.append(
-        f"| single-interaction ingest, 32 connections | {f(si['us'], '/s')} "
-        f"(p99 {si['us_p99_ms']:.0f} ms) | {f(si['bare_asgi'], '/s')} (bare ASGI) | – | – |"
-    )
+    si = s.get("single_ingest_c32_per_s")
+    if si is None:  # wrk is not installed: say so rather than leave the row out silently
+        lines.append("| single-interaction ingest, 32 connections | not run (no wrk) | – | – | – |")
+    else:
+        lines.append(
+            f"| single-interaction ingest, 32 connections | {f(si['us'], '/s')} "
+            f"(p99 {si['us_p99_ms']:.0f} ms) | {f(si['bare_asgi'], '/s')} (bare ASGI) | – | – |"
+        )
     fr = s["freshness_ms"]["us"]
     lines.append(
         f"| ack → visible, p50 / p99 | {fr['p50_ms']:.1f} / {fr['p99_ms']:.1f} ms | – | – | – |"
