@@ -28,6 +28,7 @@ from api.routes import (
     health,
     interactions,
     lifecycle,
+    otlp,
     sql,
 )
 from api.settings import Settings
@@ -61,6 +62,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         stop_usage = threading.Event()
         reload_on_hup = _on_sighup(app.state.gateway)
         usage_saver(app.state.keys, stop_usage)
+        app.state.otlp = await otlp.start_receiver(app.state, settings)
         if st.recovery.cut_bytes:
             log.warning(
                 "recovery cut %d corrupt bytes from the write-ahead log (%s)",
@@ -71,6 +73,8 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             yield
         finally:
             stop_usage.set()
+            if app.state.otlp is not None:
+                await app.state.otlp.close()
             if job is not None:
                 job.stop()
             reload_on_hup()
@@ -104,6 +108,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.include_router(export.router, prefix="/api/v1")
     app.include_router(chat.router)  # /api/v1 and /v1 chat/completions (the gateway)
     app.include_router(completions.router)  # under /api/v1 and /v1 (OpenAI clients)
+    app.include_router(otlp.router)  # OTLP/HTTP: /v1/traces, /v1/logs, Langfuse's path
     _add_body_schemas(app)
     return app
 
