@@ -67,8 +67,16 @@ def legacy_events(trace: bytes, span: bytes, question: str = "Hi?",
     recs = [("gen_ai.system.message", {"content": "Be brief."}),
             ("gen_ai.user.message", {"content": question})]  # fmt: skip
     if answer is not None:
-        recs.append(("gen_ai.choice", {"index": 0, "finish_reason": "stop",
-                                       "message": {"role": "assistant", "content": answer}}))
+        recs.append(
+            (
+                "gen_ai.choice",
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": answer},
+                },
+            )
+        )
     return [
         LogRecord(trace_id=trace, span_id=span, event_name=name, body=any_value(body),
                   observed_time_unix_nano=T0 + i, attributes=kvs({"gen_ai.system": "openai"}))

@@ -126,6 +126,7 @@ async def _export(request: Request, kind: str) -> Response:
             f"this API key may not write the use cases of these calls ({got.rejected[0]})",
             code="use_case_forbidden",
         )
+    receiver.refuse(got.refused)
     await receiver.submit(got.pieces)
     message = ""
     if got.rejected:

@@ -20,7 +20,8 @@ the write and the release record) names the same interaction id, which the store
 already holds: the write is a no-op, so nothing is stored twice.
 
 Pieces that arrive after their call's interaction was written are dropped (the
-interaction is immutable here); they are counted in ``late``.
+interaction is immutable here); they are counted in ``late``. So are the log records
+of a call whose span was refused: alone they would make a partial interaction.
 
 Everything but the log's own writer thread runs on the event loop: no locks."""
 
@@ -200,6 +201,16 @@ class Receiver:
         for key in direct_keys:
             self._close(key)
         self.written += len(direct)
+
+    def refuse(self, keys: list[Key]) -> None:
+        """Calls whose span was refused: their log records, waiting or still to come,
+        make no interaction (it would be a partial one)."""
+        for key in keys:
+            g = self._groups.pop(key, None)
+            self._close(key)
+            if g is not None:
+                for p in g.pieces():
+                    self._release(p)
 
     # -- joining -------------------------------------------------------------------
     def _add(self, p: Piece) -> None:

@@ -46,6 +46,7 @@ class Extracted:
     rejected: list[str] = field(default_factory=list)
     forbidden: int = 0  # refused for the use case alone
     calls: int = 0  # LLM-call records seen (kept, rejected or forbidden)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # calls whose span was refused
 
 
 def _forbidden(uc: str, allowed: list[str] | None) -> bool:
@@ -64,6 +65,7 @@ def from_spans(decoded: Decoded, limits: Limits, allowed: list[str] | None) -> E
             item = mapping.interaction(rec, [], limits)
         except mapping.Rejected as exc:
             out.rejected.append(f"{where}: {exc}")
+            out.refused.append((rec["trace_id"], rec["span_id"]))
             continue
         if _forbidden(item["use_case"], allowed):
             out.forbidden += 1
