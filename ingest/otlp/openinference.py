@@ -44,7 +44,7 @@ def _indexed(attrs: dict[str, Any], prefix: str) -> dict[int, dict[str, Any]]:
 
 def _message(flat: dict[str, Any], default_role: str) -> dict[str, Any]:
     m: dict[str, Any] = {"role": role(flat.get("message.role"), default_role)}
-    parts = _indexed(flat, "message.contents.")
+    parts = _indexed(flat, "message.contents.") if len(flat) > 2 else {}
     if parts:
         content: list[dict[str, Any]] = []
         for _, p in sorted(parts.items()):
@@ -57,7 +57,7 @@ def _message(flat: dict[str, Any], default_role: str) -> dict[str, Any]:
         m["content"] = content
     else:
         m["content"] = as_text(flat.get("message.content"))
-    calls = _indexed(flat, "message.tool_calls.")
+    calls = _indexed(flat, "message.tool_calls.") if len(flat) > 2 else {}
     if calls:
         m["tool_calls"] = [
             tool_call(c.get("tool_call.id"), c.get("tool_call.function.name"),
@@ -71,8 +71,27 @@ def _message(flat: dict[str, Any], default_role: str) -> dict[str, Any]:
     return m
 
 
+_GROUPS = ("llm.input_messages.", "llm.output_messages.", "llm.tools.")
+
+
+def _groups(attrs: dict[str, Any]) -> list[dict[int, dict[str, Any]]]:
+    """``_indexed`` of the three ``llm.`` lists in one pass over the attributes."""
+    out: list[dict[int, dict[str, Any]]] = [{}, {}, {}]
+    for key, v in attrs.items():
+        if not key.startswith("llm."):
+            continue
+        for n, prefix in enumerate(_GROUPS):
+            if key.startswith(prefix):
+                head, _, rest = key[len(prefix) :].partition(".")
+                if head.isdigit() and rest:
+                    out[n].setdefault(int(head), {})[rest] = v
+                break
+    return out
+
+
 def fields(span: dict[str, Any]) -> dict[str, Any]:
     attrs = span["attrs"]
+    inputs, outputs, tool_defs = _groups(attrs)
     params = json_value(attrs.get("llm.invocation_parameters"))
     params = dict(params) if isinstance(params, dict) else {}
     request_model = params.pop("model", None)
@@ -86,13 +105,10 @@ def fields(span: dict[str, Any]) -> dict[str, Any]:
         "user": as_text(attrs.get("user.id")) or as_text(params.get("user")),
         "session_id": as_text(attrs.get("session.id")),
     }
-    tools = [json_value(t.get("tool.json_schema"))
-             for _, t in sorted(_indexed(attrs, "llm.tools.").items())]  # fmt: skip
+    tools = [json_value(t.get("tool.json_schema")) for _, t in sorted(tool_defs.items())]
     if tools:
         params["tools"] = [t for t in tools if t is not None]
     out["params"] = params or None
-    inputs = _indexed(attrs, "llm.input_messages.")
-    outputs = _indexed(attrs, "llm.output_messages.")
     if inputs or outputs:
         out["messages"] = [_message(m, "user") for _, m in sorted(inputs.items())]
         if outputs:
