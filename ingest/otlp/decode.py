@@ -175,7 +175,14 @@ def attributes(kvs: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     kv: KeyValue
     for kv in kvs:
-        out[kv.key] = value(kv.value)
+        v = kv.value
+        kind = v.WhichOneof("value")  # the common scalar kinds inline: the hot loop
+        if kind == "string_value":
+            out[kv.key] = v.string_value
+        elif kind == "int_value":
+            out[kv.key] = v.int_value
+        else:
+            out[kv.key] = value(v)
     return out
 
 

@@ -51,7 +51,7 @@ log = logging.getLogger("istore.otlp")
 PIECES = 1  # payload: [piece.wire(), ...]
 RELEASED = 2  # payload: [[lsn, index], ...]
 SEGMENT_BYTES = 16 << 20
-CLOSED_MAX = 500_000
+CLOSED_MAX = 200_000
 
 Persist = Callable[[list[dict[str, Any]]], Awaitable[None]]
 Key = tuple[str, str]
@@ -165,7 +165,8 @@ class Receiver:
                 continue
             if p.item is not None and key not in self._groups and mapping.complete(p.rec, []):
                 direct.append(p.item)
-                direct_keys.append(key)
+                if mapping.convention(p.rec) == mapping.GENAI:  # log records may follow
+                    direct_keys.append(key)
             else:
                 waiting.append(p)
         ack = None

@@ -71,21 +71,23 @@ def _message(flat: dict[str, Any], default_role: str) -> dict[str, Any]:
     return m
 
 
-_GROUPS = ("llm.input_messages.", "llm.output_messages.", "llm.tools.")
+_GROUPS = {"input_messages": 0, "output_messages": 1, "tools": 2}
 
 
 def _groups(attrs: dict[str, Any]) -> list[dict[int, dict[str, Any]]]:
-    """``_indexed`` of the three ``llm.`` lists in one pass over the attributes."""
+    """``_indexed`` of the three ``llm.`` lists (``llm.input_messages``,
+    ``llm.output_messages``, ``llm.tools``) in one pass over the attributes."""
     out: list[dict[int, dict[str, Any]]] = [{}, {}, {}]
     for key, v in attrs.items():
-        if not key.startswith("llm."):
+        if key[:4] != "llm.":
             continue
-        for n, prefix in enumerate(_GROUPS):
-            if key.startswith(prefix):
-                head, _, rest = key[len(prefix) :].partition(".")
-                if head.isdigit() and rest:
-                    out[n].setdefault(int(head), {})[rest] = v
-                break
+        group, _, rest = key[4:].partition(".")
+        n = _GROUPS.get(group)
+        if n is None:
+            continue
+        head, _, sub = rest.partition(".")
+        if sub and head.isdigit():
+            out[n].setdefault(int(head), {})[sub] = v
     return out
 
 
