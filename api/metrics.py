@@ -96,9 +96,9 @@ class Collector:
         version = GaugeMetricFamily("istore_table_version", "Delta version", labels=["table"])
         files = GaugeMetricFamily("istore_table_files", "Parquet files in the current "
                                   "version", labels=["table"])  # fmt: skip
-        for table, (v, _, fs) in sorted(store.files_views().items()):
-            version.add_metric([table], v)
-            files.add_metric([table], len(fs))
+        for table, fv in sorted(store.files_views().items()):
+            version.add_metric([table], fv.version)
+            files.add_metric([table], len(fv.files))
         yield version
         yield files
 
