@@ -144,6 +144,9 @@ class KeyRing:
         self._bad: set[bytes] = set()
         self._verifying: dict[str, tuple[bytes, Future[bool]]] = {}  # key id → running
         self._backoff: dict[str, tuple[int, float]] = {}  # key id → (failures, until)
+        # New secrets: scrypt runs ("hashed"), and requests answered by one: "verified"
+        # or "refused"; "throttled": answered 429 without hashing.
+        self.counts = {"hashed": 0, "verified": 0, "refused": 0, "throttled": 0}
         self._used: dict[str, str] = {}  # key id → last use, not yet written
 
     # -- reading -------------------------------------------------------------------------
@@ -245,17 +248,20 @@ class KeyRing:
                 digest, fut = running
                 if digest == check.digest:
                     return fut  # the same key, already being verified: wait for it
+                self.counts["throttled"] += 1
                 raise TooManyRequests(
                     "another secret for this API key is being verified; retry shortly",
                     retry_after=1,
                 )
             wait = self._backoff.get(key_id, (0, 0.0))[1] - time.monotonic()
             if wait > 0:
+                self.counts["throttled"] += 1
                 raise TooManyRequests(
                     "too many failed attempts for this API key; retry later",
                     retry_after=max(1, int(wait + 0.999)),
                 )
             fut = _POOL.submit(_check_secret, check.record, check.secret)
+            self.counts["hashed"] += 1
             self._verifying[key_id] = (check.digest, fut)
 
         def done(_: Future[bool]) -> None:
@@ -274,6 +280,7 @@ class KeyRing:
             now = self._keys.get(record["id"])
             if now is None or now.get("revoked_at") or now.get("hash") != record["hash"]:
                 raise Unauthorized("invalid API key")
+            self.counts["verified" if ok else "refused"] += 1
             if not ok:
                 if len(self._bad) >= _NEGATIVE_MAX:
                     self._bad.clear()

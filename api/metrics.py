@@ -83,6 +83,15 @@ class Collector:
         yield GaugeMetricFamily("istore_flush_failing", "1 while flushes to the tables fail",
                                 value=1 if status["flush_error"] else 0)  # fmt: skip
 
+        keys = state.keys
+        checks = CounterMetricFamily("istore_key_checks", "New API key secrets: scrypt runs "
+                                     "(hashed); requests verified, refused, or throttled "
+                                     "(429 without hashing)",
+                                     labels=["outcome"])  # fmt: skip
+        for outcome, n in sorted(keys.counts.items()):
+            checks.add_metric([outcome], n)
+        yield checks
+
         flush = _hist("istore_flush_seconds", "Time to append the log's tail to the Delta "
                       "tables (write and commit)", [])  # fmt: skip
         _add(flush, [], m.flush_seconds)

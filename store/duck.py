@@ -68,6 +68,9 @@ class TableSnapshot:
     files_view: str | None  # view over the committed files, None when there are none
     pending: pa.Table  # acknowledged rows not yet in Delta
     files: tuple[DataFile, ...] = ()
+    # An older version read today: SQL on ``id`` that rows must satisfy (those still in
+    # the table), since its files outlive deletions until vacuum. None: every row.
+    keep: str | None = None
 
     @property
     def pending_name(self) -> str:
@@ -143,38 +146,14 @@ class Duck:
             f"read_parquet({file_list}, hive_partitioning = true, hive_types = {{{hive}}}{extra})"
         )
 
-    def files_view(
-        self,
-        spec: TableSpec,
-        version: int,
-        files: Sequence[str],
-        *,
-        live: tuple[str, Sequence[str]] | None = None,
-    ) -> str | None:
+    def files_view(self, spec: TableSpec, version: int, files: Sequence[str]) -> str | None:
         """The view over one Delta version's ``files``, created once, returned pinned
-        for the caller (who unpins it when done). With ``live`` = (tag, files), rows of
-        ``files`` whose id is in none of ``live``'s files are left out: an old version
-        read today shows nothing deleted since (``Store.snapshot_at``)."""
+        for the caller (who unpins it when done)."""
         if not files:
             return None
+        name = f"_{spec.name}_v{version}"
         cols = ", ".join(_quote(c) for c in spec.columns)
-        if live is None:
-            name = f"_{spec.name}_v{version}"
-            body = f"SELECT {cols} FROM {self.scan_sql(spec, files)}"
-        else:
-            tag, now = live
-            name = f"_{spec.name}_v{version}_{tag}"
-            kept = set(now)
-            same = [f for f in files if f in kept]
-            gone = [f for f in files if f not in kept]
-            added = [f for f in now if f not in set(files)]
-            parts = [f"SELECT {cols} FROM {self.scan_sql(spec, same)}"] if same else []
-            if gone:
-                survivors = (
-                    f"id IN (SELECT id FROM {self.scan_sql(spec, added)})" if added else "FALSE"
-                )
-                parts.append(f"SELECT {cols} FROM {self.scan_sql(spec, gone)} WHERE {survivors}")
-            body = " UNION ALL ".join(parts)
+        body = f"SELECT {cols} FROM {self.scan_sql(spec, files)}"
         with self._lock:
             self._collect()
             if name not in self._pins:
@@ -368,6 +347,22 @@ def _named_tables(snapshot: Snapshot, sql: str | None) -> set[str]:
     return named
 
 
+def survivors(spec: TableSpec, old: Sequence[str], now: Sequence[str]) -> str | None:
+    """The ``keep`` condition of an older version (files ``old``) read when the table
+    has files ``now``: a row is kept unless its file is gone and its id is in none of
+    the files added since (the rewrites of deletions, compactions, later appends)."""
+    current = set(now)
+    gone = [f for f in old if f not in current]
+    if not gone:
+        return None
+    before = set(old)
+    added = [f for f in now if f not in before]
+    cond = f"_k.id NOT IN (SELECT id FROM {Duck.scan_sql(spec, gone)})"
+    if added:
+        cond += f" OR _k.id IN (SELECT id FROM {Duck.scan_sql(spec, added)})"
+    return f"({cond})"
+
+
 def amendments_sql(snapshot: Snapshot) -> str | None:
     """Per interaction id: its latest replacement labels and whether it is deleted;
     None when nothing was ever amended (then reads skip the join)."""
@@ -389,6 +384,9 @@ def effective(snapshot: Snapshot, table: str, relation: str) -> str:
     """``relation`` (rows of ``table``) as reads must see them: interactions with their
     latest labels and without the deleted ones; feedback and comparisons without those
     of deleted interactions. ``relation`` is anything that can follow FROM."""
+    t = snapshot.tables.get(table)
+    if t is not None and t.keep is not None:
+        relation = f"(SELECT * FROM {relation} AS _k WHERE {t.keep})"
     amend = amendments_sql(snapshot)
     if amend is None or table not in ("interactions", "feedback", "comparisons"):
         return relation

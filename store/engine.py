@@ -35,7 +35,7 @@ from deltalake import (
 )
 
 from store.ack import Ack
-from store.duck import DataFile, Duck, Snapshot, TableSnapshot
+from store.duck import DataFile, Duck, Snapshot, TableSnapshot, survivors
 from store.errors import Conflict, StoreError, StoreLocked, Unavailable, ValidationFailed
 from store.idindex import IdIndex, hash_ids
 from store.labelindex import LabelIndex
@@ -870,8 +870,10 @@ class Store:
                         f"as_of: {name} is at version {now.version()}; {want} does not exist",
                         param="as_of",
                     )
+                keep = None
                 if want is None or want == now.version():
-                    dt, live_files = now, None
+                    dt = now
+                    files = data_files(self.location, dt, spec)
                 else:
                     try:
                         dt = self.location.open(name, version=want)
@@ -879,14 +881,14 @@ class Store:
                         raise ValidationFailed(
                             f"as_of: {name} has no version {want} ({exc})", param="as_of"
                         ) from None
+                    files = data_files(self.location, dt, spec)
                     current = [f.path for f in data_files(self.location, now, spec)]
-                    live_files = (f"at{now.version()}", current)
+                    keep = survivors(spec, [f.path for f in files], current)
                 version = dt.version()
-                files = data_files(self.location, dt, spec)
-                view = self.duck.files_view(spec, version, [f.path for f in files],
-                                            live=live_files)  # fmt: skip
+                view = self.duck.files_view(spec, version, [f.path for f in files])
                 owned.append(view)
-                tables[name] = TableSnapshot(spec, version, view, spec.schema.empty_table(), files)
+                empty = spec.schema.empty_table()
+                tables[name] = TableSnapshot(spec, version, view, empty, files, keep)
         except BaseException:
             self.duck.unpin(owned)
             raise
