@@ -272,7 +272,7 @@ def non_utf8() -> bytes:
     ("JSON not UTF-8", lambda: (b'{"resourceSpans": "\xff"}',
                                 {"content-type": "application/json"}), 400),
     ("protobuf string not UTF-8", lambda: (non_utf8(), PROTOBUF), 400),
-    ("another content type", lambda: (b"x", {"content-type": "text/plain"}), 400),
+    ("another content type", lambda: (b"x", {"content-type": "text/plain"}), 415),
     ("gzip that is not", lambda: (b"plain", {**PROTOBUF, "content-encoding": "gzip"}), 400),
     ("deflate that is not", lambda: (b"plain", {**PROTOBUF, "content-encoding": "deflate"}), 400),
     ("br", lambda: (b"x", {**PROTOBUF, "content-encoding": "br"}), 400),

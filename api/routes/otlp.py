@@ -6,16 +6,15 @@ mapping are ``ingest.otlp``; joining a call's span with its log records and keep
 what waits durable is ``ingest.otlp.join.Receiver`` (one per app, started with it).
 
 Auth: ``Authorization: Bearer <key>`` (``OTEL_EXPORTER_OTLP_HEADERS``), or HTTP Basic
-whose password is the key (the Langfuse SDK sends ``public_key:secret_key``), scope
-``ingest``. A key limited to some use cases: calls of other use cases are refused one
-by one in ``partial_success``; when every LLM call of a request is refused that way
-the answer is 403 instead, so that an exporter's log shows it (exporters do not log
-``partial_success``). 200 means durable, as everywhere."""
+whose password is the key (the Langfuse SDK sends ``public_key:secret_key``; the gate,
+``api.guard``, reads it so before the body), scope ``ingest``. A key limited to some
+use cases: calls of other use cases are refused one by one in ``partial_success``;
+when every LLM call of a request is refused that way the answer is 403 instead, so
+that an exporter's log shows it (exporters do not log ``partial_success``). 200 means
+durable, as everywhere."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from typing import Any
 
@@ -24,7 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import State
 from starlette.responses import Response
 
-from api.auth import authorize
+from api import guard
 from api.body import read_body
 from api.keys import Principal
 from api.settings import Settings
@@ -35,7 +34,7 @@ from ingest.otlp.mapping import LOG_EVENTS
 from ingest.otlp.pieces import Extracted, from_logs, from_spans
 from store.ack import wait
 from store.engine import Store
-from store.errors import Forbidden, PayloadTooLarge, Unauthorized, Unavailable
+from store.errors import Forbidden, InvalidRequest, PayloadTooLarge, Unavailable
 from store.schema import INTERACTIONS_TABLE
 
 log = logging.getLogger("istore.otlp")
@@ -81,18 +80,14 @@ async def start_receiver(state: State, settings: Settings) -> Receiver | None:
 
 
 def principal_of(request: Request) -> Principal:
-    """Bearer, or Basic whose password is the key, then the usual check."""
-    headers = {k.lower(): v for k, v in request.headers.items()}
-    auth = headers.get("authorization", "")
-    scheme, _, token = auth.strip().partition(" ")
-    if scheme.lower() == "basic":
-        try:
-            user_pass = base64.b64decode(token.strip(), validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
-            raise Unauthorized("the Basic credentials are not base64 of 'public:secret'") from None
-        secret = user_pass.partition(":")[2]
-        headers["authorization"] = f"Bearer {secret}" if secret else ""
-    principal = authorize(request.app.state.keys, headers, "ingest")
+    """The caller, as the gate (``api.guard``) authenticated it before the body was
+    read (there, HTTP Basic's password stands for the key on these paths)."""
+    principal = guard.principal_of(request.scope)
+    if principal is None:  # not through the gate (a bare router in a test)
+        principal = request.app.state.keys.authenticate(
+            guard.basic_as_bearer(request.headers.get("authorization"))
+        )
+    principal.require("ingest")
     request.state.principal = principal
     return principal
 
@@ -104,7 +99,10 @@ async def _export(request: Request, kind: str) -> Response:
     receiver: Receiver | None = getattr(state, "otlp", None)
     if receiver is None:
         raise Unavailable("this server does not take writes (read-only store)", retry_after=60)
-    enc = decode.encoding(request.headers.get("content-type"))
+    try:
+        enc = decode.encoding(request.headers.get("content-type"))
+    except InvalidRequest as exc:  # the same status the gate gives in open mode
+        raise guard.UnsupportedMediaType(exc.message, param="content-type") from None
     body = await read_body(request, settings.max_body_bytes)
     allowed = sorted(principal.use_cases) if principal.use_cases is not None else None
 
