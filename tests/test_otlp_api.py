@@ -326,3 +326,31 @@ async def test_ten_thousand_spans_in_one_request(client: httpx.AsyncClient) -> N
     r = await client.post("/v1/traces", content=traces(*spans), headers=PROTOBUF)
     assert "ISTORE_MAX_BATCH_ITEMS" in assert_error(r, 413)["message"]
     assert await count(client) == 10_000
+
+
+def unreleased(folder: Path) -> int:
+    """Pieces in the receiver's log with no release record."""
+    from ingest.otlp.join import PIECES, RELEASED
+    from store.wal import scan
+
+    records, _ = scan(folder, repair=False)
+    released = {tuple(x) for r in records if r.code == RELEASED for x in orjson.loads(r.payload)}
+    pieces = [(r.lsn, i) for r in records if r.code == PIECES
+              for i in range(len(orjson.loads(r.payload)))]  # fmt: skip
+    return sum(1 for p in pieces if p not in released)
+
+
+async def test_joined_pieces_are_released_from_the_receivers_log(store: Store) -> None:
+    folder = store.wal_dir / "otlp"
+    async with in_process(store, otlp_join_s=600) as c:
+        calls = [new_ids() for _ in range(20)]
+        for trace, span in calls:
+            await c.post("/v1/traces", content=traces(legacy_span(trace, span)), headers=PROTOBUF)
+        assert unreleased(folder) == 20, "waiting spans are in the log before their 200"
+        for trace, span in calls:
+            await c.post("/v1/logs", content=logs(*legacy_events(trace, span)), headers=PROTOBUF)
+        deadline = time.monotonic() + 30
+        while (unreleased(folder) or len(await rows(c)) < 20) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(await rows(c)) == 20 and unreleased(folder) == 0
+    assert sum(p.stat().st_size for p in folder.glob("wal-*.log")) < 4096, "segments deleted"
