@@ -16,12 +16,13 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api.body import inflate, send_json
+from api.body import inflate
 from api.errors import error_body, raw_headers, render
 from api.guard import Gate, is_api, principal_of, read_limited
 from api.logs import new_request_id, request_id
 from api.routes.chat import start_call
 from api.routes.interactions import ingest_body
+from gateway.asgi import send_json
 from store.errors import StoreError
 
 log = logging.getLogger("istore.api")

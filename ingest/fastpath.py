@@ -18,9 +18,8 @@ from ingest.models import (
     MAX_TIME,
     MAX_VALUE,
     MIN_TIME,
-    USE_CASE_RE,
 )
-from store.schema import MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS
+from store.schema import MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS, USE_CASE_RE
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 KNOWN = frozenset(

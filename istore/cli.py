@@ -711,7 +711,7 @@ def keys_create(
 ) -> None:
     """Create a key. Its secret is printed once, as the last line."""
     from api.keys import KeyRing
-    from ingest.models import USE_CASE_RE
+    from store.schema import USE_CASE_RE
 
     for uc in use_cases:
         if not USE_CASE_RE.match(uc):
