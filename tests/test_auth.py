@@ -13,9 +13,9 @@ import pytest_asyncio
 from click.testing import CliRunner
 
 from api.keys import KeyRing
-from store.errors import Unavailable
 from istore.cli import main
 from store.engine import Store
+from store.errors import Unavailable
 from tests.conftest import assert_error, in_process, interaction
 
 KINDS = ("none", "wrong", "ingest", "read", "admin", "limited")
