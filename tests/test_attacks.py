@@ -19,7 +19,7 @@ import httpx
 import orjson
 import pytest
 
-from api.keys import KeyRing
+from service.keys import KeyRing
 from tests.conftest import Server, interaction
 
 KEYS = {

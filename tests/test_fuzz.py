@@ -94,7 +94,7 @@ def test_every_operation(live_api: Any) -> None:
 
 def test_the_document_names_one_error_shape(tmp_path: Path) -> None:
     from api.app import create_app
-    from api.settings import Settings
+    from service.settings import Settings
 
     doc = create_app(Settings(data=str(tmp_path))).openapi()
     assert "HTTPValidationError" not in str(doc)

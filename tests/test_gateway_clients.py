@@ -20,7 +20,7 @@ import requests
 from adaptive_sdk import Adaptive
 from openai import AsyncOpenAI, OpenAI
 
-from api.keys import KeyRing
+from service.keys import KeyRing
 from tests.conftest import Server
 from tests.test_gateway import MESSAGES, routing_toml
 from tests.upstream import ANSWER_PIECES, Upstream

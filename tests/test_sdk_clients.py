@@ -10,7 +10,7 @@ import httpx
 import pytest
 from adaptive_sdk import Adaptive
 
-from api.keys import KeyRing
+from service.keys import KeyRing
 from tests.conftest import Server
 
 
