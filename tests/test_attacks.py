@@ -22,6 +22,8 @@ import pytest
 from service.keys import KeyRing
 from tests.conftest import Server, interaction
 
+pytestmark = pytest.mark.slow  # live servers, emulators, property runs: `make test` only
+
 KEYS = {
     "ADMIN": (["admin"], None),
     "READ": (["read"], None),

@@ -23,6 +23,8 @@ from tests.conftest import Server
 from tests.test_gateway import routing_toml
 from tests.upstream import Upstream
 
+pytestmark = pytest.mark.slow  # live servers, emulators, property runs: `make test` only
+
 EXAMPLES = int(os.environ.get("ISTORE_FUZZ_EXAMPLES", "12"))
 ERROR_KEYS = {"message", "type", "param", "code"}
 

@@ -25,6 +25,8 @@ from tests.conftest import Server
 from tests.test_gateway import MESSAGES, routing_toml
 from tests.upstream import ANSWER_PIECES, Upstream
 
+pytestmark = pytest.mark.slow  # live servers, emulators, property runs: `make test` only
+
 STREAMED = "".join(ANSWER_PIECES)
 ECHO = "echo: Hello model!"
 

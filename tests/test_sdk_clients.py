@@ -13,6 +13,8 @@ from adaptive_sdk import Adaptive
 from service.keys import KeyRing
 from tests.conftest import Server
 
+pytestmark = pytest.mark.slow  # live servers, emulators, property runs: `make test` only
+
 
 @pytest.fixture
 def live(server_factory: type[Server], tmp_path: Path) -> tuple[Server, str]:
