@@ -22,13 +22,13 @@ import ipaddress
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from api.keys import KeyRing, Principal
+from service.keys import KeyRing, Principal
 from store.errors import (
     Forbidden,
     InvalidRequest,
     PayloadTooLarge,
-    StoreError,
     Unauthorized,
+    UnsupportedMediaType,
 )
 
 Scope = MutableMapping[str, Any]
@@ -49,11 +49,6 @@ LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 # OTLP paths (api.routes.otlp): the Langfuse SDK authenticates with HTTP Basic
 # ``public_key:secret_key``; there the secret is the istore key.
 BASIC_PATHS = frozenset({"/v1/traces", "/v1/logs", "/api/public/otel/v1/traces"})
-
-
-class UnsupportedMediaType(InvalidRequest):
-    status = 415
-    code = "unsupported_media_type"
 
 
 def is_api(path: str) -> bool:
@@ -200,10 +195,9 @@ def replay(body: bytes, receive: Receive) -> Receive:
     return again
 
 
-class ClientGone(StoreError):
+class ClientGone(InvalidRequest):
     """The client disconnected before its request was read (nothing to answer)."""
 
-    status = 400
     code = "client_disconnected"
 
 

@@ -13,8 +13,8 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from api.settings import Settings
 from istore.cli import main
+from service.settings import Settings
 from tests.conftest import ROOT, interaction
 
 README = (ROOT / "README.md").read_text()
@@ -118,7 +118,7 @@ def test_otlp_doc_snippets_log_to_a_live_server(server_factory: type, tmp_path: 
     import sys
     import time
 
-    from api.keys import KeyRing
+    from service.keys import KeyRing
     from tests.upstream import Upstream
 
     data = tmp_path / "data"

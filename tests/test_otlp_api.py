@@ -22,7 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from api.keys import KeyRing
+from service.keys import KeyRing
 from store.engine import Store, StoreOptions
 from tests.conftest import assert_error, in_process
 from tests.otlp_payloads import (
@@ -354,3 +354,15 @@ async def test_joined_pieces_are_released_from_the_receivers_log(store: Store) -
             await asyncio.sleep(0.05)
         assert len(await rows(c)) == 20 and unreleased(folder) == 0
     assert sum(p.stat().st_size for p in folder.glob("wal-*.log")) < 4096, "segments deleted"
+
+
+async def test_an_id_another_use_case_holds_rejects_only_that_call(
+    client: httpx.AsyncClient,
+) -> None:
+    trace, span = new_ids()
+    first = traces(llm_span(trace, span, **{"istore.use_case": "a"}))
+    assert partial(await client.post("/v1/traces", content=first, headers=PROTOBUF)) == (0, "")
+    again = traces(llm_span(trace, span, **{"istore.use_case": "b"}), llm_span(*new_ids()))
+    n, message = partial(await client.post("/v1/traces", content=again, headers=PROTOBUF))
+    assert n == 1 and "another use case" in message and trace.hex() in message
+    assert sorted(r["use_case"] for r in await rows(client)) == ["a", "geo-assistant"]

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from api.keys import KeyRing
+from service.keys import KeyRing
 from tests.conftest import ROOT, Server
 from tests.otlp_capture import client_env
 from tests.otlp_clients import CLIENTS, QUESTIONS

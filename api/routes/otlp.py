@@ -25,17 +25,16 @@ from starlette.responses import Response
 
 from api import guard
 from api.body import read_body
-from api.keys import Principal
-from api.settings import Settings
-from ingest.normalize import build_batch
+from ingest import pipeline
 from ingest.otlp import decode
 from ingest.otlp.join import Receiver
 from ingest.otlp.mapping import LOG_EVENTS
 from ingest.otlp.pieces import Extracted, from_logs, from_spans
+from service.keys import Principal
+from service.settings import Settings
 from store.ack import wait
 from store.engine import Store
-from store.errors import Forbidden, InvalidRequest, PayloadTooLarge, Unavailable
-from store.schema import INTERACTIONS_TABLE
+from store.errors import Forbidden, PayloadTooLarge, Unavailable
 
 log = logging.getLogger("istore.otlp")
 router = APIRouter(tags=["opentelemetry"])
@@ -57,10 +56,9 @@ def _body_doc(message: str) -> dict[str, Any]:
 
 
 async def persist(store: Store, items: list[dict[str, Any]]) -> None:
-    """The one place OTLP interactions are written: durable when this returns."""
-    batch = build_batch(items, source="otlp")
-    ack = store.write(INTERACTIONS_TABLE, batch.interactions(), feedback=batch.feedback())
-    await wait(ack)
+    """The one place OTLP interactions are written (the ingest pipeline): durable when
+    this returns. Use cases were checked per call before (``ingest.otlp.pieces``)."""
+    await wait(pipeline.submit(store, items, source="otlp").ack)
 
 
 async def start_receiver(state: State, settings: Settings) -> Receiver | None:
@@ -99,10 +97,7 @@ async def _export(request: Request, kind: str) -> Response:
     receiver: Receiver | None = getattr(state, "otlp", None)
     if receiver is None:
         raise Unavailable("this server does not take writes (read-only store)", retry_after=60)
-    try:
-        enc = decode.encoding(request.headers.get("content-type"))
-    except InvalidRequest as exc:  # the same status the gate gives in open mode
-        raise guard.UnsupportedMediaType(exc.message, param="content-type") from None
+    enc = decode.encoding(request.headers.get("content-type"))
     body = await read_body(request, settings.max_body_bytes)
     allowed = sorted(principal.use_cases) if principal.use_cases is not None else None
 
@@ -125,7 +120,7 @@ async def _export(request: Request, kind: str) -> Response:
             code="use_case_forbidden",
         )
     receiver.refuse(got.refused)
-    await receiver.submit(got.pieces)
+    got.rejected += await receiver.submit(got.pieces)
     message = ""
     if got.rejected:
         more = f" (and {len(got.rejected) - 1} more)" if len(got.rejected) > 1 else ""

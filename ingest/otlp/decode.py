@@ -14,7 +14,7 @@ Invariants of a record:
   (``partial_success``), never the request;
 - an attribute nested deeper than ``MAX_DEPTH`` rejects its record.
 Errors that make the whole body unusable (not protobuf, not OTLP/JSON, an id that is
-not hex) raise ``InvalidRequest`` (400)."""
+not hex) raise ``InvalidRequest`` (400), another content type ``UnsupportedMediaType``."""
 
 from __future__ import annotations
 

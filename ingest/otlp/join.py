@@ -43,6 +43,7 @@ import orjson
 from ingest.otlp import mapping
 from ingest.otlp.pieces import Piece
 from store.ack import wait
+from store.engine import IdConflict
 from store.errors import StoreError, Unavailable
 from store.wal import WriteAheadLog, scan
 
@@ -150,9 +151,10 @@ class Receiver:
         return len(self._groups)
 
     # -- requests ------------------------------------------------------------------
-    async def submit(self, pieces: list[Piece]) -> None:
+    async def submit(self, pieces: list[Piece]) -> list[str]:
         """Make every piece durable (its interaction in the store, or the piece in the
-        log); returns when they all are, raises (nothing acknowledged) otherwise."""
+        log); returns when they all are, raises (nothing acknowledged) otherwise. The
+        answer: why calls were refused by the store (an id another use case holds)."""
         assert self._wal is not None
         direct: list[dict[str, Any]] = []
         direct_keys: list[Key] = []
@@ -180,9 +182,10 @@ class Receiver:
             ack = self._wal.append(PIECES, payload)
             self._inflight += 1
         failure: BaseException | None = None
+        refused: list[str] = []
         if direct:
             try:
-                await self._persist(direct)
+                refused = await self._write(direct)
             except Exception as exc:
                 failure = exc
         if ack is not None:
@@ -201,7 +204,23 @@ class Receiver:
             raise failure
         for key in direct_keys:
             self._close(key)
-        self.written += len(direct)
+        self.written += len(direct) - len(refused)
+        return refused
+
+    async def _write(self, items: list[dict[str, Any]]) -> list[str]:
+        """Persist ``items``, leaving out those whose id another use case holds (an
+        id names one interaction in the whole store); says which were left out."""
+        refused: list[str] = []
+        while items:
+            try:
+                await self._persist(items)
+                break
+            except IdConflict as exc:
+                bad = set(exc.positions)
+                refused += [f"interaction {items[i]['id']}: its id is already stored in "
+                            "another use case" for i in sorted(bad)]  # fmt: skip
+                items = [x for i, x in enumerate(items) if i not in bad]
+        return refused
 
     def refuse(self, keys: list[Key]) -> None:
         """Calls whose span was refused: their log records, waiting or still to come,
@@ -270,15 +289,20 @@ class Receiver:
             item = None
         if item is not None:
             try:
-                await self._persist([item])
-            except (StoreError, OSError) as exc:
+                refused = await self._write([item])
+            except (Unavailable, OSError) as exc:
                 g.emitting = False
                 g.deadline = time.time() + max(1.0, self.join_s / 4)
                 self._n += 1
                 heapq.heappush(self._due, (g.deadline, self._n, key))
                 log.warning("OTLP call %s/%s not written yet (%s); retrying", *key, exc)
                 return
-            self.written += 1
+            except StoreError as exc:  # not worth retrying
+                refused = [str(exc)]
+            if refused:
+                log.warning("OTLP call %s/%s dropped: %s", key[0], key[1], refused[0])
+            else:
+                self.written += 1
         if self._groups.get(key) is g:
             del self._groups[key]
         self._close(key)
