@@ -24,6 +24,8 @@ from tests.otlp_clients import CLIENTS, QUESTIONS
 from tests.otlp_expect import check
 from tests.upstream import Upstream
 
+pytestmark = pytest.mark.slow  # live servers, emulators, property runs: `make test` only
+
 
 def wait_for(url: str, key: str, n: int) -> list[dict[str, Any]]:
     """The stored OTLP interactions once there are ``n`` (joins finish in the background)."""

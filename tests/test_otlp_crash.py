@@ -15,6 +15,8 @@ import store
 from tests.conftest import Server
 from tests.otlp_payloads import PROTOBUF, legacy_events, legacy_span, logs, new_ids, traces
 
+pytestmark = pytest.mark.slow  # live servers, emulators, property runs: `make test` only
+
 ENV = {"ISTORE_OTLP_JOIN_S": "120", "ISTORE_FLUSH_INTERVAL_S": "0.2"}
 
 
