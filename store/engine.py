@@ -76,6 +76,7 @@ class StoreOptions:
     wal_segment_bytes: int = 64 << 20
     query_memory_limit: str = "2GB"
     query_threads: int = 2
+    query_temp_limit: str = "4GB"  # DuckDB's spill files, under <state root>/tmp
 
 
 @dataclass(frozen=True)
@@ -242,6 +243,8 @@ class Store:
             filesystem=self.location.duckdb_filesystem(),
             memory_limit=self.options.query_memory_limit,
             threads=self.options.query_threads,
+            temp_dir=self.root / "tmp",
+            temp_limit=self.options.query_temp_limit,
         )
         self.labels = LabelIndex(self.duck)
         for spec in TABLES.values():

@@ -43,7 +43,9 @@ _EXPRESSIONS = frozenset(
      "POSITIONAL_REFERENCE", "STAR", "SUBQUERY", "TYPE", "WINDOW"}
 )  # fmt: skip
 # Dicts that are neither: modifiers, orders, literals, arguments, CTE entries …
-_PLAIN_TYPES = re.compile(r"^(?:[A-Z_]+_MODIFIER|ORDER_[A-Z_]+|[A-Z_]+_TYPE_INFO)\Z")
+_PLAIN_TYPES = re.compile(
+    r"^(?:[A-Z_]+_MODIFIER|ORDER_[A-Z_]+|ASCENDING|DESCENDING|[A-Z_]+_TYPE_INFO)\Z"
+)
 
 _SHOW = {
     "SHOW": "SHOW",
@@ -184,9 +186,7 @@ class _Walk:
     def _function(self, node: dict[str, Any]) -> None:
         name = str(node.get("function_name", ""))
         if node.get("schema") or node.get("catalog"):
-            raise InvalidQuery(
-                f"function {name}() must be called by its plain name", param="sql"
-            )
+            raise InvalidQuery(f"function {name}() must be called by its plain name", param="sql")
         if name.startswith(INTERNAL_PREFIX) or not allowed_function(name):
             raise InvalidQuery(
                 f"function {name}() is not allowed in SQL over the views", param="sql"

@@ -133,6 +133,9 @@ pg_ts_template_is_visible pg_type_is_visible pg_typeof regexp_split_to_table ses
 shobj_description split_part user variant_group_array wavg weighted_avg
 """)
 
+# Not a function of duckdb_functions()' expression kinds: UNNEST in a select list.
+SPECIAL = _names("unnest unlist")
+
 # Our own macros (``store.duck.MACROS``), documented in the README.
 OURS = _names("label message_text last_user_message")
 
@@ -140,7 +143,7 @@ OURS = _names("label message_text last_user_message")
 TABLE = _names("range generate_series unnest json_each json_tree")
 
 # Every function user SQL may call in an expression.
-FUNCTIONS = SCALAR | AGGREGATE | WINDOW | MACRO | OURS
+FUNCTIONS = SCALAR | AGGREGATE | WINDOW | MACRO | SPECIAL | OURS
 
 _SETTINGS = "reads settings or session state"
 _CATALOG = "reads the catalog"
