@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -150,6 +151,10 @@ class Duck:
         if filesystem is not None:  # object storage, read through pyarrow (fsspec)
             self._db.register_filesystem(filesystem)
         dirs = ", ".join(sql_str(_readable(d)) for d in readable_dirs)
+        self._scrub = _scrubber(
+            [*(_readable(d) for d in readable_dirs), *(str(d) for d in readable_dirs),
+             str(self.temp_dir), str(self.temp_dir.resolve())]
+        )  # fmt: skip
         for macro in MACROS:
             self._db.execute(macro)
         self._db.execute("SET GLOBAL TimeZone = 'UTC'")
@@ -357,14 +362,14 @@ class Duck:
         )
         try:
             guard.start()
-            with _mapped(guard):
+            with _mapped(guard, self._scrub):
                 if sandboxed:
                     check_plan(cur, sql)
                 reader = cur.sql(sql, params=list(params) if params else None).to_arrow_reader(
                     batch_rows
                 )
             result = Result(reader.schema, iter(()), guard)
-            result.batches = _limited(reader, result, max_rows)
+            result.batches = _limited(reader, result, max_rows, self._scrub)
             yield result
         finally:
             guard.close()
@@ -396,46 +401,57 @@ class Duck:
 
 
 @contextlib.contextmanager
-def _mapped(guard: QueryGuard) -> Iterator[None]:
+def _mapped(guard: QueryGuard, scrub: Callable[[str], str]) -> Iterator[None]:
     """DuckDB's and Arrow's errors as the store's: the guard's own when it stopped the
-    query, otherwise a 400 naming what DuckDB said (they are about the user's SQL)."""
+    query, otherwise a 400 with what DuckDB said (about the user's SQL), the store's
+    file paths scrubbed out (a path names other use cases' partitions). DuckDB's
+    errors reach us through Arrow's C stream as plain ``OSError``s."""
     try:
         yield
     except (duckdb.Error, pa.ArrowException, OSError, RecursionError) as exc:
         if guard.reason is not None:
             raise guard.error() from exc
+        text = scrub(str(exc))
         if isinstance(exc, duckdb.InterruptException):
-            raise StoreError(str(exc)) from exc
+            raise StoreError(text) from exc
         if isinstance(exc, duckdb.PermissionException):
             raise InvalidQuery(
-                f"not allowed: {exc}. SQL may read the views " + ", ".join(SQL_VIEWS) + " only",
+                f"not allowed: {text}. SQL may read the views " + ", ".join(SQL_VIEWS) + " only",
                 param="sql",
             ) from exc
-        if isinstance(exc, duckdb.OutOfMemoryException):
+        if isinstance(exc, duckdb.OutOfMemoryException):  # not DuckDB's advice to SET …
             raise InvalidQuery(
-                f"the query needs more memory than allowed: {exc}", param="sql"
+                "the query needs more memory or spill space than allowed "
+                "(ISTORE_QUERY_MEMORY_LIMIT, ISTORE_QUERY_TEMP_LIMIT): " + text.split("\n")[0],
+                param="sql",
             ) from exc
         if isinstance(exc, RecursionError):
             raise InvalidQuery("the query or its result is nested too deeply", param="sql") from exc
-        if isinstance(exc, OSError) and not isinstance(exc, pa.ArrowException):
-            if "Error" not in str(exc):  # DuckDB's errors through Arrow's C stream
-                raise
-        raise InvalidQuery(str(exc), param="sql") from exc
+        raise InvalidQuery(text, param="sql") from exc
+
+
+def _scrubber(paths: Iterable[str]) -> Callable[[str], str]:
+    """Replaces every path under ``paths`` in a message with ``<a file of the store>``."""
+    roots = sorted({p.rstrip("/") for p in paths if p.strip("/")}, key=len, reverse=True)
+    if not roots:
+        return lambda text: text
+    pattern = re.compile("(?:" + "|".join(re.escape(r) for r in roots) + r")[^\s'\"\],)]*")
+    return lambda text: pattern.sub("<a file of the store>", text)
 
 
 def _limited(
-    reader: pa.RecordBatchReader, result: Result, limit: int | None
+    reader: pa.RecordBatchReader, result: Result, limit: int | None, scrub: Callable[[str], str]
 ) -> Iterator[pa.RecordBatch]:
     """``reader``'s batches up to ``limit`` rows; then sets ``result.truncated``."""
     while True:
-        with _mapped(result.guard):
+        with _mapped(result.guard, scrub):
             try:
                 batch = reader.read_next_batch()
             except StopIteration:
                 return
         if limit is not None and result.rows + batch.num_rows >= limit:
             keep = limit - result.rows
-            more = batch.num_rows > keep or _more(reader, result.guard)
+            more = batch.num_rows > keep or _more(reader, result.guard, scrub)
             if keep:
                 result.rows += keep
                 yield batch.slice(0, keep)
@@ -446,10 +462,10 @@ def _limited(
             yield batch
 
 
-def _more(reader: pa.RecordBatchReader, guard: QueryGuard) -> bool:
+def _more(reader: pa.RecordBatchReader, guard: QueryGuard, scrub: Callable[[str], str]) -> bool:
     """Whether ``reader`` holds another row."""
     while True:
-        with _mapped(guard):
+        with _mapped(guard, scrub):
             try:
                 batch = reader.read_next_batch()
             except StopIteration:

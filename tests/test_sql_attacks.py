@@ -327,3 +327,19 @@ def test_spill_files_stay_in_the_state_folder(target: Target) -> None:
     assert set(ROOT.glob(".tmp*")) == before
     spill = list((target.root / "tmp").glob("duckdb-*"))
     assert len(spill) == 1  # this server's own folder
+
+
+def test_error_messages_never_echo_a_store_path(tmp_path: Path) -> None:
+    """A path under the tables names a use case's partition: DuckDB's errors that
+    carry one (a file gone under a view) reach the client with the path scrubbed."""
+    tables = tmp_path / "interactions"
+    gone = tables / f"use_case={OTHER}" / "part-0.parquet"
+    gone.parent.mkdir(parents=True)
+    duck = Duck([tables], temp_dir=tmp_path / "tmp")
+    try:
+        with pytest.raises(InvalidQuery) as info:
+            duck.query(Snapshot({}), f"SELECT * FROM read_parquet('{gone}')")
+        assert MARK not in info.value.message and str(tmp_path) not in info.value.message
+        assert "<a file of the store>" in info.value.message
+    finally:
+        duck.close()
