@@ -15,6 +15,7 @@ before the first byte is sent.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import tempfile
 import time
@@ -61,6 +62,31 @@ def rows(table: pa.Table | pa.RecordBatch) -> list[dict[str, Any]]:
     except (OverflowError, ValueError, pa.ArrowException) as exc:
         raise InvalidQuery(
             f"a value in the result cannot be returned as JSON ({exc}); cast it to VARCHAR",
+            param="sql",
+        ) from exc
+
+
+# What the encoders raise on a value their format cannot hold (an infinite date in CSV,
+# an interval in Parquet, bytes in CSV); polars panics are BaseExceptions.
+_UNENCODABLE = (
+    pa.ArrowException,
+    pl.exceptions.PolarsError,
+    pl.exceptions.PanicException,
+    ValueError,
+    OverflowError,
+    TypeError,
+)
+
+
+@contextlib.contextmanager
+def _encoding(fmt: str) -> Iterator[None]:
+    try:
+        yield
+    except _UNENCODABLE as exc:
+        first = str(exc).split("\n")[0]
+        raise InvalidQuery(
+            f"a value in the result cannot be written as {fmt} ({first}); cast it to VARCHAR "
+            "or ask for another format",
             param="sql",
         ) from exc
 
@@ -180,7 +206,8 @@ def encode(
         first = True
         for batch in batches:
             for piece in pieces(batch):
-                body = _dumps(rows(piece))[1:-1]
+                with _encoding(fmt):
+                    body = _dumps(rows(piece))[1:-1]
                 yield body if first else b"," + body
                 first = False
                 check()
@@ -189,26 +216,34 @@ def encode(
     elif fmt == "ndjson":
         for batch in batches:
             for piece in pieces(batch):
-                yield b"".join(_dumps(r) + b"\n" for r in rows(piece))
+                with _encoding(fmt):
+                    lines = b"".join(_dumps(r) + b"\n" for r in rows(piece))
+                yield lines
                 check()
                 time.sleep(0)
     elif fmt == "csv":  # polars: quotes only where needed (pyarrow quotes every string)
         header = True
         for batch in batches:
             for piece in pieces(batch):
-                df = pl.from_arrow(_flat(piece))
-                assert isinstance(df, pl.DataFrame)
-                yield df.write_csv(include_header=header).encode()
+                with _encoding(fmt):
+                    df = pl.from_arrow(_flat(piece))
+                    assert isinstance(df, pl.DataFrame)
+                    text = df.write_csv(include_header=header).encode()
+                yield text
                 header = False
                 check()
                 time.sleep(0)
         if header:  # no rows: the header alone
-            df = pl.from_arrow(_flat(pa.RecordBatch.from_pylist([], schema=schema)))
-            assert isinstance(df, pl.DataFrame)
-            yield df.write_csv(include_header=True).encode()
+            with _encoding(fmt):
+                df = pl.from_arrow(_flat(pa.RecordBatch.from_pylist([], schema=schema)))
+                assert isinstance(df, pl.DataFrame)
+                text = df.write_csv(include_header=True).encode()
+            yield text
     elif fmt == "parquet":
         sink = _Sink()
-        with pq.ParquetWriter(sink, schema, compression="zstd") as writer:
+        with _encoding(fmt):
+            writer = pq.ParquetWriter(sink, schema, compression="zstd")
+        try:
             group: list[pa.RecordBatch] = []
             n = size = 0
             for batch in batches:
@@ -216,20 +251,29 @@ def encode(
                 n += batch.num_rows
                 size += batch.nbytes
                 if n >= _ROW_GROUP_ROWS or size >= _ROW_GROUP_BYTES:
-                    writer.write_table(pa.Table.from_batches(group, schema=schema))
+                    with _encoding(fmt):
+                        writer.write_table(pa.Table.from_batches(group, schema=schema))
                     group, n, size = [], 0, 0
                     yield sink.take()
                     check()
-            if group:
-                writer.write_table(pa.Table.from_batches(group, schema=schema))
+            with _encoding(fmt):
+                if group:
+                    writer.write_table(pa.Table.from_batches(group, schema=schema))
+        finally:
+            writer.close()
         yield sink.take()
     else:  # arrow
         sink = _Sink()
-        with pa.ipc.new_stream(sink, schema) as ipc:
+        with _encoding(fmt):
+            ipc = pa.ipc.new_stream(sink, schema)
+        try:
             for batch in batches:
-                ipc.write_batch(batch)
+                with _encoding(fmt):
+                    ipc.write_batch(batch)
                 yield sink.take()
                 check()
+        finally:
+            ipc.close()
         yield sink.take()
 
 

@@ -187,6 +187,29 @@ def test_formats_leak_nothing_either(target: Target, fmt: str) -> None:
         assert set(table.column("use_case").to_pylist()) == {"alpha"}
 
 
+ODD_VALUES = [
+    "union_value(a := 1)", "INTERVAL 1 DAY", "'1 month'::INTERVAL", "1::HUGEINT", "1::UHUGEINT",
+    "1.5::DECIMAL(38, 10)", "'\\x00'::BLOB", "'0101'::BIT", "uuid()", "TIME '10:00'",
+    "'10:00:00+02'::TIMETZ", "'infinity'::DATE", "'infinity'::TIMESTAMP",
+    "'-infinity'::TIMESTAMPTZ", "'99999-01-01'::DATE", "'nan'::DOUBLE", "'inf'::FLOAT",
+    "[1, 2]::INT[2]", "MAP {1: 2}", "MAP {[1]: 2}", "{'a': NULL}", "NULL", "[]", "[NULL]",
+    "'a'::ENUM('a', 'b')", "123456789012345678901234567890::BIGNUM", "'{}'::JSON",
+    "42::VARIANT", "'POINT(1 2)'::GEOMETRY", "'2020-01-01'::TIMESTAMP_NS",
+    "{'a': [MAP {'k': [1]}]}", "[{'t': 'infinity'::TIMESTAMP}]",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("value", ODD_VALUES)
+def test_every_type_in_every_format_is_a_200_or_a_400(target: Target, value: str) -> None:
+    """Values a format cannot hold (an infinite date in CSV, an interval in Parquet,
+    bytes in CSV) are a 400 naming the format, never a 500."""
+    for fmt in ("json", "ndjson", "csv", "parquet", "arrow"):
+        r = target.sql(f"SELECT {value} AS v FROM range(3)", fmt=fmt)
+        assert r.status_code in (200, 400), (value, fmt, r.text[:300])
+        if r.status_code == 400:
+            assert_error(r, 400)
+
+
 # -- issue 16, finding 6: the sandbox showed settings and the catalog ------------------------
 LATER_CTE = [
     "WITH a AS (SELECT * FROM pg_settings), pg_settings AS (SELECT 1) SELECT * FROM a",
