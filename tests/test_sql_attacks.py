@@ -21,13 +21,15 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from api.keys import KeyRing
+from service.keys import KeyRing
 from store.duck import Duck, Snapshot
 from store.errors import InvalidQuery
 from tests.conftest import ROOT, Server, assert_error, interaction
 
 MARK = "zqmark7"
 OTHER = f"beta-{MARK}"
+pytestmark = pytest.mark.slow  # live servers, emulators, property runs: `make test` only
+
 CORPUS = ROOT / "tests" / "sql_attacks.txt"
 # What no answer may contain unless the statement itself does (then it is an echo).
 PASSWD = "root:x:0:0"
