@@ -23,7 +23,7 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +107,7 @@ class Result:
     batches: Iterator[pa.RecordBatch]
     guard: QueryGuard
     truncated: bool = False
-    rows: int = field(default=0)
+    rows: int = 0
 
     def check(self) -> None:
         self.guard.check()

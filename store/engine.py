@@ -283,7 +283,9 @@ class Store:
             filesystem=self.location.duckdb_filesystem(),
             memory_limit=self.options.query_memory_limit,
             threads=self.options.query_threads,
-            temp_dir=self.root / "tmp",
+            # DuckDB's spill folder: under the state root; a read-only handle on object
+            # storage without a local folder uses the system's temporary folder.
+            temp_dir=self.root / "tmp" if self.writable or not self.location.remote else None,
             temp_limit=self.options.query_temp_limit,
         )
         self.labels = LabelIndex(self.duck)

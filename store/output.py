@@ -259,8 +259,11 @@ def encode(
             with _encoding(fmt):
                 if group:
                     writer.write_table(pa.Table.from_batches(group, schema=schema))
-        finally:
-            writer.close()
+                writer.close()  # the footer
+        except BaseException:
+            with contextlib.suppress(*_UNENCODABLE):
+                writer.close()
+            raise
         yield sink.take()
     else:  # arrow
         sink = _Sink()
@@ -272,14 +275,13 @@ def encode(
                     ipc.write_batch(batch)
                 yield sink.take()
                 check()
-        finally:
-            ipc.close()
+            with _encoding(fmt):
+                ipc.close()  # the end-of-stream marker
+        except BaseException:
+            with contextlib.suppress(*_UNENCODABLE):
+                ipc.close()
+            raise
         yield sink.take()
-
-
-def encode_table(table: pa.Table, fmt: str, *, truncated: bool = False) -> Iterator[bytes]:
-    """A whole table in format ``fmt`` (for results already in memory)."""
-    return encode(table.schema, table.to_batches(), fmt, truncated=lambda: truncated)
 
 
 class Spool:
