@@ -7,9 +7,9 @@ def test_store_exports() -> None:
     exported = {name for name in dir(store) if not name.startswith("_")}
     expected = set(store.__all__)
     modules = {"ack", "duck", "engine", "errors", "export", "filters", "guard", "ids",
-               "idindex", "jsonutil", "labelindex", "lifecycle", "location", "metrics",
-               "maintenance", "output", "reader", "rows", "sandbox", "schema", "sql_functions",
-               "stats", "wal"}  # fmt: skip
+               "index", "jsonutil", "lifecycle", "location", "metrics", "maintenance",
+               "output", "reader", "rows", "sandbox", "schema", "sql_functions", "stats",
+               "wal"}  # fmt: skip
     assert exported - modules == expected
     assert expected == {
         "InvalidQuery", "InvalidRequest", "NotFound", "PayloadTooLarge", "Reader", "Store",
