@@ -264,41 +264,44 @@ def sql(data: str | None, query: str, fmt: str, output: str | None, max_rows: in
     outcomes (helpers: label(labels, key), message_text(messages),
     last_user_message(messages))."""
     import polars as pl
+    import pyarrow as pa
 
-    from store.output import encode
+    from store.output import encode, rows
     from store.reader import open as open_store
 
     if fmt in ("parquet", "arrow") and output is None:
         raise click.UsageError(f"--format {fmt} is binary: give an output file with -o")
     settings = _settings(data=data)
-    with open_store(settings.data) as reader:
-        table, truncated = reader.run_sql(
-            query, timeout_s=settings.sql_timeout_s, max_rows=max_rows or settings.sql_max_rows
-        )
-    if fmt == "table":
-        df = pl.from_arrow(table)
-        assert isinstance(df, pl.DataFrame)
-        with pl.Config(tbl_rows=50, tbl_cols=20, fmt_str_lengths=60, tbl_hide_dataframe_shape=True):
-            text = f"{df}\n{table.num_rows} row{'s' if table.num_rows != 1 else ''}\n"
-        chunks = iter([text.encode()])
-    else:
-        if fmt == "json":  # a plain array of rows on the command line
-            from store.output import rows
-
-            chunks = iter([orjson.dumps(rows(table), default=str, option=orjson.OPT_INDENT_2)
-                           + b"\n"])  # fmt: skip
+    out = open(output, "wb") if output is not None else sys.stdout.buffer
+    try:
+        with (
+            open_store(settings.data) as reader,
+            reader.sql_result(
+                query, timeout_s=settings.sql_timeout_s, max_rows=max_rows or settings.sql_max_rows
+            ) as result,
+        ):
+            if fmt in ("table", "json"):  # whole tables: the row limit bounds them
+                table = pa.Table.from_batches(list(result.batches), schema=result.schema)
+                if fmt == "table":
+                    df = pl.from_arrow(table)
+                    assert isinstance(df, pl.DataFrame)
+                    with pl.Config(tbl_rows=50, tbl_cols=20, fmt_str_lengths=60,
+                                   tbl_hide_dataframe_shape=True):  # fmt: skip
+                        n = table.num_rows
+                        out.write(f"{df}\n{n} row{'s' if n != 1 else ''}\n".encode())
+                else:  # a plain array of rows on the command line
+                    out.write(orjson.dumps(rows(table), default=str, option=orjson.OPT_INDENT_2)
+                              + b"\n")  # fmt: skip
+            else:  # streamed: written as they are encoded, within the time limit
+                for chunk in encode(result.schema, result.batches, fmt, check=result.check):
+                    out.write(chunk)
+    finally:
+        if output is not None:
+            out.close()
         else:
-            chunks = encode(table, fmt)
-    if output is not None:
-        with open(output, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-    else:
-        for chunk in chunks:
-            sys.stdout.buffer.write(chunk)
-        sys.stdout.buffer.flush()
-    if truncated:
-        click.echo(f"(cut at {table.num_rows} rows)", err=True)
+            out.flush()
+    if result.truncated:
+        click.echo(f"(cut at {result.rows} rows)", err=True)
 
 
 # -- export ------------------------------------------------------------------------------
@@ -381,7 +384,7 @@ def export(
         else:
             sides = ("train", "validation") if options.split is not None else ("all",)
             names = {s: out.name if s == "all" else f"{out.stem}.{s}{out.suffix}" for s in sides}
-            files = {s: open(out.parent / names[s], "wb") for s in sides}  # noqa: SIM115
+            files = {s: open(out.parent / names[s], "wb") for s in sides}
             hashes = {s: hashlib.sha256() for s in sides}
             examples = exporter.pairs() if options.format in PAIR_FORMATS else exporter.sft()
             try:

@@ -87,6 +87,7 @@ class StoreOptions:
     wal_segment_bytes: int = 64 << 20
     query_memory_limit: str = "2GB"
     query_threads: int = 2
+    query_temp_limit: str = "4GB"  # DuckDB's spill files, under <state root>/tmp
 
 
 @dataclass(frozen=True)
@@ -294,6 +295,10 @@ class Store:
             filesystem=self.location.duckdb_filesystem(),
             memory_limit=self.options.query_memory_limit,
             threads=self.options.query_threads,
+            # DuckDB's spill folder: under the state root; a read-only handle on object
+            # storage without a local folder uses the system's temporary folder.
+            temp_dir=self.root / "tmp" if self.writable or not self.location.remote else None,
+            temp_limit=self.options.query_temp_limit,
         )
         self.index = self._open_index()
         for spec in TABLES.values():
