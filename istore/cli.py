@@ -132,6 +132,19 @@ def serve(
         for d in supervisor.drain_orphans(settings, 0, own_log=False):
             click.echo(f"Replayed the write-ahead log in {d} into the tables")
     store = settings.open_store()
+    # A SIGTERM from here on stops the server cleanly (the store below is closed: the
+    # log flushed into the tables), even one that arrives while it is still starting.
+    stopping: list[Any] = [False]
+
+    def stop(*_: Any) -> None:
+        server = stopping[0]
+        if isinstance(server, uvicorn.Server):
+            server.should_exit = True  # uvicorn also stops at once if not serving yet
+        else:
+            stopping[0] = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
     try:
         if load_sample_if_empty:
             _load_sample(store)
@@ -170,11 +183,13 @@ def serve(
         )
         # uvicorn stops accepting, finishes in-flight requests and runs the lifespan
         # shutdown on SIGTERM/SIGINT, then re-raises the signal to the handler that was
-        # there before it: this one, so that the store below is closed (the log flushed
-        # into the tables) and the process exits 0.
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: None)
-        uvicorn.Server(config).run()
+        # there before it (``stop``, harmless by then), so that the store below is closed
+        # and the process exits 0.
+        server = uvicorn.Server(config)
+        if stopping[0] is True:  # asked to stop while starting
+            server.should_exit = True
+        stopping[0] = server
+        server.run()
     finally:
         started = time.monotonic()
         store.close()
