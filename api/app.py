@@ -23,6 +23,7 @@ from api.routes import (
     analytics,
     chat,
     completions,
+    curation,
     export,
     feedback,
     health,
@@ -98,6 +99,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     # Before interactions: /interactions/stats and /query are not interaction ids.
     app.include_router(analytics.router, prefix="/api/v1")
     app.include_router(lifecycle.router, prefix="/api/v1")
+    app.include_router(curation.router, prefix="/api/v1")  # /interactions/labels: before {id}
     app.include_router(interactions.router, prefix="/api/v1")
     app.include_router(feedback.router, prefix="/api/v1")
     app.include_router(sql.router, prefix="/api/v1")
