@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+import console
 from api import errors, metrics
 from api.body import JSONResponse
 from api.fastlane import FastLaneApp
@@ -106,6 +107,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.include_router(export.router, prefix="/api/v1")
     app.include_router(chat.router)  # /api/v1 and /v1 chat/completions (the gateway)
     app.include_router(completions.router)  # under /api/v1 and /v1 (OpenAI clients)
+    console.install(app)  # the web console at /ui/ (HTML; not in the OpenAPI document)
     _add_body_schemas(app)
     return app
 

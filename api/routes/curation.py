@@ -218,7 +218,7 @@ def replay_body(item: dict[str, Any], model_key: str) -> bytes:
         raise ValidationFailed(
             "body.model: a model key of the routing file, without a use case", param="body.model"
         )
-    params = item.get("params") if isinstance(item.get("params"), dict) else {}
+    params: dict[str, Any] = item["params"] if isinstance(item.get("params"), dict) else {}
     body = {k: v for k, v in params.items() if k not in _NOT_REPLAYED and k not in chat.OWNED}
     body.pop("messages", None)
     body.update(
