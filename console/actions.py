@@ -269,7 +269,11 @@ async def download_sql(request: Request, v: Viewer) -> Response:
         raise ValidationFailed("format: csv or parquet", param="format")
     body = sql_api.SqlRequest(sql=f.get("sql", ""))
     resp: Response = await run_in_threadpool(
-        sql_api.run_sql, request, v.principal, body, fmt  # type: ignore[arg-type]
+        sql_api.run_sql,
+        request,
+        v.principal,
+        body,
+        fmt,  # type: ignore[arg-type]
     )
     name = f"result.{fmt}"
     resp.headers["Content-Disposition"] = f'attachment; filename="{name}"'
