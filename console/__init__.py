@@ -24,26 +24,34 @@ def install(app: FastAPI) -> None:
     app.include_router(actions.router)
     app.include_router(pages.router)
 
-    @app.get("/", include_in_schema=False)
-    async def root() -> Response:
-        return RedirectResponse("/ui/", 307, headers=HEADERS)
+    everything = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
-    @app.get("/ui", include_in_schema=False)
-    async def ui_root() -> Response:
+    @app.api_route("/", methods=everything, include_in_schema=False)
+    @app.api_route("/ui", methods=everything, include_in_schema=False)
+    async def root(request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return _error(request, 405, f"{request.method} is not allowed here")
         return RedirectResponse("/ui/", 307, headers=HEADERS)
 
     @app.get("/ui/static/{name:path}", include_in_schema=False)
     async def static(request: Request, name: str) -> Response:
         if name not in ASSETS.files:
-            return Response("not found", 404, media_type="text/plain", headers=HEADERS)
+            return _error(request, 404, f"no file {name!r}")
         return ASSETS.response(name, request.query_params.get("v"))
 
     @app.api_route("/ui/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
                    include_in_schema=False)  # fmt: skip
     async def not_found(request: Request, rest: str) -> Response:
-        from console.render import page
-        from store.errors import NotFound
+        return _error(request, 404, f"no page {request.url.path}")
 
-        error = NotFound(f"no page {request.url.path}")
-        return page(request, None, "error.html", status=404, error=error, fragment=False,
-                    links=pages.Links([]))  # fmt: skip
+
+def _error(request: Request, status: int, message: str) -> Response:
+    from console.pages import Links
+    from console.render import page
+    from store.errors import StoreError
+
+    error = StoreError(message)
+    error.status = status
+    error.type = "not_found_error" if status == 404 else "invalid_request_error"
+    return page(request, None, "error.html", status=status, error=error, fragment=False,
+                links=Links([]))  # fmt: skip

@@ -4,8 +4,8 @@ campaigns arm by arm, all from ``store.stats.stats`` (what ``GET
 
 A relative range (24 h, 7 d, 30 d) ends now; when nothing falls in it but older data
 exists (a store that stopped receiving, the sample data), it ends at the newest
-interaction instead, and the page says so. Ranges up to 7 days are bucketed by hour,
-longer ones by day. A split shows its ``TOP`` largest values; the page says how many
+interaction instead, and the page says so. Ranges up to 2 days are bucketed by hour,
+longer ones by day (``bucket`` chooses). A split shows its ``TOP`` largest values; the page says how many
 there were."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Span:
     shifted: bool = False  # anchored at the newest interaction, not now
 
 
-def span_of(flt: Filter, range_: str, now: datetime) -> Span:
+def span_of(flt: Filter, range_: str, now: datetime, bucket: str | None = None) -> Span:
     if flt.since is not None or flt.until is not None:
         until = flt.until or now
         since = flt.since or until - RANGES["30d"]
@@ -44,7 +44,12 @@ def span_of(flt: Filter, range_: str, now: datetime) -> Span:
             raise ValidationFailed(f"range: one of {', '.join(RANGES)}", param="range")
         until = now
         since = until - RANGES[range_]
-    bucket = "hour" if until - since <= timedelta(days=7) else "day"
+    if bucket is None:
+        bucket = "hour" if until - since <= timedelta(days=2) else "day"
+    elif bucket not in ("hour", "day"):
+        raise ValidationFailed("bucket: hour or day", param="bucket")
+    elif bucket == "hour" and until - since > timedelta(days=31):
+        raise ValidationFailed("bucket: hours only for ranges up to 31 days", param="bucket")
     return Span(since, until, bucket)
 
 
@@ -91,8 +96,9 @@ def build(
     metric: str | None,
     use_cases: tuple[str, ...] | None,
     now: datetime,
+    bucket: str | None = None,
 ) -> dict[str, Any]:
-    span = span_of(flt, range_, now)
+    span = span_of(flt, range_, now, bucket)
     custom = flt.since is not None or flt.until is not None
     feedback = [f"avg_feedback:{metric}", f"count_feedback:{metric}"] if metric else []
 

@@ -40,7 +40,7 @@ from console.security import (
     viewer,
 )
 from store import stats as agg
-from store.errors import Forbidden, NotFound, StoreError, Unauthorized, ValidationFailed
+from store.errors import NotFound, StoreError, Unauthorized, ValidationFailed
 from store.filters import FILTER_NAMES, Filter, filter_from_kwargs
 from store.reader import MAX_LIMIT, Reader
 
@@ -211,7 +211,7 @@ async def overview_page(request: Request, v: Viewer) -> Response:
     if (r := _clean(request)) is not None:
         return r
     state = request.app.state
-    flt = _filter(request, {"range", "split", "metric"})
+    flt = _filter(request, {"range", "split", "metric", "bucket"})
     q = request.query_params
     range_ = q.get("range", "7d")
     split = (q.getlist("split") or ["use_case"])[-1]  # the label-key field wins
@@ -219,8 +219,9 @@ async def overview_page(request: Request, v: Viewer) -> Response:
     metrics = await run_in_threadpool(feedback_metrics, state, visible)
     metric = q.get("metric") or (metrics[0] if metrics else None)
     data = await run_in_threadpool(ov.build, state.store, flt, range_, split, metric, visible,
-                                   datetime.now(UTC))  # fmt: skip
-    links = Links([kv for kv in _items(request) if kv[0] not in ("range", "split", "metric")])
+                                   datetime.now(UTC), q.get("bucket"))  # fmt: skip
+    links = Links([kv for kv in _items(request)
+                   if kv[0] not in ("range", "split", "metric", "bucket")])  # fmt: skip
     return page(request, v, "overview.html", data=data, range_=range_, split=split,
                 metric=metric, metrics=metrics, links=links, splits=ov.SPLITS,
                 ranges=list(ov.RANGES), custom=flt.since is not None or flt.until is not None,
@@ -294,7 +295,7 @@ async def conversation_page(request: Request, v: Viewer, interaction_id: str) ->
     )  # fmt: skip
 
 
-@router.get("/ui/sessions/{session_id}")
+@router.get("/ui/sessions/{session_id:path}")
 @ui
 async def session_page(request: Request, v: Viewer, session_id: str) -> Response:
     visible = v.principal.visible(None)
@@ -438,7 +439,11 @@ async def login(request: Request) -> Response:
     from console.actions import form
 
     state = request.app.state
-    fields = await form(request)
+    try:
+        fields = await form(request)
+    except StoreError as exc:
+        return page(request, None, "login.html", status=exc.status, next="/ui/",
+                    error=exc.message, links=Links([]))  # fmt: skip
     target = _next(fields.get("next"))
     if not state.keys.active():
         return RedirectResponse("/ui/", 303, headers=HEADERS)
@@ -461,11 +466,11 @@ async def login(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     from console.actions import form
 
-    fields = await form(request)
     try:
+        fields = await form(request)
         v = viewer(request)
         check_write(request, v, fields.get("csrf"), scope=None)
-    except (SignInRequired, Forbidden):
+    except StoreError:
         return RedirectResponse("/ui/login", 303, headers=HEADERS)
     sid = request.cookies.get(SESSION_COOKIE)
     if sid:
