@@ -5,8 +5,8 @@ campaigns arm by arm, all from ``store.stats.stats`` (what ``GET
 A relative range (24 h, 7 d, 30 d) ends now; when nothing falls in it but older data
 exists (a store that stopped receiving, the sample data), it ends at the newest
 interaction instead, and the page says so. Ranges up to 2 days are bucketed by hour,
-longer ones by day (``bucket`` chooses). A split shows its ``TOP`` largest values; the page says how many
-there were."""
+longer ones by day (``bucket`` chooses). A split shows its ``TOP`` largest values; the
+page says how many there were."""
 
 from __future__ import annotations
 

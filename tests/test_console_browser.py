@@ -49,7 +49,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iter
     root = tmp_path_factory.mktemp("console")
     _load_sample(root / "data")
     config = root / "gateway.toml"
-    config.write_text(routing_toml(upstream.base_url) + '\n[use_cases."*"]\ndefault_model = "small"\n')
+    wildcard = '\n[use_cases."*"]\ndefault_model = "small"\n'
+    config.write_text(routing_toml(upstream.base_url) + wildcard)
     s = Server(root / "data", ISTORE_GATEWAY_CONFIG=str(config), ISTORE_TEST_UPSTREAM_KEY="k")
     s.start()
     yield s
@@ -195,8 +196,8 @@ def test_filtering_by_a_label_in_the_ui_gives_the_apis_rows(
     p.goto(server.url + "/ui/interactions?label=project:growth&limit=20")
     p.click("a[rel=next]")
     p.wait_for_url(re.compile(r"after="))
-    page2 = api(server, "GET", "/api/v1/interactions",
-                params={"label": "project:growth", "limit": 20, "after": want_cursor(server)})  # fmt: skip
+    q = {"label": "project:growth", "limit": 20, "after": want_cursor(server)}
+    page2 = api(server, "GET", "/api/v1/interactions", params=q)
     assert row_ids(p) == [x["id"] for x in page2["data"]]
     assert watch.errors == [] and watch.foreign == []
 
@@ -273,7 +274,8 @@ def test_hostile_payloads_execute_nothing_and_break_no_layout(
             {"role": "user", "content": [
                 {"type": "text", "text": HOSTILE[0] + " " + HOSTILE[1]},
                 {"type": "image_url", "image_url": {"url": "javascript:window.__pwned = 6"}},
-                {"type": "image_url", "image_url": {"url": "data:image/svg+xml,<svg onload=alert(1)>"}},
+                {"type": "image_url",
+                 "image_url": {"url": "data:image/svg+xml,<svg onload=alert(1)>"}},
                 {"type": "image_url", "image_url": {"url": "https://example.invalid/x.png"}},
             ]},
             {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
@@ -289,9 +291,14 @@ def test_hostile_payloads_execute_nothing_and_break_no_layout(
     hid = api(server, "POST", "/api/v1/interactions", json=body)["completion_id"]
     api(server, "POST", "/api/v1/feedback", json={"completion_id": hid, "metric": "<i>m</i>",
                                                    "value": 1, "reason": HOSTILE[0]})  # fmt: skip
-    for path in [f"/ui/interactions/{quote(hid)}", "/ui/interactions?use_case=hostile",
-                 "/ui/labels?use_case=hostile", f"/ui/sessions/{quote(body['session_id'])}",
-                 "/ui/export?use_case=hostile", "/ui/?use_case=hostile&split=label:css"]:
+    for path in [
+        f"/ui/interactions/{quote(hid)}",
+        "/ui/interactions?use_case=hostile",
+        "/ui/labels?use_case=hostile",
+        f"/ui/sessions/{quote(body['session_id'])}",
+        "/ui/export?use_case=hostile",
+        "/ui/?use_case=hostile&split=label:css",
+    ]:
         watch.clear()
         p.goto(server.url + path)
         p.wait_for_load_state("networkidle")
@@ -395,8 +402,10 @@ def test_sign_in_sign_out_and_a_read_keys_403(
     p = context.new_page()
     watch = Watch(server.url)
     watch.attach(p)
-    iid = httpx.get(server.url + "/api/v1/interactions?limit=1",
-                    headers={"Authorization": f"Bearer {keys['admin']}"}).json()["data"][0]["id"]  # fmt: skip
+    admin = {"Authorization": f"Bearer {keys['admin']}"}
+    iid = httpx.get(server.url + "/api/v1/interactions?limit=1", headers=admin).json()["data"][0][
+        "id"
+    ]
     try:
         p.goto(server.url + f"/ui/interactions/{quote(iid)}")
         assert "/ui/login" in p.url
@@ -429,8 +438,9 @@ def test_sign_in_sign_out_and_a_read_keys_403(
         assert status == 403
         # A cross-site form post carries no Origin of ours: refused even with the cookie.
         jar = {"istore_session": cookie["value"]}
+        evil = {"Origin": "https://evil.example"}
         r = httpx.post(server.url + f"/ui/interactions/{quote(iid)}/labels", cookies=jar,
-                       data={"key": "a", "value": "b"}, headers={"Origin": "https://evil.example"})  # fmt: skip
+                       data={"key": "a", "value": "b"}, headers=evil)  # fmt: skip
         assert r.status_code == 403
         # Sign out: the session is over, here and for anyone holding the cookie.
         p.click("text=Sign out")
