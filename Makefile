@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint fmt bench-load bench-validate bench-query bench-export bench-gateway bench bench-scaling test-azure bench-smoke soak fuzz clean
+.PHONY: serve test lint bench-console chromium fmt bench-load bench-validate bench-query bench-export bench-gateway bench bench-scaling test-azure bench-smoke soak fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 serve: $(STAMP)
 	$(BIN)/istore serve --load-sample-if-empty
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
+
+# The console's browser tests drive Debian's chromium (Playwright cannot download its own).
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null) || (sudo apt-get update -q >/dev/null && sudo apt-get install -y -q chromium >/dev/null)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -76,6 +80,11 @@ bench-gateway: $(STAMP)
 bench-export: $(STAMP)
 	$(BIN)/python bench/query.py --rows $(ROWS) --data .bench-data --runs 1
 	$(BIN)/python bench/export.py --data .bench-data --json bench/results/export-$$(date +%F).json
+
+# Server time per console page over a generated store of CONSOLE_ROWS interactions.
+CONSOLE_ROWS ?= 1000000
+bench-console: $(STAMP)
+	$(BIN)/python bench/console.py --rows $(CONSOLE_ROWS) --json bench/results/console-$$(date +%F).json
 
 # The crash test, many rounds (CI runs 3).
 soak: $(STAMP)
