@@ -1,6 +1,7 @@
 """The overview's numbers: totals, series over time split by one dimension, and A/B
 campaigns arm by arm, all from ``store.stats.stats`` (what ``GET
-/api/v1/interactions/stats`` answers), three queries per page.
+/api/v1/interactions/stats`` answers): two queries for the page, one for the campaigns
+(fetched by the page once it is shown).
 
 A relative range (24 h, 7 d, 30 d) ends now; when nothing falls in it but older data
 exists (a store that stopped receiving, the sample data), it ends at the newest
@@ -150,12 +151,19 @@ def build(
         "totals": totals,
         "charts": charts,
         "split_values": len(names),
-        "campaigns": campaigns(run, span, metric),
     }
 
 
-def campaigns(run: Any, span: Span, metric: str | None) -> list[dict[str, Any]]:
-    """A/B campaigns in the range; each arm is a model of the campaign."""
+def campaigns(
+    store: Any, flt: Filter, metric: str | None, use_cases: tuple[str, ...] | None
+) -> list[dict[str, Any]]:
+    """A/B campaigns of the filter's interactions; each arm is a model of the campaign.
+    (Loaded by the page after it is shown: a fourth query over the range.)"""
+
+    def run(group_by: list[str], metrics: list[str], _: Any) -> list[dict[str, Any]]:
+        return list(agg.stats(store, flt, group_by, metrics, use_cases=use_cases)["data"])
+
+    span = None
     fb = ([f"avg_feedback:{metric}", f"std_feedback:{metric}", f"count_feedback:{metric}"]
           if metric else [])  # fmt: skip
     rows = run(["ab_campaign", "use_case", "model"],

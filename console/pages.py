@@ -228,6 +228,39 @@ async def overview_page(request: Request, v: Viewer) -> Response:
                 use_cases=await run_in_threadpool(use_case_list, state, visible))  # fmt: skip
 
 
+@router.get("/ui/campaigns")
+@ui
+async def campaigns_fragment(request: Request, v: Viewer) -> Response:
+    """The overview's A/B campaigns for its resolved range (``from``/``to``)."""
+    flt = _filter(request, {"metric"})
+    if flt.since is None or flt.until is None:
+        raise ValidationFailed("from: give from and to", param="from")
+    visible = v.principal.visible(flt.use_case)
+    metric = request.query_params.get("metric") or None
+    data = await run_in_threadpool(ov.campaigns, request.app.state.store, flt, metric, visible)
+    return page(request, v, "_campaigns.html", campaigns=data, metric=metric,
+                fragment=bool(request.headers.get("hx-request")))  # fmt: skip
+
+
+@router.get("/ui/interactions/{interaction_id}/neighbours")
+@ui
+async def neighbours_fragment(request: Request, v: Viewer, interaction_id: str) -> Response:
+    """The interactions of the same session within a day either side (after the page)."""
+    visible = v.principal.visible(None)
+    reader: Reader = request.app.state.reader
+    item = await run_in_threadpool(reader.get, interaction_id, use_cases=visible)
+    neighbours: list[dict[str, Any]] = []
+    if item.get("session_id"):
+        at = datetime.fromisoformat(item["created_at"].replace("Z", "+00:00"))
+        near = Filter(session_id=(item["session_id"],), since=at - timedelta(days=1),
+                      until=at + timedelta(days=1))  # fmt: skip
+        found = await run_in_threadpool(reader.page, near, limit=50, order="asc",
+                                        use_cases=visible)  # fmt: skip
+        neighbours = [_row(x) for x in found.data]
+    return page(request, v, "_neighbours.html", item=item, neighbours=neighbours,
+                fragment=bool(request.headers.get("hx-request")))  # fmt: skip
+
+
 @router.get("/ui/interactions")
 @ui
 async def list_page(request: Request, v: Viewer) -> Response:
@@ -274,21 +307,13 @@ async def conversation_page(request: Request, v: Viewer, interaction_id: str) ->
     visible = v.principal.visible(None)
     reader: Reader = state.reader
     item = await run_in_threadpool(reader.get, interaction_id, use_cases=visible)
-    neighbours: list[dict[str, Any]] = []
-    if item.get("session_id"):
-        at = datetime.fromisoformat(item["created_at"].replace("Z", "+00:00"))
-        near = Filter(session_id=(item["session_id"],), since=at - timedelta(days=1),
-                      until=at + timedelta(days=1))  # fmt: skip
-        found = await run_in_threadpool(reader.page, near, limit=50, order="asc",
-                                        use_cases=visible)  # fmt: skip
-        neighbours = [_row(x) for x in found.data]
     replay_of = (item.get("labels") or {}).get("replay_of")
     origin = str(request.base_url).rstrip("/")
     return page(
         request, v, "conversation.html", item=item,
         turns=[views.turn(m) for m in item.get("messages") or []],
         completion=views.completion_turn(item.get("completion")),
-        neighbours=neighbours, replay_of=replay_of,
+        replay_of=replay_of,
         models=_gateway_models(state, item["use_case"]) if v.can_write else None,
         metrics=await run_in_threadpool(feedback_metrics, state, visible),
         curl=views.curl_get(origin, item["id"], v.session), links=Links([]),

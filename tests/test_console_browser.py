@@ -144,6 +144,9 @@ def test_every_page_renders_cleanly_and_passes_axe(page: tuple[Any, Watch], serv
         if name.startswith("overview"):
             assert p.locator(".chart canvas").count() >= 5, "the charts are drawn"
             assert p.locator(".u-legend").count() >= 5, "with legends"
+            assert p.locator("#campaigns section table").count() >= 3, "campaigns, loaded after"
+        if name == "conversation":
+            assert p.locator("#neighbours h2").inner_text() == "In this session"
     # The screenshots of the README, from the sample data.
     p.goto(server.url + "/ui/")
     p.wait_for_load_state("networkidle")
@@ -151,6 +154,7 @@ def test_every_page_renders_cleanly_and_passes_axe(page: tuple[Any, Watch], serv
     p.goto(server.url + "/ui/interactions")
     p.screenshot(path=str(SHOTS / "console-interactions.png"), full_page=False)
     p.goto(server.url + f"/ui/interactions/{quote(tid)}")
+    p.wait_for_load_state("networkidle")
     p.screenshot(path=str(SHOTS / "console-conversation.png"), full_page=False)
     # The page weight: every script and stylesheet a page loads, uncompressed.
     sizes = p.evaluate("""() => performance.getEntriesByType('resource')
