@@ -220,8 +220,9 @@ async def overview_page(request: Request, v: Viewer) -> Response:
     metric = q.get("metric") or (metrics[0] if metrics else None)
     data = await run_in_threadpool(ov.build, state.store, flt, range_, split, metric, visible,
                                    datetime.now(UTC), q.get("bucket"))  # fmt: skip
-    links = Links([kv for kv in _items(request)
-                   if kv[0] not in ("range", "split", "metric", "bucket")])  # fmt: skip
+    keep = [kv for kv in _items(request) if kv[0] in ("range", "split", "metric", "bucket")]
+    links = Links([kv for kv in _items(request) if kv not in keep], base="/ui/")
+    links.items += keep  # chips remove one filter and keep the chart choices
     return page(request, v, "overview.html", data=data, range_=range_, split=split,
                 metric=metric, metrics=metrics, links=links, splits=ov.SPLITS,
                 ranges=list(ov.RANGES), custom=flt.since is not None or flt.until is not None,

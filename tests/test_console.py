@@ -220,6 +220,14 @@ async def test_scopes_in_the_console(keyed: tuple[httpx.AsyncClient, Any]) -> No
     r = await c.post("/ui/sql", data={"sql": "SELECT * FROM read_csv('/etc/passwd')",
                                       "csrf": token(page.text)}, headers=ORIGIN)  # fmt: skip
     assert 'class="error"' in r.text
+    r = await c.post("/ui/sql/download", headers=ORIGIN,
+                     data={"sql": "SELECT 1 AS a, 'x' AS b", "format": "csv",
+                           "csrf": token(page.text)})  # fmt: skip
+    assert r.status_code == 200 and r.text.splitlines() == ["a,b", "1,x"]
+    assert "attachment" in r.headers["content-disposition"]
+    r = await c.get("/ui/export/download?use_case=support&format=openai")
+    assert r.status_code == 200 and len(r.text.splitlines()) == 12
+    assert "X-Istore-Versions" in r.headers
     await _sign_in(c, keys["ingest"])  # ingest alone cannot read, as over the API
     assert (await c.get("/ui/interactions")).status_code == 403
     await _sign_in(c, keys["read+ingest"])

@@ -187,6 +187,15 @@ def test_filtering_by_a_label_in_the_ui_gives_the_apis_rows(
     want2 = api(server, "GET", "/api/v1/interactions",
                 params=[("label", "project:growth"), ("label", other)])  # fmt: skip
     assert row_ids(p) == [x["id"] for x in want2["data"]] and want2["data"]
+    # The form again (htmx swapped it too): it keeps both filters and adds a third.
+    p.fill("input[name=search]", "the")
+    p.click("form.filters button[type=submit]")
+    p.wait_for_url(re.compile(r"search=the"))
+    p.wait_for_selector("#rows tbody tr, p.empty")
+    want3 = api(server, "GET", "/api/v1/interactions",
+                params=[("label", "project:growth"), ("label", other), ("search", "the")])  # fmt: skip
+    assert row_ids(p) == [x["id"] for x in want3["data"]]
+    p.go_back()
     # Back and forward.
     p.go_back()
     p.wait_for_url(re.compile(r"label=project%3Agrowth$"))
