@@ -192,19 +192,18 @@ def test_filtering_by_a_label_in_the_ui_gives_the_apis_rows(
     p.click("form.filters button[type=submit]")
     p.wait_for_url(re.compile(r"search=the"))
     p.wait_for_selector("#rows tbody tr, p.empty")
-    want3 = api(server, "GET", "/api/v1/interactions",
-                params=[("label", "project:growth"), ("label", other), ("search", "the")])  # fmt: skip
+    three = [("label", "project:growth"), ("label", other), ("search", "the")]
+    want3 = api(server, "GET", "/api/v1/interactions", params=three)
     assert row_ids(p) == [x["id"] for x in want3["data"]]
-    p.go_back()
     # Back and forward.
     p.go_back()
-    p.wait_for_url(re.compile(r"label=project%3Agrowth$"))
-    p.wait_for_selector("#rows tbody tr")
-    assert row_ids(p) == [x["id"] for x in want["data"]]
-    p.go_forward()
-    p.wait_for_url(re.compile(r"label=project%3Agrowth&label="))
+    p.wait_for_url(re.compile(r"label=project%3Agrowth&label=[^&]+$"))
     p.wait_for_selector("#rows tbody tr")
     assert row_ids(p) == [x["id"] for x in want2["data"]]
+    p.go_forward()
+    p.wait_for_url(re.compile(r"search=the"))
+    p.wait_for_selector("#rows tbody tr, p.empty")
+    assert row_ids(p) == [x["id"] for x in want3["data"]]
     # The next page is the API's next page.
     p.goto(server.url + "/ui/interactions?label=project:growth&limit=20")
     p.click("a[rel=next]")
