@@ -11,7 +11,7 @@ the answer is a redirect back to the page)."""
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote
 
 import orjson
 from fastapi import APIRouter, Request
@@ -73,8 +73,6 @@ async def _call(request: Request, route: Any, principal: Any, payload: Any) -> A
 
 
 def _back(request: Request, interaction_id: str) -> Response:
-    from urllib.parse import quote
-
     return RedirectResponse(f"/ui/interactions/{quote(interaction_id, safe='')}", 303,
                             headers=HEADERS)  # fmt: skip
 
@@ -299,7 +297,3 @@ async def download_export(request: Request, v: Viewer) -> Response:
         if k != "Cache-Control":
             resp.headers[k] = val
     return resp
-
-
-def list_url(items: list[tuple[str, str]]) -> str:
-    return "/ui/interactions?" + urlencode(items)

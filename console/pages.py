@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
@@ -31,6 +32,7 @@ from console.render import page
 from console.security import (
     HEADERS,
     SESSION_COOKIE,
+    SESSION_HOURS,
     SignInRequired,
     Viewer,
     check_write,
@@ -430,13 +432,11 @@ async def export_page(request: Request, v: Viewer) -> Response:
     metrics = await run_in_threadpool(feedback_metrics, request.app.state, visible)
     return page(request, v, "export.html", links=links, fmt=fmt, formats=EXPORT_FORMATS,
                 metric=metric or "", include_errors=include_errors, count=count,
-                preview=[views_pretty(x) for x in preview], pair=fmt in PAIR_FORMATS,
+                preview=[_pretty_line(x) for x in preview], pair=fmt in PAIR_FORMATS,
                 download="/ui/export/download?" + urlencode(params), metrics=metrics)  # fmt: skip
 
 
-def views_pretty(line: str) -> str:
-    import orjson
-
+def _pretty_line(line: str) -> str:
     try:
         return orjson.dumps(orjson.loads(line), option=orjson.OPT_INDENT_2).decode()
     except orjson.JSONDecodeError:
@@ -484,7 +484,7 @@ async def login(request: Request) -> Response:
                     error="That key is not valid.", links=Links([]))  # fmt: skip
     sid = await run_in_threadpool(sessions_of(state).start, principal)
     resp = RedirectResponse(target, 303, headers=HEADERS)
-    resp.set_cookie(SESSION_COOKIE, sid, max_age=int(12 * 3600), **cookie_args(request))
+    resp.set_cookie(SESSION_COOKIE, sid, max_age=int(SESSION_HOURS * 3600), **cookie_args(request))
     return resp
 
 

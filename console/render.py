@@ -116,7 +116,3 @@ def page(
     if new_token is not None:
         resp.set_cookie(CSRF_COOKIE, new_token, **cookie_args(request))
     return resp
-
-
-def fragment(request: Request, v: Viewer, template: str, status: int = 200, **ctx: Any) -> Response:
-    return page(request, v, template, status, **ctx)

@@ -8,7 +8,7 @@ from a message is a link only when it is http(s) (never ``javascript:``, ``data:
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import orjson
 
@@ -156,7 +156,5 @@ def feedback_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def curl_get(origin: str, interaction_id: str, keyed: bool) -> str:
-    from urllib.parse import quote
-
     auth = ' -H "Authorization: Bearer $ISTORE_KEY"' if keyed else ""
     return f"curl -s '{origin}/api/v1/interactions/{quote(interaction_id, safe='')}'{auth}"
