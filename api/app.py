@@ -18,6 +18,7 @@ import console
 from api import errors, metrics
 from api.body import JSONResponse
 from api.fastlane import FastLaneApp
+from api.guard import Gate
 from api.keys import KeyRing, usage_saver
 from api.maintenance import MaintenanceJob
 from api.routes import (
@@ -53,6 +54,8 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         app.state.store = st
         app.state.reader = Reader(st)
         app.state.keys = KeyRing(st.root)
+        app.state.gate = Gate(app.state.keys, settings.host, settings.allowed_hosts,
+                              settings.max_body_bytes)  # fmt: skip
         app.state.metrics_registry = metrics.registry(app.state)
         job = None
         if st.writable and settings.maintenance_interval_s > 0:

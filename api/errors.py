@@ -58,17 +58,30 @@ def error_response(
     )
 
 
+def render(exc: StoreError, method: str, path: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """The one translation of a domain error into an HTTP answer (status, body,
+    headers), for the exception handler, the fast lane, the gateway and the gate.
+    Server-side failures (5xx other than 503) are logged here, once."""
+    headers: dict[str, str] = {}
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    if exc.status >= 500 and not isinstance(exc, Unavailable):
+        log.error("%s %s failed: %s", method, path, exc.message)
+    return exc.status, error_body(exc.status, exc.message, exc.type, exc.param, exc.code), headers
+
+
+def raw_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
 async def _store_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StoreError)
-    headers = None
-    if isinstance(exc, Unavailable):
-        headers = {"Retry-After": str(exc.retry_after)}
-    elif isinstance(exc, Unauthorized):
-        headers = {"WWW-Authenticate": "Bearer"}
-    if exc.status >= 500 and not isinstance(exc, Unavailable):
-        log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-    return error_response(
-        exc.status, exc.message, type_=exc.type, param=exc.param, code=exc.code, headers=headers
+    status, body, headers = render(exc, request.method, request.url.path)
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
     )
 
 

@@ -158,6 +158,9 @@ def prepare(raw_body: bytes, routing: RoutingFile, principal: Principal, limits:
     check_limits(canon, limits, "")
 
     sticky = session_id or user
+    # Authorised on the use case asked for before routing, so a limited key learns
+    # nothing of other use cases' routes (no 404-versus-403 oracle).
+    principal.check_use_case(requested.split("/", 1)[0], "model")
     route = routing.current().route(requested, sticky)
     principal.check_use_case(route.use_case, "model")
 

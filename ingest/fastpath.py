@@ -32,7 +32,7 @@ KNOWN = frozenset(
 )  # fmt: skip
 _USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 # The ISO-8601 forms both this path and pydantic read the same way.
-_ISO = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})?$")
+_ISO = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})?\Z")
 
 
 def _opt_str(v: Any) -> bool:

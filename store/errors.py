@@ -64,6 +64,26 @@ class Unavailable(StoreError):
         self.retry_after = retry_after
 
 
+class TooManyRequests(StoreError):
+    """The caller must slow down (e.g. failed key attempts); retry after ``retry_after``."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int = 1, **kw: str | None):
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class Conflict(StoreError):
+    """The request contradicts what is stored (e.g. an id already used elsewhere)."""
+
+    status = 409
+    type = "conflict"
+    code = "conflict"
+
+
 class StoreLocked(StoreError):
     status = 409
     type = "conflict"

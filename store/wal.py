@@ -32,7 +32,7 @@ MAGIC = b"ISW1"
 # magic, payload length, lsn, table code, crc32 (of length|lsn|code|payload)
 HEADER = struct.Struct("<4sIQBI")
 MAX_PAYLOAD = 1 << 30
-SEGMENT_RE = re.compile(r"^wal-(\d{20})\.log$")
+SEGMENT_RE = re.compile(r"^wal-(\d{20})\.log\Z")
 
 
 @dataclass(slots=True)

@@ -19,10 +19,10 @@ from starlette.responses import Response
 
 from api.auth import Ingest
 from api.body import read_body, send_json
-from api.errors import error_body
+from api.errors import raw_headers, render
 from api.keys import Principal
 from gateway import chat
-from store.errors import StoreError, Unavailable
+from store.errors import StoreError
 
 router = APIRouter(tags=["gateway"])
 
@@ -51,11 +51,8 @@ class GatewayAnswer(Response):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await disconnected
         except StoreError as exc:  # before the answer started
-            body = error_body(exc.status, exc.message, exc.type, exc.param, exc.code)
-            extra = []
-            if isinstance(exc, Unavailable):
-                extra.append((b"retry-after", str(exc.retry_after).encode()))
-            await send_json(send, exc.status, body, extra)
+            status, body, headers = render(exc, "POST", "/chat/completions")
+            await send_json(send, status, body, raw_headers(headers))
 
 
 def start_call(state: Any, principal: Principal, body: bytes) -> GatewayAnswer:

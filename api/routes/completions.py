@@ -197,6 +197,10 @@ def _routes(prefix: str) -> None:
         visible = principal.visible(None)
         item = await run_in_threadpool(reader.get, completion_id, use_cases=visible)
         await wait(_amend(request, item, "labels", body.metadata))
+        if not principal.allows("read"):
+            # An ingest key writes; it does not read back what is stored.
+            return JSONResponse({"id": completion_id, "object": "chat.completion",
+                                 "metadata": body.metadata or {}})  # fmt: skip
         item = await run_in_threadpool(reader.get, completion_id, use_cases=visible)
         return JSONResponse(to_chat_completion(item))
 

@@ -16,8 +16,7 @@ from ingest.models import BatchAck, IngestAck
 from ingest.normalize import Batch, build_batch
 from ingest.parse import Limits, parse_located
 from store.ack import wait
-from store.engine import Store
-from store.errors import NotFound
+from store.engine import IdConflict, Store, WriteResult
 from store.filters import Filter
 from store.reader import Reader
 from store.schema import INTERACTIONS_TABLE
@@ -45,11 +44,17 @@ _BODY_SCHEMA = {
 _INLINE_ITEMS = 64
 
 
-async def persist(store: Store, batch: Batch) -> tuple[str, ...]:
+async def persist(store: Store, batch: Batch, wheres: list[str] | None = None) -> WriteResult:
     """Durably store a batch: interactions first, then the feedback of those that were
-    new. Returns the ids that were already stored (idempotent repeats)."""
-    ack = store.write(INTERACTIONS_TABLE, batch.interactions(), feedback=batch.feedback())
-    return (await wait(ack)).duplicate_ids
+    new. The result names the ids that were already stored (idempotent repeats).
+    An id stored in another use case is a 409 naming the item (``wheres``)."""
+    try:
+        ack = store.write(INTERACTIONS_TABLE, batch.interactions(), feedback=batch.feedback())
+    except IdConflict as exc:
+        where = wheres[exc.positions[0]] if wheres else ""
+        exc.param = f"{where}.id" if where else "id"
+        raise
+    return await wait(ack)
 
 
 async def ingest_body(
@@ -73,13 +78,10 @@ async def ingest_body(
         batch = await run_in_threadpool(build_batch, items, source="api")
     else:
         batch = build_batch(items, source="api", new_session=single)
-    duplicates = await persist(store, batch)
-    if single and duplicates:  # a repeat: answer with what is stored, not what was sent
-        try:
-            stored = await run_in_threadpool(reader.get, batch.ids[0])
-        except NotFound:  # stored, then deleted: the repeat is a no-op all the same
-            stored = {"id": batch.ids[0], "session_id": batch.session_ids[0]}
-        return {"completion_id": stored["id"], "session_id": stored["session_id"],
+    result = await persist(store, batch, wheres)
+    if single and result.duplicate_ids:  # a repeat: answered as the first write was
+        first = result.existing[batch.ids[0]]
+        return {"completion_id": batch.ids[0], "session_id": first.session_id,
                 "feedback_ids": []}  # fmt: skip
     if single:
         return {
