@@ -478,7 +478,7 @@ async def login(request: Request) -> Response:
                     error="Cross-origin sign-in refused.", links=Links([]))  # fmt: skip
     key = (fields.get("key") or "").strip()
     try:
-        principal = await run_in_threadpool(state.keys.authenticate, f"Bearer {key}")
+        principal = await state.keys.authenticate_async(f"Bearer {key}")
     except Unauthorized:
         return page(request, None, "login.html", status=401, next=target,
                     error="That key is not valid.", links=Links([]))  # fmt: skip

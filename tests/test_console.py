@@ -21,7 +21,7 @@ from store.engine import Store
 from store.filters import Filter
 from tests.conftest import in_process, interaction
 
-ORIGIN = {"Origin": "http://test"}
+ORIGIN = {"Origin": "http://127.0.0.1:8080"}  # the in-process client's own origin
 PAGES = ["/ui/", "/ui/interactions", "/ui/labels", "/ui/sql", "/ui/export", "/ui/login"]
 
 
