@@ -107,14 +107,22 @@ def build(
         f = replace(flt, since=s.since, until=s.until)
         return list(agg.stats(store, f, group_by, metrics, use_cases=use_cases)["data"])
 
-    totals = run([], BASE_METRICS + feedback, span)[0]
+    # The totals' feedback mean comes from the series (each group's mean weighted by its
+    # count is exact): one join with the feedback view per page, not two.
+    totals = run([], BASE_METRICS, span)[0]
     if not totals["count"] and not custom:
         last = newest(store, flt, use_cases)
         if last is not None:
             until = _trunc(last, "hour") + timedelta(hours=1)
             span = Span(until - RANGES[range_], until, span.bucket, shifted=True)
-            totals = run([], BASE_METRICS + feedback, span)[0]
+            totals = run([], BASE_METRICS, span)[0]
     rows = run([span.bucket, split], BASE_METRICS + feedback, span)
+    if metric:
+        avg, cnt = f"avg_feedback:{metric}", f"count_feedback:{metric}"
+        n = sum(int(r[cnt] or 0) for r in rows)
+        total = sum(float(r[avg] or 0) * int(r[cnt] or 0) for r in rows)
+        totals[f"count_feedback:{metric}"] = n
+        totals[f"avg_feedback:{metric}"] = total / n if n else None
     xs = buckets(span)
     index = {t.strftime("%Y-%m-%dT%H:%M:%SZ"): i for i, t in enumerate(xs)}
     sizes: dict[str, int] = {}

@@ -148,8 +148,8 @@ class Cached:
         return value
 
 
-_USE_CASES = Cached()
-_METRICS = Cached()
+_USE_CASES = Cached(300.0)  # a scan of every row: the filter form's choices may lag
+_METRICS = Cached(300.0)
 _COLUMNS = Cached(600.0)
 
 

@@ -250,6 +250,7 @@ async def test_std_feedback_and_the_overview(open_client: httpx.AsyncClient, sto
     assert abs(row["std_feedback:r"] - 2.6457513110645907) < 1e-9  # statistics.stdev
     r = await c.get("/ui/?range=24h&metric=r&split=label:topic")
     assert r.status_code == 200 and "mean r" in r.text
+    assert '<span class="n">3.50</span>' in r.text  # the mean of every value, from the series
     assert re.search(r'<script type="application/json" id="chart-data">\[', r.text)
     r = await c.get("/ui/?range=1y")
     assert r.status_code == 422 and "range" in r.text
