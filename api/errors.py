@@ -11,8 +11,22 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from gateway.errors import UpstreamError
 from ingest.parse import loc_path
-from store.errors import StoreError, Unauthorized, Unavailable
+from store.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    QueryTimeout,
+    StoreError,
+    TooManyRequests,
+    Unauthorized,
+    Unavailable,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 
 log = logging.getLogger("istore.api")
 
@@ -58,19 +72,46 @@ def error_response(
     )
 
 
+# The HTTP status of each domain error: the one table (the most specific class wins).
+STATUS: dict[type[StoreError], int] = {
+    StoreError: 500,
+    InvalidRequest: 400,
+    ValidationFailed: 422,
+    UnsupportedMediaType: 415,
+    NotFound: 404,
+    PayloadTooLarge: 413,
+    QueryTimeout: 400,
+    Unavailable: 503,
+    TooManyRequests: 429,
+    Conflict: 409,
+    Unauthorized: 401,
+    Forbidden: 403,
+}
+
+
+def status_of(exc: StoreError) -> int:
+    if isinstance(exc, UpstreamError):
+        return exc.status  # what the upstream did decides (its 4xx, 502, 504)
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]  # type: ignore[index]
+    return 500
+
+
 def render(exc: StoreError, method: str, path: str) -> tuple[int, dict[str, Any], dict[str, str]]:
     """The one translation of a domain error into an HTTP answer (status, body,
     headers), for the exception handler, the fast lane, the gateway and the gate.
     Server-side failures (5xx other than 503) are logged here, once."""
+    status = status_of(exc)
     headers: dict[str, str] = {}
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
-    if exc.status >= 500 and not isinstance(exc, Unavailable):
+    if status >= 500 and not isinstance(exc, Unavailable | UpstreamError):
         log.error("%s %s failed: %s", method, path, exc.message)
-    return exc.status, error_body(exc.status, exc.message, exc.type, exc.param, exc.code), headers
+    return status, exc.body(), headers
 
 
 def raw_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:

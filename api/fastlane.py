@@ -16,12 +16,13 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api.body import inflate, send_json
+from api.body import inflate
 from api.errors import error_body, raw_headers, render
 from api.guard import Gate, is_api, principal_of, read_limited
 from api.logs import new_request_id, request_id
 from api.routes.chat import start_call
 from api.routes.interactions import ingest_body
+from gateway.asgi import send_json
 from store.errors import StoreError
 
 log = logging.getLogger("istore.api")
@@ -124,9 +125,7 @@ async def _ingest(
     principal = _principal(scope, "ingest")
     body = await _read(scope, receive, headers, state.settings.max_body_bytes)
     ctype = headers.get("content-type", "application/json")
-    payload = await ingest_body(
-        state.store, state.reader, body, ctype, principal, state.settings.limits()
-    )
+    payload = await ingest_body(state.store, body, ctype, principal, state.settings.limits())
     return 201, payload
 
 

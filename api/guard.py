@@ -20,13 +20,13 @@ import ipaddress
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from api.keys import KeyRing, Principal
+from service.keys import KeyRing, Principal
 from store.errors import (
     Forbidden,
     InvalidRequest,
     PayloadTooLarge,
-    StoreError,
     Unauthorized,
+    UnsupportedMediaType,
 )
 
 Scope = MutableMapping[str, Any]
@@ -44,11 +44,6 @@ BODY_TYPES = (
     "application/protobuf",
 )
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-
-
-class UnsupportedMediaType(InvalidRequest):
-    status = 415
-    code = "unsupported_media_type"
 
 
 def is_api(path: str) -> bool:
@@ -176,10 +171,9 @@ def replay(body: bytes, receive: Receive) -> Receive:
     return again
 
 
-class ClientGone(StoreError):
+class ClientGone(InvalidRequest):
     """The client disconnected before its request was read (nothing to answer)."""
 
-    status = 400
     code = "client_disconnected"
 
 

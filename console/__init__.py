@@ -48,10 +48,8 @@ def install(app: FastAPI) -> None:
 def _error(request: Request, status: int, message: str) -> Response:
     from console.pages import Links
     from console.render import page
-    from store.errors import StoreError
+    from store.errors import InvalidRequest, NotFound
 
-    error = StoreError(message)
-    error.status = status
-    error.type = "not_found_error" if status == 404 else "invalid_request_error"
+    error = NotFound(message) if status == 404 else InvalidRequest(message)
     return page(request, None, "error.html", status=status, error=error, fragment=False,
                 links=Links([]))  # fmt: skip

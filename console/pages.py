@@ -25,6 +25,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 
+from api.errors import status_of
 from api.filters import check_params, filters_from_query
 from console import overview as ov
 from console import views
@@ -72,7 +73,7 @@ def ui(fn: Handler) -> Handler:
                 return Response(status_code=401, headers={**HEADERS, "HX-Redirect": target})
             return RedirectResponse(target, status_code=303, headers=HEADERS)
         except StoreError as exc:
-            return page(request, v, "error.html", status=exc.status, error=exc,
+            return page(request, v, "error.html", status=status_of(exc), error=exc,
                         fragment=bool(request.headers.get("hx-request")))  # fmt: skip
 
     params = [p for p in inspect.signature(fn).parameters.values() if p.name != "v"]
@@ -468,7 +469,7 @@ async def login(request: Request) -> Response:
     try:
         fields = await form(request)
     except StoreError as exc:
-        return page(request, None, "login.html", status=exc.status, next="/ui/",
+        return page(request, None, "login.html", status=status_of(exc), next="/ui/",
                     error=exc.message, links=Links([]))  # fmt: skip
     target = _next(fields.get("next"))
     if not state.keys.active():

@@ -110,8 +110,9 @@ def page(
         new_token = secrets.token_urlsafe(24)
         v = Viewer(v.principal, new_token, session=False)
     html = ENV.get_template(template).render(
-        request=request, v=v, path=request.url.path, now=datetime.now(UTC), **context
-    )
+        request=request, v=v, path=request.url.path, now=datetime.now(UTC), status=status,
+        **context,
+    )  # fmt: skip
     resp = HTMLResponse(html, status_code=status, headers=HEADERS)
     if new_token is not None:
         resp.set_cookie(CSRF_COOKIE, new_token, **cookie_args(request))

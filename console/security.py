@@ -43,8 +43,8 @@ from urllib.parse import urlsplit
 import orjson
 from fastapi import Request
 
-from api.keys import OPEN, KeyRing, Principal
-from store.errors import Forbidden, StoreError
+from service.keys import OPEN, KeyRing, Principal
+from store.errors import Forbidden, Unauthorized
 
 SESSION_COOKIE = "istore_session"
 CSRF_COOKIE = "istore_csrf"
@@ -65,11 +65,8 @@ HEADERS = {
 }
 
 
-class SignInRequired(StoreError):
+class SignInRequired(Unauthorized):
     """No valid session: the page redirects to /ui/login."""
-
-    status = 401
-    type = "authentication_error"
 
 
 @dataclass(frozen=True)

@@ -35,10 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ingest.ids import uuid7_many
-from ingest.models import check_use_case
 from store.errors import ValidationFailed
 from store.filters import Expr, restrict
+from store.ids import uuid7_many
 from store.rows import Columns
 from store.schema import (
     AMENDMENTS_TABLE,
@@ -46,6 +45,7 @@ from store.schema import (
     FEEDBACK_TABLE,
     INTERACTIONS_TABLE,
     TABLES,
+    check_use_case,
 )
 
 if TYPE_CHECKING:

@@ -12,9 +12,10 @@ import pytest
 import pytest_asyncio
 from click.testing import CliRunner
 
-from api.keys import KeyRing
 from istore.cli import main
+from service.keys import KeyRing
 from store.engine import Store
+from store.errors import Unavailable
 from tests.conftest import assert_error, in_process, interaction
 
 KINDS = ("none", "wrong", "ingest", "read", "admin", "limited")
@@ -214,7 +215,7 @@ def test_last_used_is_recorded(tmp_path: Path) -> None:
 def test_revoke_during_first_verification_wins(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import api.keys as keys_module
+    import service.keys as keys_module
 
     server = KeyRing(tmp_path)
     _, secret = server.create(["read"], name="a")
@@ -238,4 +239,4 @@ def test_unreadable_key_file_fails_closed(tmp_path: Path, content: bytes) -> Non
     (tmp_path / "keys.json").write_bytes(content)
     with pytest.raises(Exception, match="cannot be read") as info:
         KeyRing(tmp_path).authenticate(None)
-    assert getattr(info.value, "status", None) == 503
+    assert isinstance(info.value, Unavailable)  # a 503 (api.errors.STATUS)

@@ -14,8 +14,8 @@ from urllib.parse import urlencode
 import httpx
 import pytest_asyncio
 
-from api.keys import KeyRing
 from console.security import SESSIONS_FILE, Sessions
+from service.keys import KeyRing
 from store import stats as agg
 from store.engine import Store
 from store.filters import Filter

@@ -21,8 +21,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from api.keys import KeyRing
 from ingest.importer import import_files
+from service.keys import KeyRing
 from store.engine import Store
 from tests.browser import ARGS, SHOTS, Watch, chromium_path, run_axe, serious
 from tests.conftest import ROOT, Server

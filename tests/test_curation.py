@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from api.keys import KeyRing
+from service.keys import KeyRing
 from store.engine import Store
 from tests.conftest import assert_error, in_process, interaction
 from tests.test_gateway import routing_toml

@@ -18,10 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from api.auth import Ingest
-from api.body import read_body, send_json
+from api.body import read_body
 from api.errors import raw_headers, render
-from api.keys import Principal
 from gateway import chat
+from gateway.asgi import send_json
+from service.keys import Principal
 from store.errors import StoreError
 
 router = APIRouter(tags=["gateway"])
@@ -58,7 +59,7 @@ class GatewayAnswer(Response):
 def start_call(state: Any, principal: Principal, body: bytes) -> GatewayAnswer:
     """Check, route and authorise a request (raising the client's error), then the
     answer that makes the call."""
-    call = chat.prepare(body, state.gateway, principal, state.settings.limits())
+    call = chat.prepare(body, state.gateway, principal.use_cases, state.settings.limits())
     state.gateway_stats.calls += 1
     return GatewayAnswer(state, call)
 

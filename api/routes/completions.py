@@ -19,11 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from api.auth import Admin, Ingest, Read
 from api.body import JSONResponse
 from api.filters import check_params
-from ingest.ids import uuid7_many
 from ingest.models import Labels, check_labels
 from store.ack import wait
 from store.errors import NotFound, ValidationFailed
 from store.filters import Filter, encode_cursor
+from store.ids import uuid7_many
 from store.reader import Reader
 from store.schema import AMENDMENTS_TABLE
 

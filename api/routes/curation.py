@@ -32,12 +32,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import Ingest
 from api.body import JSONResponse
-from api.keys import Principal
 from gateway import chat
-from ingest.ids import uuid7_many
+from service.keys import Principal
 from store.ack import wait
 from store.errors import InvalidRequest, NotFound, StoreError, Unavailable, ValidationFailed
 from store.filters import Expr, Filter, parse_expr, restrict
+from store.ids import uuid7_many
 from store.reader import Reader
 from store.rows import Columns
 from store.schema import AMENDMENTS_TABLE, MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS
@@ -256,7 +256,7 @@ async def replay(
     if not item.get("messages"):
         raise InvalidRequest("this interaction has no messages to replay", param="id")
     try:
-        call = chat.prepare(replay_body(item, model_key), state.gateway, principal,
+        call = chat.prepare(replay_body(item, model_key), state.gateway, principal.use_cases,
                             state.settings.limits())  # fmt: skip
     except StoreError as exc:  # the gateway names the request's own field
         if exc.param == "model":

@@ -50,6 +50,7 @@ from store.errors import (
     TooManyRequests,
     Unauthorized,
     Unavailable,
+    require_use_case,
 )
 from store.wal import fsync_path
 
@@ -84,12 +85,7 @@ class Principal:
             )
 
     def check_use_case(self, use_case: str, param: str = "use_case") -> None:
-        if self.use_cases is not None and use_case not in self.use_cases:
-            raise Forbidden(
-                f"{param}: this API key may not use use case {use_case!r}",
-                param=param,
-                code="use_case_forbidden",
-            )
+        require_use_case(self.use_cases, use_case, param)
 
     def visible(self, requested: tuple[str, ...] | None) -> tuple[str, ...] | None:
         """The use cases a read may cover: ``requested`` (each must be allowed), or all
