@@ -29,6 +29,7 @@ from tests.conftest import ROOT, Server
 from tests.test_gateway import routing_toml
 from tests.upstream import Upstream
 
+pytestmark = pytest.mark.slow  # live servers, a real browser: `make test` only
 SAMPLE = ROOT / "sample_data" / "interactions.ndjson"
 AXE_RESULTS: dict[str, list[dict[str, Any]]] = {}
 
