@@ -470,3 +470,31 @@ def test_sign_in_sign_out_and_a_read_keys_403(
         assert watch.foreign == []
     finally:
         context.close()
+
+
+def test_sql_page_runs_shows_errors_and_keeps_history(
+    page: tuple[Any, Watch], server: Server
+) -> None:
+    p, watch = page
+    p.goto(server.url + "/ui/sql")
+    p.fill("#sql", "SELECT use_case, count(*) AS n FROM interactions GROUP BY 1 ORDER BY 1")
+    p.click("#sql-form button:has-text('Run')")
+    p.wait_for_selector("#sql-result table")
+    want = sql(server, "SELECT use_case, count(*) AS n FROM interactions GROUP BY 1 ORDER BY 1")
+    cells = p.eval_on_selector_all("#sql-result tbody tr", "rs => rs.map(r => r.innerText)")
+    assert [c.split("\t") for c in cells] == [[r["use_case"], str(r["n"])] for r in want]
+    p.fill("#sql", "SELECT nope FROM interactions")
+    p.keyboard.press("Control+Enter")
+    p.wait_for_selector("#sql-result .error")
+    assert "nope" in p.locator("#sql-result .error").inner_text()  # DuckDB's own message
+    p.reload()
+    history = p.locator("#sql-history li").all_inner_texts()
+    assert history[:2] == [
+        "SELECT nope FROM interactions",
+        "SELECT use_case, count(*) AS n FROM interactions GROUP BY 1 ORDER BY 1",
+    ]
+    with p.expect_download() as dl:
+        p.click("button:has-text('Download CSV')")
+    # The editor shows the page's default query again after the reload: that is what runs.
+    assert Path(dl.value.path()).read_text().splitlines()[0] == "use_case,model,n,p50_ms"
+    assert watch.foreign == [] and watch.errors == []
