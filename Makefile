@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-fast lint fmt bench-otlp bench-load bench-validate bench-query bench-export bench-gateway bench bench-scaling test-azure bench-smoke soak fuzz clean
+.PHONY: serve test test-fast lint chromium bench-console fmt bench-otlp bench-load bench-validate bench-query bench-export bench-gateway bench bench-scaling test-azure bench-smoke soak fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,13 +18,17 @@ serve: $(STAMP)
 	$(BIN)/istore serve --load-sample-if-empty
 
 # Everything (CI runs this).
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
 # The edit-run loop: unit and in-process API tests, without live servers, emulators,
 # crash loops, soak, fuzzing and property runs (the `slow` marker).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The console's browser tests drive Debian's chromium (Playwright cannot download its own).
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null) || (sudo apt-get update -q >/dev/null && sudo apt-get install -y -q chromium >/dev/null)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -92,6 +96,10 @@ $(PHOENIX_VENV)/bin/phoenix:
 bench-otlp: $(STAMP) $(PHOENIX_VENV)/bin/phoenix
 	$(BIN)/python bench/otlp.py --spans $${SPANS:-100000} --phoenix $(PHOENIX_VENV)/bin/phoenix \
 		--json bench/results/otlp-$$(date +%F).json
+# Server time per console page over a generated store of CONSOLE_ROWS interactions.
+CONSOLE_ROWS ?= 1000000
+bench-console: $(STAMP)
+	$(BIN)/python bench/console.py --rows $(CONSOLE_ROWS) --json bench/results/console-$$(date +%F).json
 
 # The crash test, many rounds (CI runs 3).
 soak: $(STAMP)

@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+import console
 from api import errors, metrics
 from api.body import JSONResponse
 from api.fastlane import FastLaneApp
@@ -22,6 +23,7 @@ from api.routes import (
     analytics,
     chat,
     completions,
+    curation,
     export,
     feedback,
     health,
@@ -105,6 +107,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     # Before interactions: /interactions/stats and /query are not interaction ids.
     app.include_router(analytics.router, prefix="/api/v1")
     app.include_router(lifecycle.router, prefix="/api/v1")
+    app.include_router(curation.router, prefix="/api/v1")  # /interactions/labels: before {id}
     app.include_router(interactions.router, prefix="/api/v1")
     app.include_router(feedback.router, prefix="/api/v1")
     app.include_router(sql.router, prefix="/api/v1")
@@ -112,6 +115,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.include_router(chat.router)  # /api/v1 and /v1 chat/completions (the gateway)
     app.include_router(completions.router)  # under /api/v1 and /v1 (OpenAI clients)
     app.include_router(otlp.router)  # OTLP/HTTP: /v1/traces, /v1/logs, Langfuse's path
+    console.install(app)  # the web console at /ui/ (HTML; not in the OpenAPI document)
     _add_body_schemas(app)
     return app
 

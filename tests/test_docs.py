@@ -155,3 +155,18 @@ def test_otlp_doc_snippets_log_to_a_live_server(server_factory: type, tmp_path: 
         assert row["messages"][-1] == {"role": "user", "content": "Where is my order?"}
         assert row["completion"] == "echo: Where is my order?"
     assert want == {"support-bot": 1, "support-oi": 1, "support-lf": 1}
+
+
+async def test_readme_curation_bodies_work(client: httpx.AsyncClient) -> None:
+    r = await client.post("/api/v1/interactions", json=interaction(1, labels={"draft": "1"}))
+    iid = r.json()["completion_id"]
+    section = README.split("### Curation: labels and replays", 1)[1].split("###", 1)[0]
+    bodies = re.findall(r"-d '(.*?)'", section)
+    assert len(bodies) == 3
+    r = await client.patch(f"/api/v1/interactions/{iid}", json=orjson.loads(bodies[0]))
+    assert r.status_code == 200 and r.json()["labels"] == {"dataset": "sft-v2"}, r.text
+    await client.patch(f"/api/v1/interactions/{iid}", json={"labels": {"topic": "billing"}})
+    r = await client.post("/api/v1/interactions/labels", json=orjson.loads(bodies[1]))
+    assert r.status_code == 200 and r.json() == {"updated": 0, "matched": 1}, r.text
+    r = await client.post(f"/api/v1/interactions/{iid}/replay", json=orjson.loads(bodies[2]))
+    assert r.status_code == 503, r.text  # the body is right; this server has no gateway
