@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 from deltalake import DeltaTable
 
-from store.engine import APP_ID, WRITER_FILE
+from store.delta import APP_ID, WRITER_FILE
 from store.location import Location
 from store.rows import decode_tables
 from store.schema import TABLES

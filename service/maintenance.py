@@ -11,7 +11,8 @@ import threading
 import time
 from typing import Any
 
-from store.engine import Store, writer_properties
+from store.delta import writer_properties
+from store.engine import Store
 from store.lifecycle import Retention, apply_retention, purge
 from store.location import Lease
 from store.maintenance import MIN_RETENTION_HOURS, TARGET_FILE_BYTES

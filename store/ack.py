@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -112,3 +112,52 @@ async def wait(ack: Ack[T]) -> T:
 
     ack.add_done_callback(_cb)
     return await fut
+
+
+def combine(futures: Sequence[Ack[Any]], result: T) -> Ack[T]:
+    """A future that resolves with ``result`` once every future in ``futures`` has."""
+    out: Ack[T] = Ack()
+    if not futures:
+        out.set_result(result)
+        return out
+    remaining = [len(futures)]
+    lock = threading.Lock()
+
+    def _done(f: Ack[Any]) -> None:
+        exc = f.exception()
+        with lock:
+            remaining[0] -= 1
+            if out.done():
+                return
+            if exc is not None:
+                out.set_exception(exc)
+            elif remaining[0] == 0:
+                out.set_result(result)
+
+    for f in futures:
+        f.add_done_callback(_done)
+    return out
+
+
+def chain(result: Ack[T], waits: Sequence[Ack[Any]]) -> Ack[T]:
+    """Resolve after ``result`` and the writes it depends on (same ids in flight)."""
+    out: Ack[T] = Ack()
+
+    def _own(f: Ack[T]) -> None:
+        exc = f.exception()
+        if exc is not None:
+            out.set_exception(exc)
+            return
+        dep = combine(waits, f.result())
+
+        def _deps(d: Ack[T]) -> None:
+            dexc = d.exception()
+            if dexc is not None:
+                out.set_exception(dexc)
+            else:
+                out.set_result(d.result())
+
+        dep.add_done_callback(_deps)
+
+    result.add_done_callback(_own)
+    return out

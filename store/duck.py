@@ -89,6 +89,20 @@ class TableSnapshot:
 
 
 @dataclass(frozen=True)
+class FilesView:
+    """What the store reads of one table: a Delta version, the DuckDB view over its
+    files (None while it has none; pinned for as long as this is current) and the
+    files with their partition values."""
+
+    version: int
+    view: str | None
+    files: tuple[DataFile, ...]
+
+
+NO_FILES = FilesView(-1, None, ())
+
+
+@dataclass(frozen=True)
 class Snapshot:
     tables: dict[str, TableSnapshot]
 

@@ -18,7 +18,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,28 +25,35 @@ from typing import Any
 
 import pyarrow as pa
 from deltalake import (
-    ColumnProperties,
     CommitProperties,
     DeltaTable,
     Transaction,
-    WriterProperties,
     write_deltalake,
 )
 
-from store.ack import Ack
-from store.duck import DataFile, Duck, Snapshot, TableSnapshot, survivors
+from store.ack import Ack, chain, combine
+from store.delta import (
+    APP_ID,
+    COMMIT_RETRIES,
+    configure,
+    data_files,
+    sync_commit,
+    table_configuration,
+    writer_id,
+    writer_properties,
+)
+from store.duck import NO_FILES, Duck, FilesView, Snapshot, TableSnapshot, survivors
 from store.errors import Conflict, StoreError, StoreLocked, Unavailable, ValidationFailed
-from store.index import Index
+from store.indexing import IndexKeeper, open_index
 from store.location import Location
 from store.metrics import StoreMetrics
-from store.rows import Columns, decode_tables, encode_tables, num_rows, select, to_arrow
+from store.rows import Columns, decode_tables, encode_tables, num_rows, select
 from store.schema import AMENDMENTS_TABLE, FEEDBACK_TABLE, INTERACTIONS_TABLE, TABLES, TableSpec
-from store.wal import Record, RecoveryReport, WriteAheadLog, fsync_path, list_segments, scan
+from store.tail import CONVERT_ERRORS, Entry, Tail, convert
+from store.wal import Record, RecoveryReport, WriteAheadLog, fsync_path, scan
 
 log = logging.getLogger("istore.store")
 
-APP_ID = "istore-wal"  # the app transaction of a data root's own log (``<root>/wal``)
-WRITER_FILE = "WRITER"  # in any other log's folder: the writer id, fixed at creation
 RECORD_FORMAT = 1  # WAL payload: {table name: columns}, see store.rows
 
 _CONVERT_ERRORS = (pa.ArrowException, TypeError, ValueError, OverflowError, KeyError)
@@ -56,27 +62,6 @@ _CONVERT_ERRORS = (pa.ArrowException, TypeError, ValueError, OverflowError, KeyE
 # beside a single writer; every few seconds when several writers share the tables.
 REFRESH_S = 10.0
 SHARED_REFRESH_S = 2.0
-COMMIT_RETRIES = 100  # appends never conflict logically: retry a lost commit race
-
-# Small row groups: fetching a page of rows by id reads ~2k rows per file, not a whole
-# day's worth, thanks to min/max statistics on time-ordered ids.
-ROW_GROUP_ROWS = 2048
-
-
-# Columns of free text (messages, completions, reasons …): no min/max statistics in the
-# Parquet footers. Nothing prunes on them, and parquet-rs would copy whole values (KBs
-# of conversation) into every row group's metadata, which every query then parses.
-TEXT_COLUMNS = ("messages", "completion", "completion_message", "params", "error", "reason",
-                "details", "preferred_text", "other_text")  # fmt: skip
-
-
-def writer_properties() -> WriterProperties:
-    no_stats = ColumnProperties(statistics_enabled="NONE")
-    return WriterProperties(
-        max_row_group_size=ROW_GROUP_ROWS,
-        compression="ZSTD",
-        column_properties={c: no_stats for c in TEXT_COLUMNS},
-    )
 
 
 @dataclass(frozen=True)
@@ -88,20 +73,6 @@ class StoreOptions:
     query_memory_limit: str = "2GB"
     query_threads: int = 2
     query_temp_limit: str = "4GB"  # DuckDB's spill files, under <state root>/tmp
-
-
-@dataclass(frozen=True)
-class FilesView:
-    """What the store reads of one table: a Delta version, the DuckDB view over its
-    files (None while it has none; pinned for as long as this is current) and the
-    files with their partition values."""
-
-    version: int
-    view: str | None
-    files: tuple[DataFile, ...]
-
-
-NO_FILES = FilesView(-1, None, ())
 
 
 @dataclass(frozen=True)
@@ -133,29 +104,6 @@ class IdConflict(Conflict):
             code="id_conflict",
         )
         self.positions = positions
-
-
-@dataclass(eq=False)
-class _Entry:
-    """One acknowledged write: its log sequence number and rows. ``table`` is the
-    Arrow form, built lazily and in bulk by whoever needs it first."""
-
-    lsn: int
-    cols: Columns
-    nrows: int
-    nbytes: int
-    table: pa.Table | None = None
-    quarantined: bool = False
-
-
-@dataclass
-class _Tail:
-    """Acknowledged rows of one table that are not yet in Delta, in LSN order."""
-
-    entries: list[_Entry] = field(default_factory=list)
-    nbytes: int = 0
-    nrows: int = 0
-    cached: pa.Table | None = None
 
 
 class Store:
@@ -200,7 +148,7 @@ class Store:
         self._lock = threading.RLock()
         self._flush_lock = threading.Lock()
         self._convert_lock = threading.Lock()
-        self._tails: dict[str, _Tail] = {name: _Tail() for name in TABLES}
+        self._tails: dict[str, Tail] = {name: Tail() for name in TABLES}
         self._index_gen = 0  # bumped whenever ids leave the tail for the table
         self._inflight: dict[str, Ack[int]] = {}
         # Interactions written but not yet in Delta: how each id was stored.
@@ -215,7 +163,6 @@ class Store:
         self._kick = threading.Event()
         self._flusher: threading.Thread | None = None
         self._refresher: threading.Thread | None = None
-        self._builder: threading.Thread | None = None
         self.flush_error: str | None = None
         self.recovery = RecoveryReport()
         self.flushes = 0
@@ -226,7 +173,7 @@ class Store:
             self.wal_dir.mkdir(parents=True, exist_ok=True)
             self._take_lock()
             if self.shared:
-                self.app_id = f"{APP_ID}-{_writer_id(self.wal_dir)}"
+                self.app_id = f"{APP_ID}-{writer_id(self.wal_dir)}"
         elif not self.location.exists():
             raise StoreError(f"no store at {self.location.uri}")
         try:
@@ -300,7 +247,11 @@ class Store:
             temp_dir=self.root / "tmp" if self.writable or not self.location.remote else None,
             temp_limit=self.options.query_temp_limit,
         )
-        self.index = self._open_index()
+        self.index = open_index(self.root, self.location.table(INTERACTIONS_TABLE.name),
+                                writable=self.writable)  # fmt: skip
+        self._keeper: IndexKeeper | None = None
+        if self.index is not None and self.writable:
+            self._keeper = IndexKeeper(self.index, self.duck, self._current, self._stop)
         for spec in TABLES.values():
             self._refresh_files_view(spec, self._deltas[spec.name])
         for entry in self._tails[INTERACTIONS_TABLE.name].entries:  # replayed from the log
@@ -331,7 +282,7 @@ class Store:
             if self.location.is_table(spec.name):
                 dt = self.location.open(spec.name)
                 if self.writable:
-                    dt = _configure(dt, spec, self.location)
+                    dt = configure(dt, spec, self.location)
             elif self.writable:
                 try:
                     dt = DeltaTable.create(
@@ -360,94 +311,6 @@ class Store:
             out[spec.name] = (dt.transaction_version(self.app_id) or 0) if dt else 0
         return out
 
-    def _open_index(self) -> Index | None:
-        """The node's on-disk index (``store.index``); a read-only handle uses it when
-        a writer made one, else scans."""
-        table = self.location.table(INTERACTIONS_TABLE.name)
-        if self.writable:
-            return Index(self.root, table)
-        if not (self.root / "index.sqlite").exists():
-            return None
-        try:
-            return Index(self.root, table, readonly=True)
-        except Exception as exc:  # an index being made, or none usable: scan instead
-            log.info("reading without the index (%s)", exc)
-            return None
-
-    def _read_files(self, sql: str, paths: list[str]) -> pa.Table:
-        """Run one of the index's queries over some interactions data files."""
-        scan = self.duck.scan_sql(INTERACTIONS_TABLE, paths, filename=True, row_number=True)
-        return self.duck.query(Snapshot({}), sql.format(scan=scan))
-
-    def _index_files(self, fv: FilesView, new: list[str]) -> None:
-        """Bring the index toward ``fv`` before it becomes the current view: retire
-        what left the table, index ``new`` files (a flush's, a compaction's, another
-        writer's). ``_index_rest`` deals with the others once it is current."""
-        if self.index is None or self.index.readonly:
-            return
-        try:
-            self.index.retire(f.path for f in fv.files)
-            if new:
-                self.index.add(new, self._read_files)
-        except Exception as exc:  # the files stay unindexed: reads scan them meanwhile
-            log.error("could not index %d new data files (will retry): %s", len(new), exc)
-
-    def _index_rest(self) -> None:
-        """After a view became current: record that the index covers it, or start the
-        builder for the files it does not cover (a first start on an existing table)."""
-        if self.index is None or self.index.readonly:
-            return
-        fv = self._current(INTERACTIONS_TABLE)
-        if self.index.unindexed(f.path for f in fv.files):
-            self._start_index_builder()
-        elif self.index.version() != fv.version:
-            self.index.mark(fv.version)
-
-    def _index_amendments(self, entries: list[_Entry]) -> None:
-        """New labels of amended interactions become postings too (see ``Index``)."""
-        assert self.index is not None
-        amended = [
-            (cid, labels)
-            for e in entries
-            for cid, action, labels in zip(
-                e.cols["completion_id"], e.cols["action"], e.cols["labels"], strict=True
-            )
-            if action == "labels"
-        ]
-        try:
-            self.index.add_labels([(c, dict(lb) if lb else None) for c, lb in amended])
-        except Exception as exc:  # lookups of those labels fall back to scans
-            log.error("could not index %d label amendments: %s", len(amended), exc)
-
-    def _start_index_builder(self) -> None:
-        with self._lock:
-            if self._builder is not None and self._builder.is_alive():
-                return
-            self._builder = threading.Thread(
-                target=self._build_index, name="istore-index", daemon=True
-            )
-            self._builder.start()
-
-    def _build_index(self) -> None:
-        """Index every data file of the current version, a few at a time (each its own
-        transaction), until none is left; reads scan the others meanwhile."""
-        assert self.index is not None
-        while not self._stop.is_set():
-            fv = self._current(INTERACTIONS_TABLE)
-            todo = self.index.unindexed(f.path for f in fv.files)
-            if not todo:
-                if self._current(INTERACTIONS_TABLE).version == fv.version:
-                    self.index.mark(fv.version)
-                    log.info("the index covers interactions version %d", fv.version)
-                    return
-                continue
-            try:
-                self.index.add(todo[:16], self._read_files)
-            except Exception as exc:  # a file vacuumed meanwhile, a full disk …
-                log.warning("index builder: %s (retrying)", exc)
-                if self._stop.wait(5):
-                    return
-
     def _refresh_files_view(self, spec: TableSpec, dt: DeltaTable | None) -> None:
         """Point the table's view at ``dt``'s version (files listed and the view made
         outside the store lock). Interactions: the index follows first, indexing the
@@ -459,11 +322,21 @@ class Store:
             current = self._current(spec)
             before = {f.path for f in current.files}
             new = [f.path for f in prepared.files if f.path not in before]
-            self._index_files(prepared, new if current.version >= 0 else [])
+            self._follow(prepared, new if current.version >= 0 else [])
         with self._lock:
             self._install_view(spec, dt, prepared)
         if spec is INTERACTIONS_TABLE and self.writable:
-            self._index_rest()
+            self._settle_index()
+        elif spec is AMENDMENTS_TABLE and self._keeper is not None and prepared is not None:
+            self._keeper.amended(self._current(spec))
+
+    def _follow(self, fv: FilesView, new: list[str], *, rewritten: bool = True) -> None:
+        if self._keeper is not None:
+            self._keeper.follow(fv, new, rewritten=rewritten)
+
+    def _settle_index(self) -> None:
+        if self._keeper is not None:
+            self._keeper.settle()
 
     def _current(self, spec: TableSpec) -> FilesView:
         return self._files_views.get(spec.name, NO_FILES)
@@ -554,7 +427,7 @@ class Store:
                     if any(fb_keep):
                         tables[FEEDBACK_TABLE.name] = feedback
                 if not ids:
-                    return _combine(waits, WriteResult(None, 0, dupes, existing))
+                    return combine(waits, WriteResult(None, 0, dupes, existing))
                 ack = self._wal.append(RECORD_FORMAT, encode_tables(tables), (tables, ids))
                 self._last_ack = ack
                 for id_, uc, sid in zip(ids, cols["use_case"], cols["session_id"], strict=True):
@@ -580,7 +453,7 @@ class Store:
                 result.set_result(WriteResult(f.result(), n, dupes, existing))
 
         ack.add_done_callback(_done)
-        return _chain(result, waits) if waits else result
+        return chain(result, waits) if waits else result
 
     def _check_repeats(self, cols: Columns, confirmed: dict[str, Stored]) -> dict[str, Stored]:
         """How the ids of ``cols`` already stored (or earlier in ``cols``) were stored;
@@ -672,15 +545,10 @@ class Store:
     def _apply(self, lsn: int, tables: dict[str, Columns], nbytes: int) -> None:
         share = nbytes // max(len(tables), 1)
         for name, cols in tables.items():
-            tail = self._tails[name]
-            n = num_rows(cols)
-            self.metrics.ingested(name, n, share)
-            tail.entries.append(_Entry(lsn, cols, n, share))
-            tail.nbytes += share
-            tail.nrows += n
-            tail.cached = None
+            entry = self._tails[name].append(lsn, cols, share)
+            self.metrics.ingested(name, entry.nrows, share)
 
-    def _arrow(self, spec: TableSpec, entries: list[_Entry]) -> list[pa.Table]:
+    def _arrow(self, spec: TableSpec, entries: list[Entry]) -> list[pa.Table]:
         """Arrow tables of ``entries``, converting the not-yet-converted ones in bulk.
         An entry that cannot be converted (validation should make that impossible) is
         moved to ``quarantine/`` instead of blocking every read and flush after it."""
@@ -688,24 +556,16 @@ class Store:
             todo = [e for e in entries if e.table is None and not e.quarantined]
             if todo:
                 try:
-                    self._convert(spec, todo)
-                except _CONVERT_ERRORS:
+                    convert(spec, todo)
+                except CONVERT_ERRORS:
                     for e in todo:
                         try:
-                            self._convert(spec, [e])
-                        except _CONVERT_ERRORS as exc:
+                            convert(spec, [e])
+                        except CONVERT_ERRORS as exc:
                             self._quarantine(spec, e, exc)
         return [e.table for e in entries if e.table is not None and not e.quarantined]
 
-    @staticmethod
-    def _convert(spec: TableSpec, todo: list[_Entry]) -> None:
-        table = to_arrow(spec.schema, [e.cols for e in todo])
-        offset = 0
-        for e in todo:
-            e.table = table.slice(offset, e.nrows)
-            offset += e.nrows
-
-    def _quarantine(self, spec: TableSpec, entry: _Entry, exc: Exception) -> None:
+    def _quarantine(self, spec: TableSpec, entry: Entry, exc: Exception) -> None:
         folder = self.root / "quarantine"
         folder.mkdir(exist_ok=True)
         path = folder / f"{spec.name}-{entry.lsn:020d}.json"
@@ -720,12 +580,7 @@ class Store:
         )  # fmt: skip
         entry.quarantined = True
         with self._lock:
-            tail = self._tails[spec.name]
-            if entry in tail.entries:
-                tail.entries.remove(entry)
-                tail.nbytes -= entry.nbytes
-                tail.nrows -= entry.nrows
-                tail.cached = None
+            self._tails[spec.name].remove(entry)
             if spec is INTERACTIONS_TABLE:  # not stored: a retry must be able to store it
                 for id_ in entry.cols["id"]:
                     self._pending_meta.pop(id_, None)
@@ -817,50 +672,27 @@ class Store:
             # already showed this version.
             files = prepared.files if prepared is not None else data_files(self.location, dt, spec)
             new = [f.path for f in files if f.path not in before]
-            self._sync_commit(spec, dt, new)
+            sync_commit(self.location, spec, dt, new)
             # The index learns the new rows before they leave the tail (``write`` relies
             # on an id being pending or indexed, or its file unindexed and scanned).
             if spec is INTERACTIONS_TABLE and prepared is not None:
-                self._index_files(prepared, new)
-            elif spec is AMENDMENTS_TABLE and self.index is not None:
-                self._index_amendments(todo)
+                self._follow(prepared, new, rewritten=False)  # new rows only
         flushed_ids: list[str] = []
         with self._lock:
             # One lock hold: the new files appear exactly when the rows leave the tail.
             self._install_view(spec, dt, prepared)
-            tail = self._tails[spec.name]
-            k = 0
-            while k < len(tail.entries) and tail.entries[k].lsn <= upto:
-                k += 1
-            flushed, tail.entries = tail.entries[:k], tail.entries[k:]
-            for e in flushed:
-                tail.nbytes -= e.nbytes
-                tail.nrows -= e.nrows
+            for e in self._tails[spec.name].trim(upto):
                 if spec is INTERACTIONS_TABLE:
                     flushed_ids.extend(e.cols["id"])
-            tail.cached = None
             if flushed_ids:
                 self._index_gen += 1
                 for id_ in flushed_ids:
                     self._pending_meta.pop(id_, None)
         if tables and spec is INTERACTIONS_TABLE:
-            self._index_rest()
+            self._settle_index()
+        elif tables and spec is AMENDMENTS_TABLE and self._keeper is not None:
+            self._keeper.amended(self._current(spec))
         return sum(e.nrows for e in todo if not e.quarantined)
-
-    def _sync_commit(self, spec: TableSpec, dt: DeltaTable, new_files: list[str]) -> None:
-        if self.location.remote:
-            return  # an object store has the object once the PUT returned
-        root = Path(self.table_path(spec))
-        dirs: set[Path] = {root, root / "_delta_log"}
-        for path in new_files:
-            fsync_path(Path(path))
-            d = Path(path).parent
-            while d != root and root in d.parents:
-                dirs.add(d)
-                d = d.parent
-        fsync_path(root / "_delta_log" / f"{dt.version():020d}.json")
-        for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
-            fsync_path(d)
 
     def refresh(self) -> None:
         """Pick up commits made by other processes (other writers, `istore compact`).
@@ -868,14 +700,12 @@ class Store:
         of the unflushed rows would show those rows twice."""
         deltas = {name: self.delta(spec) for name, spec in TABLES.items()}
         dt = deltas[INTERACTIONS_TABLE.name]
-        if dt is not None and self.index is not None and not self.index.readonly:
+        if dt is not None and self._keeper is not None:
             # A compaction's rewrite can be large: index it before the flush lock, so
             # ingest never waits for it (the files are indexed before they are read).
-            files = [f.path for f in data_files(self.location, dt, INTERACTIONS_TABLE)]
-            if not self.index.unindexed(f.path for f in self._current(INTERACTIONS_TABLE).files):
-                new = self.index.unindexed(files)
-                if new:
-                    self.index.add(new, self._read_files)
+            fv = FilesView(dt.version(), None, data_files(self.location, dt, INTERACTIONS_TABLE))
+            self._keeper.follow(fv, self.index.unindexed(f.path for f in fv.files)
+                                if self.index is not None else [])  # fmt: skip
         with self._flush_lock:
             for name, spec in TABLES.items():
                 self._refresh_files_view(spec, deltas[name])
@@ -1062,13 +892,13 @@ class Store:
         prepared = self._prepare_view(spec, dt)
         if prepared is not None:
             new = [f.path for f in prepared.files if f.path not in before]
-            self._sync_commit(spec, dt, new)
+            sync_commit(self.location, spec, dt, new)
             if spec is INTERACTIONS_TABLE:  # the rewritten files' rows move in the index
-                self._index_files(prepared, new)
+                self._follow(prepared, new)
         with self._lock:
             self._install_view(spec, dt, prepared)
         if spec is INTERACTIONS_TABLE:
-            self._index_rest()
+            self._settle_index()
         n = int(m.get("num_deleted_rows") or 0)
         self.metrics.deleted(spec.name, why, n)
         self.metrics.timer("delete").observe(time.perf_counter() - started)
@@ -1103,10 +933,9 @@ class Store:
         return self.index.sweep() if self.index is not None else {}
 
     def _index_status(self) -> dict[str, Any] | None:
-        if self.index is None:
-            return None
-        files = [f.path for f in self._current(INTERACTIONS_TABLE).files]
-        return {**self.index.status(), "waiting": len(self.index.unindexed(files))}
+        if self._keeper is not None:
+            return self._keeper.status()
+        return self.index.status() if self.index is not None else None
 
     def delta(self, spec: TableSpec) -> DeltaTable | None:
         return self.location.open_if_exists(spec.name)
@@ -1126,8 +955,8 @@ class Store:
                 self.flush()
             except Exception as exc:
                 log.error("final flush failed, the write-ahead log keeps the data: %s", exc)
-        if self._builder is not None:
-            self._builder.join()
+        if self._keeper is not None:
+            self._keeper.join()
         if self.index is not None:
             self.index.close()
         self.duck.close()
@@ -1138,111 +967,3 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def table_configuration(spec: TableSpec) -> dict[str, str]:
-    """Delta table properties: a checkpoint every 50 commits, and statistics (which
-    Delta copies into its transaction log) only for columns without personal data, so
-    a purge plus vacuum leaves no copy of a deleted row's content anywhere."""
-    return {
-        "delta.checkpointInterval": "50",
-        "delta.dataSkippingStatsColumns": ",".join(spec.stats_columns),
-    }
-
-
-def _configure(dt: DeltaTable, spec: TableSpec, location: Location) -> DeltaTable:
-    want = table_configuration(spec)
-    have = dt.metadata().configuration
-    missing = {k: v for k, v in want.items() if have.get(k) != v}
-    if missing:
-        dt.alter.set_table_properties(missing, raise_if_not_exists=False)
-        dt = location.open(spec.name)
-    return dt
-
-
-def data_files(location: Location, dt: DeltaTable, spec: TableSpec) -> tuple[DataFile, ...]:
-    """The files of ``dt``'s version (table ``spec`` under ``location``) with their
-    partition values."""
-    actions = pa.table(dt.get_add_actions(flatten=True))
-    cols = {c: actions.column(f"partition.{c}").to_pylist() for c in spec.partition_by}
-    out = []
-    for i, path in enumerate(actions.column("path").to_pylist()):
-        out.append(DataFile(location.file(spec.name, path), {c: v[i] for c, v in cols.items()}))
-    return tuple(out)
-
-
-def _writer_id(wal_dir: Path) -> str:
-    """The writer id of the log in ``wal_dir``, made once and kept with the log: the
-    Delta app transaction that says how much of this log is committed is named by it."""
-    path = wal_dir / WRITER_FILE
-    try:
-        text = path.read_text().strip()
-    except FileNotFoundError:
-        text = ""
-    if text:
-        return text
-    if list_segments(wal_dir):
-        # A new id would make every record in it look uncommitted: replayed twice.
-        raise StoreError(
-            f"the write-ahead log in {wal_dir} has records but no {WRITER_FILE} file; "
-            "restore that file (it names the log's Delta app transaction), or, if this is "
-            "the data root's own log, open the store without --wal-dir"
-        )
-    writer = uuid.uuid4().hex[:16]
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        f.write(writer + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_path(wal_dir)
-    return writer
-
-
-def _combine(futures: Sequence[Ack[Any]], result: WriteResult) -> Ack[WriteResult]:
-    """A future that resolves with ``result`` once every future in ``futures`` has."""
-    out: Ack[WriteResult] = Ack()
-    if not futures:
-        out.set_result(result)
-        return out
-    remaining = [len(futures)]
-    lock = threading.Lock()
-
-    def _done(f: Ack[Any]) -> None:
-        exc = f.exception()
-        with lock:
-            remaining[0] -= 1
-            if out.done():
-                return
-            if exc is not None:
-                out.set_exception(exc)
-            elif remaining[0] == 0:
-                out.set_result(result)
-
-    for f in futures:
-        f.add_done_callback(_done)
-    return out
-
-
-def _chain(result: Ack[WriteResult], waits: Sequence[Ack[Any]]) -> Ack[WriteResult]:
-    """Resolve after ``result`` and the writes it depends on (same ids in flight)."""
-    out: Ack[WriteResult] = Ack()
-
-    def _own(f: Ack[WriteResult]) -> None:
-        exc = f.exception()
-        if exc is not None:
-            out.set_exception(exc)
-            return
-        dep = _combine(waits, f.result())
-
-        def _deps(d: Ack[WriteResult]) -> None:
-            dexc = d.exception()
-            if dexc is not None:
-                out.set_exception(dexc)
-            else:
-                out.set_result(d.result())
-
-        dep.add_done_callback(_deps)
-
-    result.add_done_callback(_own)
-    return out

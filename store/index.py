@@ -41,7 +41,7 @@ import pyarrow as pa
 
 log = logging.getLogger("istore.index")
 
-FORMAT = "1"
+FORMAT = "2"
 FILE = "index.sqlite"
 SEP = chr(31)  # between a label's key and value in its hash
 
@@ -55,6 +55,8 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS labels (uc INTEGER NOT NULL, kv INTEGER NOT NULL, "
     "ts INTEGER NOT NULL, fid INTEGER NOT NULL, rn INTEGER NOT NULL, "
     "PRIMARY KEY (uc, kv, ts, fid, rn)) WITHOUT ROWID",
+    # The amendments data files whose label changes are postings already.
+    "CREATE TABLE IF NOT EXISTS amended (path TEXT PRIMARY KEY)",
 )
 
 
@@ -317,6 +319,16 @@ class Index:
                         "INSERT OR IGNORE INTO labels VALUES (?, ?, ?, ?, ?)", out
                     )
                 )
+
+    def amended_files(self) -> set[str]:
+        return {p for (p,) in self._reader().execute("SELECT path FROM amended").fetchall()}
+
+    def mark_amended(self, paths: Sequence[str]) -> None:
+        if not self.readonly and paths:
+            with self._write_lock:
+                self._transaction(lambda db: db.executemany(
+                    "INSERT OR IGNORE INTO amended VALUES (?)", [(p,) for p in paths]
+                ))  # fmt: skip
 
     def sweep(self) -> dict[str, int]:
         """Delete the rows and postings of dead files (after compaction, purge,

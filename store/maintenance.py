@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 from deltalake import DeltaTable
 
-from store.engine import APP_ID, writer_properties
+from store.delta import APP_ID, writer_properties
 from store.errors import InvalidRequest, StoreError
 from store.location import Location
 from store.rows import decode_tables, num_rows

@@ -14,7 +14,8 @@ from deltalake import DeltaTable
 
 from ingest.normalize import build_batch
 from ingest.parse import validate
-from store.engine import APP_ID, Store, StoreOptions
+from store.delta import APP_ID
+from store.engine import Store, StoreOptions
 from store.errors import StoreLocked
 from store.maintenance import compact, table_stats, vacuum
 from store.reader import Reader
