@@ -16,7 +16,7 @@ import click
 import orjson
 
 from api.settings import Settings
-from store.errors import StoreError, StoreLocked
+from store.errors import InvalidRequest, StoreError, StoreLocked
 from store.location import Location
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "interactions.ndjson"
@@ -508,10 +508,19 @@ def compact(data: str | None) -> None:
 def vacuum(data: str | None, retention_hours: float, dry_run: bool, force: bool) -> None:
     """Remove deleted interactions from the files, then delete files no longer in the
     table and older than the retention window."""
-    from store.maintenance import check_retention
+    from store.maintenance import MIN_RETENTION_HOURS, check_retention
     from store.maintenance import vacuum as do_vacuum
 
     settings = _settings(data=data)
+    if 0 <= retention_hours < MIN_RETENTION_HOURS and not force:
+        raise InvalidRequest(
+            f"--retention-hours {retention_hours:g} is under the {MIN_RETENTION_HOURS:g}-hour "
+            "minimum, which keeps replaced files that a query or export reading an older "
+            "snapshot may still need. To delete them anyway (say, so that no byte of a "
+            "deleted interaction is left), add --force: "
+            f"istore vacuum --retention-hours {retention_hours:g} --force",
+            param="retention_hours",
+        )
     check_retention(retention_hours, force)
     if not dry_run:
         _purge(settings.data)
