@@ -79,9 +79,9 @@ def test_stats_compact_vacuum(tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["vacuum", "--data", data, "--retention-hours", "0"])
     assert r.exit_code == 1
     # It says how to go below the minimum, not only that it refuses.
-    assert r.stderr.strip().endswith(
-        "add --force: istore vacuum --retention-hours 0 --force"
-    ), r.stderr
+    assert r.stderr.strip().endswith("add --force: istore vacuum --retention-hours 0 --force"), (
+        r.stderr
+    )
     assert "under the 1-hour minimum" in r.stderr
     r = CliRunner().invoke(main, ["vacuum", "--data", data, "--retention-hours", "-1"])
     assert r.exit_code == 1 and "got -1" in r.stderr

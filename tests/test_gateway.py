@@ -43,8 +43,17 @@ def _fresh(upstream: Upstream) -> None:
 
 
 # Upstream stand-in behaviours reached as "support/<name>" (tests/upstream.py).
-BEHAVIOURS = ("tools", "fail400", "fail500", "badjson", "broken", "gated", "nostream", "oddchunk",
-              "dupindex")
+BEHAVIOURS = (
+    "tools",
+    "fail400",
+    "fail500",
+    "badjson",
+    "broken",
+    "gated",
+    "nostream",
+    "oddchunk",
+    "dupindex",
+)
 
 
 def routing_toml(base_url: str) -> str:
@@ -240,7 +249,9 @@ async def test_tool_calls_and_n_choices(gw: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_repeated_choice_indexes_keep_every_choice(gw: httpx.AsyncClient, stream: bool) -> None:
+async def test_repeated_choice_indexes_keep_every_choice(
+    gw: httpx.AsyncClient, stream: bool
+) -> None:
     """An upstream whose choices all say index 0 (and one says 2**40): every choice is
     answered and logged with its own completion id and text, none merged or dropped."""
     r = await chat(gw, model="support/dupindex", n=4, stream=stream)
