@@ -61,12 +61,6 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         stop_usage = threading.Event()
         reload_on_hup = _on_sighup(app.state.gateway)
         usage_saver(app.state.keys, stop_usage)
-        if st.recovery.cut_bytes:
-            log.warning(
-                "recovery cut %d corrupt bytes from the write-ahead log (%s)",
-                st.recovery.cut_bytes,
-                ", ".join(st.recovery.cut_segments),
-            )
         try:
             yield
         finally:

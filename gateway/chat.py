@@ -405,6 +405,7 @@ async def _as_events(answer: dict[str, Any]) -> AsyncIterator[bytes]:
     base["object"] = "chat.completion.chunk"
     for c, index in zip(answer["choices"], choice_indexes(answer["choices"]), strict=True):
         delta = {k: v for k, v in c["message"].items() if v is not None}
+        choice: dict[str, Any]
         for choice in (
             {"index": index, "delta": delta, "finish_reason": None},
             {"index": index, "delta": {}, "finish_reason": c.get("finish_reason") or "stop"},

@@ -157,8 +157,9 @@ def _check_tables(location: Location, opened: dict[str, DeltaTable]) -> Iterator
 
 def _check_logs(wal: Path, location: Location) -> Iterator[Finding]:
     """The write-ahead log in ``wal``, and the worker logs under it (``--workers``):
-    torn tails, cut files, and records not yet in the tables (by each log's own Delta
-    app transaction)."""
+    damaged frames (with their position; a torn tail is a warning, damage between intact
+    frames a failure: an acknowledged record is lost), the bytes earlier starts set
+    aside, and records not yet in the tables (by each log's own Delta app transaction)."""
     if not wal.exists():
         yield Finding("ok", "write-ahead log", "empty (no writes yet)")
         return
@@ -177,13 +178,20 @@ def _check_logs(wal: Path, location: Location) -> Iterator[Finding]:
             1 for r in records
             if any(r.lsn > applied.get(n, 0) for n in decode_tables(r.payload))
         )  # fmt: skip
-        if report.cut_bytes:
-            yield Finding("warn", label,
-                          f"{report.cut_bytes} torn or corrupt bytes at the end of "
-                          f"{', '.join(report.cut_segments)}",
-                          "nothing acknowledged is lost: the next start cuts them (and keeps "
-                          "them aside as cut-*.bin)")  # fmt: skip
-        else:
+        for d in report.damaged:
+            if d.tail:
+                yield Finding("warn", label, d.describe(),
+                              "torn tails are what a crash mid-append leaves (unacknowledged "
+                              "writes); the next start cuts them and keeps them aside as "
+                              "cut-*.bin")  # fmt: skip
+            else:
+                yield Finding("FAIL", label, d.describe(),
+                              "an acknowledged record was damaged on disk and cannot be "
+                              "replayed: the next start skips it, replays every intact record "
+                              "after it and keeps the bytes aside as damaged-*.bin; check the "
+                              "disk (dmesg, smartctl) and have the client resend what was "
+                              "lost")  # fmt: skip
+        if not report.damaged:
             yield Finding("ok", label,
                           f"{len(segments)} segments, {size / 2**20:.1f} MiB, "
                           f"{pending} records not yet in every table")  # fmt: skip
@@ -192,3 +200,10 @@ def _check_logs(wal: Path, location: Location) -> Iterator[Finding]:
             yield Finding("warn", label, f"{len(aside)} cut tails kept aside "
                           f"({aside[0]} …)", "they hold unacknowledged writes from a crash: "
                           "inspect, then delete them")  # fmt: skip
+        damaged = sorted(p.name for p in log_dir.glob("damaged-*.bin"))
+        if damaged:
+            yield Finding("warn", label, f"{len(damaged)} damaged frames kept aside "
+                          f"({', '.join(damaged[:3])}{' …' if len(damaged) > 3 else ''})",
+                          "a start skipped them (the log names their records); the intact "
+                          "records around them were replayed: inspect, then delete "
+                          "them")  # fmt: skip

@@ -877,6 +877,9 @@ class Store:
                 "pending_bytes": self._pending_bytes(),
                 "flush_error": self.flush_error,
                 "wal_error": self._wal.last_error if self._wal else None,
+                # What the last start found in the log: damaged frames were skipped
+                # (their positions here), every intact frame after them replayed.
+                "wal_recovery": self.recovery.as_dict(),
                 "versions": {n: v[0] for n, v in self._files_views.items()},
                 "label_index": self.labels.status(),
             }
