@@ -50,7 +50,9 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         st = store or settings.open_store()
         app.state.store = st
         app.state.reader = Reader(st)
-        app.state.keys = KeyRing(st.root)
+        stop_usage = threading.Event()
+        st.api_keys().watch(stop_usage)  # object storage: re-read every few seconds
+        app.state.keys = KeyRing(st.api_keys())
         app.state.metrics_registry = metrics.registry(app.state)
         job = None
         if st.writable and settings.maintenance_interval_s > 0:
@@ -58,7 +60,6 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
                                  settings.vacuum_retention_hours)  # fmt: skip
             job.start()
         app.state.maintenance = job
-        stop_usage = threading.Event()
         reload_on_hup = _on_sighup(app.state.gateway)
         usage_saver(app.state.keys, stop_usage)
         try:

@@ -61,6 +61,7 @@ def check(
         else:
             yield Finding("FAIL", "write-ahead log", "no ISTORE_WAL_DIR for an object-store "
                           "data root", "pass --wal-dir or set ISTORE_WAL_DIR")  # fmt: skip
+        yield from _check_shared(location, Path(wal_dir) if wal_dir else None)
         return
     root = location.path
     if not root.exists():
@@ -119,6 +120,39 @@ def check(
         except ConfigError as exc:
             yield Finding("FAIL", "gateway", f"{gateway_config}: {exc}",
                           "fix the routing file (see gateway.example.toml)")  # fmt: skip
+
+
+def _check_shared(location: Location, local: Path | None) -> Iterator[Finding]:
+    """The keys and retention rules in the bucket (read only: no copy of this node's
+    is uploaded here, unlike at a server's start)."""
+    from api.keys import KeyRing
+    from store.lifecycle import Retention
+    from store.state import SharedState
+
+    state = SharedState(location)  # no local folder: nothing migrated, nothing cached
+    try:
+        keys = KeyRing(state.document("keys.json")).describe()
+        live = sum(1 for k in keys if not k.get("revoked_at"))
+        yield Finding("ok" if keys else "warn", "API keys",
+                      f"{live} active keys in {state.document('keys.json').where}" if keys
+                      else "no key exists: the servers are open to anyone who can reach them",
+                      "" if keys else "istore keys create --scope admin")  # fmt: skip
+    except Exception as exc:
+        yield Finding("FAIL", "API keys", f"cannot read the shared keys: {exc}",
+                      "check the bucket's credentials and endpoint")  # fmt: skip
+    try:
+        policy = Retention.load(state.document("retention.json"))
+        rules = len(policy.use_cases) + (policy.default_days is not None)
+        yield Finding("ok", "retention", f"{rules} rules" if rules else "keep everything")
+    except Exception as exc:
+        yield Finding("FAIL", "retention", f"the shared retention rules are unreadable: {exc}",
+                      "fix them with `istore retention set`")  # fmt: skip
+    for name in ("keys.json", "retention.json"):
+        if local is not None and (local / name).exists():
+            yield Finding("warn", name, f"{local / name} is this node's own copy from before "
+                          "the documents were shared", "the next `istore serve` on this node "
+                          "uploads it if the bucket has none (and renames it "
+                          f"{name}.migrated)")  # fmt: skip
 
 
 def _check_tables(location: Location, opened: dict[str, DeltaTable]) -> Iterator[Finding]:

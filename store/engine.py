@@ -43,6 +43,7 @@ from store.location import Location
 from store.metrics import StoreMetrics
 from store.rows import Columns, decode_tables, encode_tables, num_rows, select, to_arrow
 from store.schema import FEEDBACK_TABLE, INTERACTIONS_TABLE, TABLES, TableSpec
+from store.state import Document, SharedState
 from store.wal import Record, RecoveryReport, WriteAheadLog, fsync_path, list_segments, scan
 
 log = logging.getLogger("istore.store")
@@ -76,6 +77,7 @@ class StoreOptions:
     wal_segment_bytes: int = 64 << 20
     query_memory_limit: str = "2GB"
     query_threads: int = 2
+    state_refresh_s: float = 2.0  # object storage: how often shared keys/rules are re-read
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,8 @@ class Store:
     the folder, and commits under its own Delta app transaction ``istore-wal-<id>``,
     so recovery replays exactly what that log has not yet committed. ``root`` may be
     ``s3://``, ``gs://`` or ``az://``; then ``wal_dir`` is required, and ``state_dir``
-    (default: ``wal_dir``) holds the node's own files (keys, retention rules)."""
+    (default: ``wal_dir``) holds the node's copies of the shared keys and retention
+    rules, which live with the data (``state``)."""
 
     def __init__(
         self,
@@ -142,11 +145,18 @@ class Store:
             self.root = Path(state_dir).absolute() if state_dir else self.location.path
         legacy = self.location.path / "wal" if not self.location.remote else None
         self.wal_dir = Path(wal_dir).absolute() if wal_dir else (legacy or self.root / "wal")
+        # Keys and retention rules live with the data; ``root`` keeps this node's copies
+        # (object storage) and any from before they were shared (a read-only handle
+        # opened with no local folder has neither).
+        self.options = options or StoreOptions()
+        local = (
+            self.root if (writable or state_dir or wal_dir or not self.location.remote) else None
+        )
+        self.state = SharedState(self.location, local, refresh_s=self.options.state_refresh_s)
         # A shared store: other writers may commit to the same tables.
         self.shared = legacy is None or self.wal_dir.resolve() != legacy.resolve()
         self.app_id = APP_ID
         self.writable = writable
-        self.options = options or StoreOptions()
         self._lock = threading.RLock()
         self._flush_lock = threading.Lock()
         self._convert_lock = threading.Lock()
@@ -883,6 +893,14 @@ class Store:
                 "versions": {n: v[0] for n, v in self._files_views.items()},
                 "label_index": self.labels.status(),
             }
+
+    def api_keys(self) -> Document:
+        """The data root's ``keys.json`` (shared by every node: ``store.state``)."""
+        return self.state.document("keys.json")
+
+    def retention_rules(self) -> Document:
+        """The data root's ``retention.json`` (shared by every node)."""
+        return self.state.document("retention.json")
 
     def delta(self, spec: TableSpec) -> DeltaTable | None:
         return self.location.open_if_exists(spec.name)

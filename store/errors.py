@@ -64,6 +64,14 @@ class Unavailable(StoreError):
         self.retry_after = retry_after
 
 
+class Conflict(StoreError):
+    """Someone else changed what this request meant to change; try again."""
+
+    status = 409
+    type = "conflict"
+    code = "conflict"
+
+
 class StoreLocked(StoreError):
     status = 409
     type = "conflict"
