@@ -35,6 +35,7 @@ from gateway.chat import GatewayStats
 from gateway.config import RoutingFile
 from gateway.upstream import Upstreams
 from store.engine import Store
+from store.errors import StoreError
 from store.reader import Reader
 
 log = logging.getLogger("istore.api")
@@ -70,7 +71,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
                 job.stop()
             reload_on_hup()
             await app.state.upstreams.close()
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, StoreError):
                 app.state.keys.save_usage()
             if own:
                 st.close()

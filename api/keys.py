@@ -35,7 +35,14 @@ from typing import Any
 
 import orjson
 
-from store.errors import Forbidden, InvalidRequest, NotFound, Unauthorized, Unavailable
+from store.errors import (
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    StoreError,
+    Unauthorized,
+    Unavailable,
+)
 from store.state import Document, document
 
 SCOPES = ("ingest", "read", "admin")
@@ -293,7 +300,7 @@ def usage_saver(ring: KeyRing, stop: threading.Event, every_s: float = 30.0) -> 
 
     def run() -> None:
         while not stop.wait(every_s):
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, StoreError):  # the bucket may be unreachable
                 ring.save_usage()
 
     t = threading.Thread(target=run, name="istore-keys", daemon=True)

@@ -87,10 +87,11 @@ def object_store(location: Location) -> Any:
 
 @dataclass
 class Edit:
-    """One attempt at changing a document: ``data`` as read (None: absent); set it
-    to the new content (leave it None to write nothing)."""
+    """One attempt at changing a document: ``data`` as read (None: absent) at version
+    ``stamp``; set ``new`` to the new content (leave it None to write nothing)."""
 
     data: bytes | None
+    stamp: object = None
     new: bytes | None = None
 
 
@@ -117,16 +118,13 @@ class Document:
         """Write ``data`` if the document is still at ``stamp`` (from ``read``); else
         ``Conflict``."""
         for e in self.edits():
-            if self._stamp_of(e) != stamp:
+            if e.stamp != stamp:
                 raise Conflict(
                     f"{self.where} changed since it was read (another node or command "
                     "wrote it); run the command again",
                     code="changed_concurrently",
                 )
             e.new = data
-
-    def _stamp_of(self, e: Edit) -> object:
-        raise NotImplementedError
 
     def watch(self, stop: threading.Event) -> None:
         """Keep the document fresh until ``stop`` (object storage; locally a no-op)."""
@@ -176,9 +174,6 @@ class LocalDocument(Document):
         except FileNotFoundError:
             return None, None
 
-    def _stamp_of(self, e: Edit) -> object:
-        return self.stamp() if e.data is not None else None
-
     def edits(self) -> Iterator[Edit]:
         folder = self.path.parent
         folder.mkdir(parents=True, exist_ok=True)
@@ -186,10 +181,13 @@ class LocalDocument(Document):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                data: bytes | None = self.path.read_bytes()
+                with open(self.path, "rb") as f:
+                    st = os.fstat(f.fileno())
+                    data: bytes | None = f.read()
+                stamp: object = (st.st_ino, st.st_mtime_ns, st.st_size)
             except FileNotFoundError:
-                data = None
-            e = Edit(data)
+                data, stamp = None, None
+            e = Edit(data, stamp)
             yield e
             if e.new is not None:
                 _atomic_write(self.path, e.new, self.mode)
@@ -223,7 +221,6 @@ class RemoteDocument(Document):
         self._loaded = False
         self._checked = 0.0  # monotonic time of the last successful read
         self._watching = False
-        self._attempt_etag: str | None = None
         self.errors = 0
         self.last_error: str | None = None
 
@@ -256,12 +253,10 @@ class RemoteDocument(Document):
         self._install(got.meta.get("e_tag"), got.meta.get("version"), data)
 
     def _install(self, etag: str | None, version: str | None, data: bytes | None) -> None:
+        """Make a read current: the local copy first, so that what a node uses is
+        always what it would start from."""
         with self._mu:
             changed = not self._loaded or etag != self._etag
-            self._etag, self._version, self._data = etag, version, data
-            self._loaded = True
-            self._checked = time.monotonic()
-            self.last_error = None
         if changed and self.cache is not None:
             try:
                 if data is None:
@@ -270,6 +265,11 @@ class RemoteDocument(Document):
                     _atomic_write(self.cache, data, 0o600)
             except OSError as exc:  # a cache that cannot be written is only a cache
                 log.warning("could not write the local copy %s: %s", self.cache, exc)
+        with self._mu:
+            self._etag, self._version, self._data = etag, version, data
+            self._loaded = True
+            self._checked = time.monotonic()
+            self.last_error = None
 
     def _refresh(self) -> None:
         """Read now; on failure keep what is known (or the local copy)."""
@@ -301,6 +301,11 @@ class RemoteDocument(Document):
             )
             if fresh:
                 return self._etag if self._data is not None else None
+            if self._watching:  # the watcher has not managed a first read: no copy
+                raise Unavailable(
+                    f"cannot read {self.where} ({self.last_error}) and there is no local copy yet",
+                    retry_after=5,
+                )
         self._refresh()
         with self._mu:
             return self._etag if self._data is not None else None
@@ -340,9 +345,6 @@ class RemoteDocument(Document):
                 "last_error": self.last_error}  # fmt: skip
 
     # -- writing ------------------------------------------------------------------------
-    def _stamp_of(self, e: Edit) -> object:
-        return self._attempt_etag if e.data is not None else None
-
     def edits(self) -> Iterator[Edit]:
         import obstore
         from obstore.exceptions import AlreadyExistsError, PreconditionError
@@ -355,8 +357,9 @@ class RemoteDocument(Document):
                 etag, version = got.meta.get("e_tag"), got.meta.get("version")
             except FileNotFoundError:
                 data, etag, version = None, None, None
-            self._attempt_etag = etag
-            e = Edit(data)
+            except Exception as exc:
+                raise _unreachable(self.where, exc) from None
+            e = Edit(data, etag if data is not None else None)
             yield e
             if e.new is None:
                 return
@@ -365,6 +368,8 @@ class RemoteDocument(Document):
                 put = obstore.put(self.store, self.key, e.new, mode=mode, use_multipart=False)
             except (AlreadyExistsError, PreconditionError):
                 continue  # another node wrote first: apply the change to what it wrote
+            except Exception as exc:
+                raise _unreachable(self.where, exc) from None
             self._install(put.get("e_tag"), put.get("version"), e.new)
             return
         raise Conflict(f"{self.where} kept changing under {EDIT_ATTEMPTS} attempts to edit it",
@@ -391,6 +396,10 @@ class RemoteDocument(Document):
                             "set aside: the shared one is used",
                             self.where, self.legacy)  # fmt: skip
         _retire(self.legacy, self.where)
+
+
+def _unreachable(where: str, exc: Exception) -> Unavailable:
+    return Unavailable(f"cannot write {where} ({type(exc).__name__}: {exc})", retry_after=5)
 
 
 def _update_mode(etag: str | None, version: str | None) -> dict[str, str]:
@@ -446,8 +455,13 @@ class SharedState:
         self.refresh_s = refresh_s
         self._docs: dict[str, Document] = {}
         self._store: Any = None
+        self._mu = threading.Lock()
 
     def document(self, name: str) -> Document:
+        with self._mu:
+            return self._document(name)
+
+    def _document(self, name: str) -> Document:
         doc = self._docs.get(name)
         if doc is None:
             legacy = self.local / name if self.local is not None else None

@@ -51,7 +51,8 @@ def _secret(out: str) -> str:
 def _status(url: str, key: str | None) -> int:
     headers = {"authorization": f"Bearer {key}"} if key else {}
     row = interaction(0, use_case="fresh")
-    return httpx.post(url + "/api/v1/interactions", json=row, headers=headers, timeout=30).status_code
+    r = httpx.post(url + "/api/v1/interactions", json=row, headers=headers, timeout=30)
+    return r.status_code
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
@@ -90,8 +91,8 @@ def test_two_servers_share_keys_and_retention_with_nothing_copied(
         took.append(time.monotonic() - revoked_at)
         assert _status(n.url, writer) == 401, "the revoked key still works"
         assert _status(n.url, admin) == 201  # the others do
-    print(f"\n{kind}: revoked key refused by the two nodes after "
-          f"{took[0]:.2f} s and {took[1]:.2f} s (ISTORE_STATE_REFRESH_S={REFRESH_S:g})")  # fmt: skip
+    print(f"\n{kind}: revoked key refused by the two nodes after {took[0]:.2f} s and "
+          f"{took[1]:.2f} s (ISTORE_STATE_REFRESH_S={REFRESH_S:g})")  # fmt: skip
 
     # Retention set on the third host is applied by whichever node runs maintenance.
     old = (datetime.now(UTC) - timedelta(days=40)).isoformat()
