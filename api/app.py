@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from api import errors, metrics
 from api.body import JSONResponse
 from api.fastlane import FastLaneApp
+from api.guard import Gate
 from api.keys import KeyRing, usage_saver
 from api.maintenance import MaintenanceJob
 from api.routes import (
@@ -54,6 +55,8 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         stop_usage = threading.Event()
         st.api_keys().watch(stop_usage)  # object storage: re-read every few seconds
         app.state.keys = KeyRing(st.api_keys())
+        app.state.gate = Gate(app.state.keys, settings.host, settings.allowed_hosts,
+                              settings.max_body_bytes)  # fmt: skip
         app.state.metrics_registry = metrics.registry(app.state)
         job = None
         if st.writable and settings.maintenance_interval_s > 0:

@@ -7,13 +7,14 @@ full rights; ``istore serve`` then refuses non-loopback addresses."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPBearer
 
-from api.keys import KeyRing, Principal
+from api.guard import principal_of
+from api.keys import Principal
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -21,16 +22,13 @@ _bearer = HTTPBearer(
 )
 
 
-def authorize(keys: KeyRing, headers: Mapping[str, str], scope: str) -> Principal:
-    """The caller's principal, or Unauthorized / Forbidden."""
-    principal = keys.authenticate(headers.get("authorization"))
-    principal.require(scope)
-    return principal
-
-
 def _needs(scope: str) -> Callable[..., Principal]:
     def dependency(request: Request, _: Annotated[object, Security(_bearer)] = None) -> Principal:
-        principal = authorize(request.app.state.keys, request.headers, scope)
+        # The gate (api.guard) authenticated the caller before the body was read.
+        principal = principal_of(request.scope)
+        if principal is None:
+            principal = request.app.state.keys.authenticate(request.headers.get("authorization"))
+        principal.require(scope)
         request.state.principal = principal
         return principal
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
 from typing import Any
 
 from fastapi import Request
@@ -53,22 +52,3 @@ def inflate(body: bytes, encoding: str, limit: int) -> bytes:
     if not inflater.eof or inflater.unused_data:
         raise InvalidRequest("the gzip body is truncated or has several members; send one")
     return out
-
-
-async def send_json(
-    send: Any, status: int, payload: Any, headers: Sequence[tuple[bytes, bytes]] = ()
-) -> None:
-    """A whole JSON answer through a raw ASGI ``send`` (the fast lane, the gateway)."""
-    data = dumps_bytes(payload)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(data)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": data})

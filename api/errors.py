@@ -11,8 +11,22 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from gateway.errors import UpstreamError
 from ingest.parse import loc_path
-from store.errors import StoreError, Unauthorized, Unavailable
+from store.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    QueryTimeout,
+    StoreError,
+    TooManyRequests,
+    Unauthorized,
+    Unavailable,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 
 log = logging.getLogger("istore.api")
 
@@ -58,17 +72,57 @@ def error_response(
     )
 
 
+# The HTTP status of each domain error: the one table (the most specific class wins).
+STATUS: dict[type[StoreError], int] = {
+    StoreError: 500,
+    InvalidRequest: 400,
+    ValidationFailed: 422,
+    UnsupportedMediaType: 415,
+    NotFound: 404,
+    PayloadTooLarge: 413,
+    QueryTimeout: 400,
+    Unavailable: 503,
+    TooManyRequests: 429,
+    Conflict: 409,
+    Unauthorized: 401,
+    Forbidden: 403,
+}
+
+
+def status_of(exc: StoreError) -> int:
+    if isinstance(exc, UpstreamError):
+        return exc.status  # what the upstream did decides (its 4xx, 502, 504)
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]  # type: ignore[index]
+    return 500
+
+
+def render(exc: StoreError, method: str, path: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """The one translation of a domain error into an HTTP answer (status, body,
+    headers), for the exception handler, the fast lane, the gateway and the gate.
+    Server-side failures (5xx other than 503) are logged here, once."""
+    status = status_of(exc)
+    headers: dict[str, str] = {}
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    if status >= 500 and not isinstance(exc, Unavailable | UpstreamError):
+        log.error("%s %s failed: %s", method, path, exc.message)
+    return status, exc.body(), headers
+
+
+def raw_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
 async def _store_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StoreError)
-    headers = None
-    if isinstance(exc, Unavailable):
-        headers = {"Retry-After": str(exc.retry_after)}
-    elif isinstance(exc, Unauthorized):
-        headers = {"WWW-Authenticate": "Bearer"}
-    if exc.status >= 500 and not isinstance(exc, Unavailable):
-        log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-    return error_response(
-        exc.status, exc.message, type_=exc.type, param=exc.param, code=exc.code, headers=headers
+    status, body, headers = render(exc, request.method, request.url.path)
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
     )
 
 

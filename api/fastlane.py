@@ -16,13 +16,14 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api.auth import authorize
-from api.body import send_json
-from api.errors import error_body
+from api.body import inflate
+from api.errors import error_body, raw_headers, render
+from api.guard import Gate, is_api, principal_of, read_limited
 from api.logs import new_request_id, request_id
 from api.routes.chat import start_call
 from api.routes.interactions import ingest_body
-from store.errors import PayloadTooLarge, StoreError, Unauthorized, Unavailable
+from gateway.asgi import send_json
+from store.errors import StoreError
 
 log = logging.getLogger("istore.api")
 access = logging.getLogger("istore.access")
@@ -67,6 +68,12 @@ class FastLaneApp(FastAPI):
         route = scope["path"]
         try:
             path = scope["path"]
+            try:
+                receive = await self._admit(scope, receive)
+            except StoreError as exc:
+                status_, body, headers = render(exc, scope["method"], path)
+                await send_json(tagged, status_, body, raw_headers(headers))
+                return
             if self.fast_lane and scope["method"] == "POST" and path == INGEST_PATH:
                 await _answer(self.state, scope, receive, tagged, _ingest)
             elif self.fast_lane and scope["method"] == "POST" and path in CHAT_PATHS:
@@ -86,6 +93,18 @@ class FastLaneApp(FastAPI):
                 )  # fmt: skip
             request_id.reset(token)
 
+    async def _admit(self, scope: Scope, receive: Receive) -> Receive:
+        """``api.guard``: open-mode origin checks, then (API routes) the caller and the
+        body. Returns the ``receive`` the route reads the body from."""
+        gate: Gate = self.state.gate
+        if not gate.keys.active():
+            gate.check_origin(scope)
+        if not is_api(scope["path"]):
+            return receive
+        principal, receive = await gate.admit(scope, receive)
+        scope.setdefault("state", {})["principal"] = principal
+        return receive
+
 
 def _template(scope: Scope) -> str:
     """The matched route's path template with its router prefix (``/api/v1/…/{id}``):
@@ -101,22 +120,20 @@ def _template(scope: Scope) -> str:
 
 
 async def _ingest(
-    state: Any, headers: dict[str, str], receive: Receive, send: Send
+    state: Any, scope: Scope, headers: dict[str, str], receive: Receive, send: Send
 ) -> tuple[int, Any]:
-    principal = authorize(state.keys, headers, "ingest")
-    body = await _read(receive, headers, state.settings.max_body_bytes)
+    principal = _principal(scope, "ingest")
+    body = await _read(scope, receive, headers, state.settings.max_body_bytes)
     ctype = headers.get("content-type", "application/json")
-    payload = await ingest_body(
-        state.store, state.reader, body, ctype, principal, state.settings.limits()
-    )
+    payload = await ingest_body(state.store, body, ctype, principal, state.settings.limits())
     return 201, payload
 
 
 async def _chat(
-    state: Any, headers: dict[str, str], receive: Receive, send: Send
+    state: Any, scope: Scope, headers: dict[str, str], receive: Receive, send: Send
 ) -> tuple[int, Any]:
-    principal = authorize(state.keys, headers, "ingest")
-    body = await _read(receive, headers, state.settings.max_body_bytes)
+    principal = _principal(scope, "ingest")
+    body = await _read(scope, receive, headers, state.settings.max_body_bytes)
     answer = start_call(state, principal, body)
     await answer(None, receive, send)
     return 0, None  # answered
@@ -132,16 +149,12 @@ async def _answer(
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
     extra: list[tuple[bytes, bytes]] = []
     try:
-        status, payload = await handler(state, headers, receive, send)
+        status, payload = await handler(state, scope, headers, receive, send)
         if status == 0:
             return
     except StoreError as exc:
-        status = exc.status
-        payload = error_body(exc.status, exc.message, exc.type, exc.param, exc.code)
-        if isinstance(exc, Unavailable):
-            extra.append((b"retry-after", str(exc.retry_after).encode()))
-        elif isinstance(exc, Unauthorized):
-            extra.append((b"www-authenticate", b"Bearer"))
+        status, payload, more = render(exc, scope["method"], scope["path"])
+        extra = raw_headers(more)
     except Exception:
         log.exception("POST %s: unexpected error", scope["path"])
         status = 500
@@ -150,23 +163,14 @@ async def _answer(
     await send_json(send, status, payload, extra)
 
 
-async def _read(receive: Receive, headers: dict[str, str], limit: int) -> bytes:
-    from api.body import inflate
+def _principal(scope: Scope, needs: str) -> Any:
+    """The caller the gate authenticated, checked for the scope ``needs``."""
+    principal = principal_of(scope)
+    assert principal is not None, "the gate authenticates every API request"
+    principal.require(needs)
+    return principal
 
-    declared = headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body has {int(declared)} bytes; at most {limit} are accepted")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise StoreError("the client went away")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            break
-    return inflate(b"".join(chunks), headers.get("content-encoding", ""), limit)
+
+async def _read(scope: Scope, receive: Receive, headers: dict[str, str], limit: int) -> bytes:
+    return inflate(await read_limited(scope, receive, limit), headers.get("content-encoding", ""),
+                   limit)  # fmt: skip

@@ -7,13 +7,21 @@ secret is 32 random bytes; only its scrypt hash (with a per-key salt) is stored,
 ``<data>/_istore/keys.json``, shared by every node: ``store.state``). Hashes are
 compared with ``hmac.compare_digest``.
 
-scrypt costs ~30 ms on purpose (a stolen keys file does not give the keys away), so
-a verified key is remembered by the SHA-256 of the whole key (in memory only), and a
-wrong secret for a real key id is remembered too, so a client repeating a bad key
+scrypt costs ~30-80 ms on purpose (a stolen keys file does not give the keys away),
+so a verified key is remembered by the SHA-256 of the whole key (in memory only), and
+a wrong secret for a real key id is remembered too, so a client repeating a bad key
 cannot make the server burn CPU. A request whose key id is unknown costs nothing.
 Both memories are dropped whenever the file changes (a revoke takes effect at the
 next request; on object storage, at the next request after the node's next read of the
 shared document, at most ``ISTORE_STATE_REFRESH_S`` later).
+
+New secrets are verified off the event loop, on a small pool of their own
+(``VERIFY_THREADS``), one verification per key id at a time: requests that carry the
+same key wait for that one verification; a different secret for a key id being
+verified, or for a key id whose recent verifications failed (backing off up to
+``MAX_BACKOFF_S``), is answered 429 without hashing. So a flood of wrong secrets
+costs at most one scrypt per key id per back-off period and never stalls other
+requests; a client with the right key is unaffected once its key is remembered.
 
 Writers (the CLI, and the server recording ``last_used_at``) change it through
 ``store.state``: locally under an exclusive ``fcntl`` lock on ``keys.lock`` with an
@@ -22,12 +30,15 @@ writer wrote if it wrote first."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
 import secrets
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,8 +51,10 @@ from store.errors import (
     InvalidRequest,
     NotFound,
     StoreError,
+    TooManyRequests,
     Unauthorized,
     Unavailable,
+    require_use_case,
 )
 from store.state import Document, document
 
@@ -51,6 +64,8 @@ FILE = "keys.json"
 
 _SCRYPT = {"n": 1 << 14, "r": 8, "p": 1, "dklen": 32}
 _NEGATIVE_MAX = 4096
+VERIFY_THREADS = 2
+MAX_BACKOFF_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -74,12 +89,7 @@ class Principal:
             )
 
     def check_use_case(self, use_case: str, param: str = "use_case") -> None:
-        if self.use_cases is not None and use_case not in self.use_cases:
-            raise Forbidden(
-                f"{param}: this API key may not use use case {use_case!r}",
-                param=param,
-                code="use_case_forbidden",
-            )
+        require_use_case(self.use_cases, use_case, param)
 
     def visible(self, requested: tuple[str, ...] | None) -> tuple[str, ...] | None:
         """The use cases a read may cover: ``requested`` (each must be allowed), or all
@@ -104,6 +114,23 @@ def _hash(secret: str, salt: bytes) -> bytes:
     return hashlib.scrypt(secret.encode(), salt=salt, **_SCRYPT)  # type: ignore[arg-type]
 
 
+_POOL = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="istore-keycheck")
+
+
+def _check_secret(record: dict[str, Any], secret: str) -> bool:
+    expected = bytes.fromhex(record["hash"])
+    return hmac.compare_digest(_hash(secret, bytes.fromhex(record["salt"])), expected)
+
+
+@dataclass(frozen=True)
+class _Check:
+    """A secret for a real key id, not verified yet."""
+
+    record: dict[str, Any]
+    secret: str
+    digest: bytes
+
+
 class KeyRing:
     """The keys of one data root."""
 
@@ -115,6 +142,11 @@ class KeyRing:
         self._keys: dict[str, dict[str, Any]] = {}
         self._good: dict[bytes, Principal] = {}
         self._bad: set[bytes] = set()
+        self._verifying: dict[str, tuple[bytes, Future[bool]]] = {}  # key id → running
+        self._backoff: dict[str, tuple[int, float]] = {}  # key id → (failures, until)
+        # New secrets: scrypt runs ("hashed"), and requests answered by one: "verified"
+        # or "refused"; "throttled": answered 429 without hashing.
+        self.counts = {"hashed": 0, "verified": 0, "refused": 0, "throttled": 0}
         self._used: dict[str, str] = {}  # key id → last use, not yet written
 
     # -- reading -------------------------------------------------------------------------
@@ -161,7 +193,24 @@ class KeyRing:
             return bool(self._keys)
 
     def authenticate(self, authorization: str | None) -> Principal:
-        """The principal of an ``Authorization`` header; ``OPEN`` when no key exists."""
+        """The principal of an ``Authorization`` header; ``OPEN`` when no key exists.
+        Blocks while a new secret is verified (use ``authenticate_async`` on a loop)."""
+        step = self._begin(authorization)
+        if isinstance(step, Principal):
+            return step
+        return self._finish(step, self._verification(step).result())
+
+    async def authenticate_async(self, authorization: str | None) -> Principal:
+        """``authenticate`` without blocking the event loop on scrypt."""
+        step = self._begin(authorization)
+        if isinstance(step, Principal):
+            return step
+        ok = await asyncio.wrap_future(self._verification(step))
+        return self._finish(step, ok)
+
+    def _begin(self, authorization: str | None) -> Principal | _Check:
+        """What the header says, as far as memory knows: a principal, or a secret
+        still to be verified (or Unauthorized)."""
         with self._mu:
             self._load()
             if not self._keys:
@@ -185,22 +234,61 @@ class KeyRing:
             record = self._keys.get(key_id) if key_id else None
             if record is None or record.get("revoked_at"):
                 raise Unauthorized("invalid API key")
-        # The slow hash runs outside the lock; concurrent first uses may both run it.
-        expected = bytes.fromhex(record["hash"])
-        ok = hmac.compare_digest(_hash(secret, bytes.fromhex(record["salt"])), expected)
+            return _Check(record, secret, digest)
+
+    def _verification(self, check: _Check) -> Future[bool]:
+        """The (shared) verification of ``check``'s secret, or TooManyRequests."""
+        key_id = check.record["id"]
+        with self._mu:
+            running = self._verifying.get(key_id)
+            if running is not None:
+                digest, fut = running
+                if digest == check.digest:
+                    return fut  # the same key, already being verified: wait for it
+                self.counts["throttled"] += 1
+                raise TooManyRequests(
+                    "another secret for this API key is being verified; retry shortly",
+                    retry_after=1,
+                )
+            wait = self._backoff.get(key_id, (0, 0.0))[1] - time.monotonic()
+            if wait > 0:
+                self.counts["throttled"] += 1
+                raise TooManyRequests(
+                    "too many failed attempts for this API key; retry later",
+                    retry_after=max(1, int(wait + 0.999)),
+                )
+            fut = _POOL.submit(_check_secret, check.record, check.secret)
+            self.counts["hashed"] += 1
+            self._verifying[key_id] = (check.digest, fut)
+
+        def done(_: Future[bool]) -> None:
+            with self._mu:
+                if self._verifying.get(key_id, (b"", None))[1] is fut:
+                    del self._verifying[key_id]
+
+        fut.add_done_callback(done)
+        return fut
+
+    def _finish(self, check: _Check, ok: bool) -> Principal:
+        record, digest = check.record, check.digest
         with self._mu:
             # The file may have changed meanwhile (a revoke): decide on what it says now.
             self._load()
             now = self._keys.get(record["id"])
             if now is None or now.get("revoked_at") or now.get("hash") != record["hash"]:
                 raise Unauthorized("invalid API key")
-            record = now
+            self.counts["verified" if ok else "refused"] += 1
             if not ok:
                 if len(self._bad) >= _NEGATIVE_MAX:
                     self._bad.clear()
                 self._bad.add(digest)
+                fails = self._backoff.get(record["id"], (0, 0.0))[0] + 1
+                # Two free mistakes, then a doubling pause (0.1 s, 0.2 s … MAX_BACKOFF_S).
+                delay = 0.0 if fails < 3 else min(MAX_BACKOFF_S, 0.1 * 2 ** (fails - 3))
+                self._backoff[record["id"]] = (fails, time.monotonic() + delay)
                 raise Unauthorized("invalid API key")
-            p = _principal(record)
+            self._backoff.pop(record["id"], None)
+            p = _principal(now)
             self._good[digest] = p
             self._used[record["id"]] = _now()
             return p

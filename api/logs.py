@@ -18,7 +18,7 @@ import orjson
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
-_TOKEN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_TOKEN = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
 
 
 def new_request_id(given: str | None) -> str:

@@ -96,6 +96,15 @@ class Collector:
         yield GaugeMetricFamily("istore_flush_failing", "1 while flushes to the tables fail",
                                 value=1 if status["flush_error"] else 0)  # fmt: skip
 
+        keys = state.keys
+        checks = CounterMetricFamily("istore_key_checks", "New API key secrets: scrypt runs "
+                                     "(hashed); requests verified, refused, or throttled "
+                                     "(429 without hashing)",
+                                     labels=["outcome"])  # fmt: skip
+        for outcome, n in sorted(keys.counts.items()):
+            checks.add_metric([outcome], n)
+        yield checks
+
         flush = _hist("istore_flush_seconds", "Time to append the log's tail to the Delta "
                       "tables (write and commit)", [])  # fmt: skip
         _add(flush, [], m.flush_seconds)
@@ -109,9 +118,9 @@ class Collector:
         version = GaugeMetricFamily("istore_table_version", "Delta version", labels=["table"])
         files = GaugeMetricFamily("istore_table_files", "Parquet files in the current "
                                   "version", labels=["table"])  # fmt: skip
-        for table, (v, _, fs) in sorted(store.files_views().items()):
-            version.add_metric([table], v)
-            files.add_metric([table], len(fs))
+        for table, fv in sorted(store.files_views().items()):
+            version.add_metric([table], fv.version)
+            files.add_metric([table], len(fv.files))
         yield version
         yield files
 

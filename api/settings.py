@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8080, description="Port to listen on.")
+    allowed_hosts: str = Field(
+        "",
+        description="Without API keys, the Host names requests may use besides loopback "
+        "names and the listen address (a guard against DNS rebinding); comma-separated.",
+    )
     gateway_config: str | None = Field(
         None, description="Path of the gateway's model routing file (TOML)."
     )

@@ -30,17 +30,16 @@ from typing import Any
 import aiohttp
 import orjson
 
-from api.body import send_json
-from api.keys import Principal
 from gateway import upstream
+from gateway.asgi import send_json
 from gateway.config import Route, RoutingFile
+from gateway.errors import UpstreamError
+from ingest import pipeline
 from ingest.formats import completion_of
-from ingest.ids import uuid7_many
-from ingest.normalize import build_batch
 from ingest.parse import Limits, check_limits, validate
 from store.engine import Store
-from store.errors import InvalidRequest, StoreError, UpstreamError, ValidationFailed
-from store.schema import INTERACTIONS_TABLE
+from store.errors import InvalidRequest, StoreError, ValidationFailed, require_use_case
+from store.ids import uuid7_many
 
 log = logging.getLogger("istore.gateway")
 
@@ -118,7 +117,9 @@ def _flag(body: dict[str, Any], name: str, default: bool) -> bool:
     return v
 
 
-def prepare(raw_body: bytes, routing: RoutingFile, principal: Principal, limits: Limits) -> Call:
+def prepare(
+    raw_body: bytes, routing: RoutingFile, use_cases: frozenset[str] | None, limits: Limits
+) -> Call:
     """Parse, check and route a request; raise the error the client gets."""
     try:
         body = orjson.loads(raw_body)
@@ -161,8 +162,11 @@ def prepare(raw_body: bytes, routing: RoutingFile, principal: Principal, limits:
     check_limits(canon, limits, "")
 
     sticky = session_id or user
+    # Authorised on the use case asked for before routing, so a limited key learns
+    # nothing of other use cases' routes (no 404-versus-403 oracle).
+    require_use_case(use_cases, requested.split("/", 1)[0], "model")
     route = routing.current().route(requested, sticky)
-    principal.check_use_case(route.use_case, "model")
+    require_use_case(use_cases, route.use_case, "model")
 
     forward = {k: v for k, v in body.items() if k not in OWNED}
     forward["model"] = route.model.model
@@ -220,8 +224,7 @@ def record(
             c = validate(item)
             check_limits(c, limits, "")
             canon.append(c)
-        batch = build_batch(canon, source="gateway")
-        ack = store.write(INTERACTIONS_TABLE, batch.interactions())
+        ack = pipeline.submit(store, canon, source="gateway").ack
     except StoreError as exc:
         _log_failed(stats, len(items), exc)
         return
@@ -595,9 +598,7 @@ async def stream(
     if not started:
         raise error
     if error.code != "client_disconnected":  # tell the client, in the stream
-        from api.errors import error_body
-
-        payload = error_body(error.status, error.message, error.type, error.param, error.code)
+        payload = error.body()
         with contextlib.suppress(Exception):
             await send(
                 {

@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ingest.models import check_use_case
 from store.errors import NotFound, Unavailable, ValidationFailed
+from store.schema import check_use_case
 
 log = logging.getLogger("istore.gateway")
 

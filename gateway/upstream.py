@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 
 from gateway.config import Model
-from store.errors import UpstreamError
+from gateway.errors import UpstreamError
 
 _PASS_THROUGH = frozenset({400, 404, 409, 413, 422, 429})
 

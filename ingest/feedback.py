@@ -20,7 +20,6 @@ from pydantic import (
     model_validator,
 )
 
-from ingest.ids import uuid7_many
 from ingest.models import (
     ChatMessage,
     FeedbackItem,
@@ -29,6 +28,7 @@ from ingest.models import (
     check_use_case,
     str_or,
 )
+from store.ids import uuid7_many
 from store.jsonutil import dumps
 from store.rows import Columns
 from store.schema import COMPARISONS, FEEDBACK, OUTCOMES

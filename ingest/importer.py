@@ -12,12 +12,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ingest.normalize import build_batch
+from ingest import pipeline
 from ingest.parse import parse_interactions
 from store.ack import Ack
 from store.engine import Store, WriteResult
 from store.errors import StoreError
-from store.schema import INTERACTIONS_TABLE
 
 IN_FLIGHT = 4
 
@@ -72,9 +71,7 @@ def import_files(
                     except StoreError as exc:
                         exc.message = f"{path}: from line {first}: {exc.message}"
                         raise
-                    batch = build_batch(items, source=source, new_session=False)
-                    cols, fb = batch.interactions(), batch.feedback()
-                    pending.append(store.write(INTERACTIONS_TABLE, cols, feedback=fb))
+                    pending.append(pipeline.submit(store, items, source=source).ack)
                     total += len(items)
                     while len(pending) > IN_FLIGHT:
                         settle()

@@ -19,10 +19,9 @@ from pydantic import (
     model_validator,
 )
 
-from store.schema import MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS
+from store.schema import MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS, check_use_case
 
-USE_CASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}\Z")
 
 MAX_INT = 2**63 - 1  # Arrow int64
 MAX_MS = 1e12  # latencies beyond ~30 years are mistakes
@@ -108,15 +107,6 @@ def check_id(v: str | None, what: str = "id") -> str | None:
     if v is not None and not ID_RE.match(v):
         raise ValueError(
             f"{what} must be 1 to 128 characters of letters, digits, '_', '.', ':' or '-'"
-        )
-    return v
-
-
-def check_use_case(v: str | None) -> str | None:
-    if v is not None and not USE_CASE_RE.match(v):
-        raise ValueError(
-            "use case keys are 1 to 128 characters of letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit"
         )
     return v
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ingest.ids import uuid7_many
+from store.ids import uuid7_many
 from store.jsonutil import dumps
 from store.rows import Columns
 from store.schema import FEEDBACK, INTERACTIONS

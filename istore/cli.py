@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import os
 import signal
 import sys
 import time
@@ -44,6 +45,9 @@ class _Shell(click.Group):
 @click.version_option("0.1.0", prog_name="istore")
 def main() -> None:
     """interaction-store: a durable, queryable store of LLM interactions."""
+    # What we write (tables, logs, keys, exports) holds users' conversations: readable
+    # by the service's own user only, whatever the shell's umask.
+    os.umask(0o077)
 
 
 # -- serve -------------------------------------------------------------------------------
@@ -374,9 +378,12 @@ def export(
         reader.store.labels.close()  # an export scans; the lookup index is not needed
         exporter = Exporter(reader.store, reader.store.snapshot_at(versions), flt, options)
         if options.format == "parquet":
-            blob = exporter.parquet()
-            out.write_bytes(blob)
-            digests[out.name], rows[out.name] = hashlib.sha256(blob).hexdigest(), exporter.rows
+            digest = hashlib.sha256()
+            with open(out, "wb") as f:
+                for chunk in exporter.parquet():
+                    f.write(chunk)
+                    digest.update(chunk)
+            digests[out.name], rows[out.name] = digest.hexdigest(), exporter.rows
         else:
             sides = ("train", "validation") if options.split is not None else ("all",)
             names = {s: out.name if s == "all" else f"{out.stem}.{s}{out.suffix}" for s in sides}
@@ -720,7 +727,7 @@ def keys_create(
 ) -> None:
     """Create a key. Its secret is printed once, as the last line."""
     from api.keys import KeyRing
-    from ingest.models import USE_CASE_RE
+    from store.schema import USE_CASE_RE
 
     for uc in use_cases:
         if not USE_CASE_RE.match(uc):

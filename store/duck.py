@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 import threading
+import weakref
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +68,9 @@ class TableSnapshot:
     files_view: str | None  # view over the committed files, None when there are none
     pending: pa.Table  # acknowledged rows not yet in Delta
     files: tuple[DataFile, ...] = ()
+    # An older version read today: SQL on ``id`` that rows must satisfy (those still in
+    # the table), since its files outlive deletions until vacuum. None: every row.
+    keep: str | None = None
 
     @property
     def pending_name(self) -> str:
@@ -118,7 +123,13 @@ class Duck:
         self._db.execute("SET enable_external_access = false")
         self._db.execute("SET lock_configuration = true")
         self._lock = threading.Lock()
-        self._views: dict[str, list[str]] = {}
+        # Views over the files of a table version, each pinned by whoever reads it: the
+        # store's current state, and every live snapshot. A view is dropped only when
+        # nothing pins it, so no read ever finds its view gone. Unpins are queued (a
+        # snapshot's finalizer may run anywhere, even inside this lock) and applied by
+        # the next ``files_view``.
+        self._pins: dict[str, int] = {}
+        self._unpinned: deque[str] = deque()
 
     @staticmethod
     def scan_sql(
@@ -135,27 +146,69 @@ class Duck:
             f"read_parquet({file_list}, hive_partitioning = true, hive_types = {{{hive}}}{extra})"
         )
 
-    def files_view(self, spec: TableSpec, version: int, files: list[str]) -> str | None:
-        """Create (once) the view over one Delta version's files."""
+    def files_view(self, spec: TableSpec, version: int, files: Sequence[str]) -> str | None:
+        """The view over one Delta version's ``files``, created once, returned pinned
+        for the caller (who unpins it when done)."""
         if not files:
             return None
         name = f"_{spec.name}_v{version}"
         cols = ", ".join(_quote(c) for c in spec.columns)
-        scan = self.scan_sql(spec, files)
-        sql = f"CREATE OR REPLACE VIEW {_quote(name)} AS SELECT {cols} FROM {scan}"
+        body = f"SELECT {cols} FROM {self.scan_sql(spec, files)}"
         with self._lock:
-            cur = self._db.cursor()
-            try:
-                cur.execute(sql)
-                kept = self._views.setdefault(spec.name, [])
-                if name not in kept:
-                    kept.append(name)
-                # Keep a few old versions: queries that started on them stay valid.
-                while len(kept) > 8:
-                    cur.execute(f"DROP VIEW IF EXISTS {_quote(kept.pop(0))}")
-            finally:
-                cur.close()
+            self._collect()
+            if name not in self._pins:
+                cur = self._db.cursor()
+                try:
+                    cur.execute(f"CREATE OR REPLACE VIEW {_quote(name)} AS {body}")
+                finally:
+                    cur.close()
+                self._pins[name] = 0
+            self._pins[name] += 1
         return name
+
+    def pin(self, names: Iterable[str | None]) -> list[str]:
+        """Pin existing views (they stay until as many ``unpin``s); the names pinned."""
+        out = [n for n in names if n is not None]
+        with self._lock:
+            for n in out:
+                self._pins[n] += 1
+        return out
+
+    def unpin(self, names: Iterable[str | None]) -> None:
+        """Release pins; safe from any thread and from finalizers (no lock taken)."""
+        self._unpinned.extend(n for n in names if n is not None)
+
+    def pin_snapshot(self, snapshot: Snapshot, owned: Iterable[str | None] = ()) -> Snapshot:
+        """Keep ``snapshot``'s views for as long as it lives: pins its views (those in
+        ``owned`` are already pinned for it) and releases them when it is collected."""
+        owned = {n for n in owned if n is not None}
+        extra = self.pin(
+            t.files_view for t in snapshot.tables.values() if t.files_view not in owned
+        )
+        weakref.finalize(snapshot, self.unpin, [*owned, *extra])
+        return snapshot
+
+    def _collect(self) -> None:
+        """Apply queued unpins; drop the views nobody pins (caller holds the lock)."""
+        cur = None
+        try:
+            while self._unpinned:
+                name = self._unpinned.popleft()
+                left = self._pins.get(name, 0) - 1
+                if left > 0:
+                    self._pins[name] = left
+                    continue
+                self._pins.pop(name, None)
+                cur = cur or self._db.cursor()
+                cur.execute(f"DROP VIEW IF EXISTS {_quote(name)}")
+        finally:
+            if cur is not None:
+                cur.close()
+
+    def view_count(self) -> int:
+        with self._lock:
+            self._collect()
+            return len(self._pins)
 
     def memory_bytes(self) -> int:
         """What DuckDB's buffer manager holds now (for /metrics)."""
@@ -294,6 +347,22 @@ def _named_tables(snapshot: Snapshot, sql: str | None) -> set[str]:
     return named
 
 
+def survivors(spec: TableSpec, old: Sequence[str], now: Sequence[str]) -> str | None:
+    """The ``keep`` condition of an older version (files ``old``) read when the table
+    has files ``now``: a row is kept unless its file is gone and its id is in none of
+    the files added since (the rewrites of deletions, compactions, later appends)."""
+    current = set(now)
+    gone = [f for f in old if f not in current]
+    if not gone:
+        return None
+    before = set(old)
+    added = [f for f in now if f not in before]
+    cond = f"_k.id NOT IN (SELECT id FROM {Duck.scan_sql(spec, gone)})"
+    if added:
+        cond += f" OR _k.id IN (SELECT id FROM {Duck.scan_sql(spec, added)})"
+    return f"({cond})"
+
+
 def amendments_sql(snapshot: Snapshot) -> str | None:
     """Per interaction id: its latest replacement labels and whether it is deleted;
     None when nothing was ever amended (then reads skip the join)."""
@@ -315,6 +384,9 @@ def effective(snapshot: Snapshot, table: str, relation: str) -> str:
     """``relation`` (rows of ``table``) as reads must see them: interactions with their
     latest labels and without the deleted ones; feedback and comparisons without those
     of deleted interactions. ``relation`` is anything that can follow FROM."""
+    t = snapshot.tables.get(table)
+    if t is not None and t.keep is not None:
+        relation = f"(SELECT * FROM {relation} AS _k WHERE {t.keep})"
     amend = amendments_sql(snapshot)
     if amend is None or table not in ("interactions", "feedback", "comparisons"):
         return relation

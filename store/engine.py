@@ -35,14 +35,14 @@ from deltalake import (
 )
 
 from store.ack import Ack
-from store.duck import DataFile, Duck, Snapshot, TableSnapshot
-from store.errors import StoreError, StoreLocked, Unavailable, ValidationFailed
+from store.duck import DataFile, Duck, Snapshot, TableSnapshot, survivors
+from store.errors import Conflict, StoreError, StoreLocked, Unavailable, ValidationFailed
 from store.idindex import IdIndex, hash_ids
 from store.labelindex import LabelIndex
 from store.location import Location
 from store.metrics import StoreMetrics
 from store.rows import Columns, decode_tables, encode_tables, num_rows, select, to_arrow
-from store.schema import FEEDBACK_TABLE, INTERACTIONS_TABLE, TABLES, TableSpec
+from store.schema import AMENDMENTS_TABLE, FEEDBACK_TABLE, INTERACTIONS_TABLE, TABLES, TableSpec
 from store.state import Document, SharedState
 from store.wal import Record, RecoveryReport, WriteAheadLog, fsync_path, list_segments, scan
 
@@ -81,10 +81,48 @@ class StoreOptions:
 
 
 @dataclass(frozen=True)
+class FilesView:
+    """What the store reads of one table: a Delta version, the DuckDB view over its
+    files (None while it has none; pinned for as long as this is current) and the
+    files with their partition values."""
+
+    version: int
+    view: str | None
+    files: tuple[DataFile, ...]
+
+
+NO_FILES = FilesView(-1, None, ())
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What an interaction id was first stored as: what a repeat is answered with."""
+
+    use_case: str
+    session_id: str | None
+
+
+@dataclass(frozen=True)
 class WriteResult:
     lsn: int | None  # None when every row was already stored
     stored: int
     duplicate_ids: tuple[str, ...] = ()
+    existing: dict[str, Stored] = field(default_factory=dict)  # the duplicates, as stored
+
+
+class IdConflict(Conflict):
+    """Ids that are already stored (or repeated in the same write) in another use case.
+    Interaction ids are unique across use cases: feedback and comparisons name them
+    alone. ``positions``: the offending rows of the write."""
+
+    def __init__(self, positions: list[int]) -> None:
+        super().__init__(
+            f"{len(positions)} id(s) are already used by interactions of another use case; "
+            "an id names one interaction in the whole store: choose another id",
+            param="id",
+            code="id_conflict",
+        )
+        self.positions = positions
 
 
 @dataclass(eq=False)
@@ -163,9 +201,11 @@ class Store:
         self._tails: dict[str, _Tail] = {name: _Tail() for name in TABLES}
         self._ids = IdIndex()
         self._inflight: dict[str, Ack[int]] = {}
+        # Interactions written but not yet in Delta: how each id was stored.
+        self._pending_meta: dict[str, Stored] = {}
         self._last_ack: Ack[int] | None = None  # the newest write handed to the log
         self._deltas: dict[str, DeltaTable | None] = {}
-        self._files_views: dict[str, tuple[int, str | None, tuple[DataFile, ...]]] = {}
+        self._files_views: dict[str, FilesView] = {}
         self._durable_lsn = 0
         self._lock_fd: int | None = None
         self._wal: WriteAheadLog | None = None
@@ -260,7 +300,7 @@ class Store:
             self._load_ids()
         # The interactions version whose ids the index holds (shared stores learn
         # the other writers' later commits on refresh).
-        self._ids_version = self._files_views.get(INTERACTIONS_TABLE.name, (-1, None, ()))[0]
+        self._ids_version = self._current(INTERACTIONS_TABLE).version
 
         if self.writable:
             self._wal = WriteAheadLog(
@@ -315,12 +355,15 @@ class Store:
         return out
 
     def _load_ids(self) -> None:
-        view = self._files_views.get(INTERACTIONS_TABLE.name, (0, None, ()))[1]
-        if view is not None:
-            table = self.duck.query(Snapshot({}), f'SELECT id FROM "{view}"')
-            self._ids.load_committed(hash_ids(table.column("id").to_pylist()))
+        with self.current_view(INTERACTIONS_TABLE) as view:
+            if view is not None:
+                table = self.duck.query(Snapshot({}), f'SELECT id FROM "{view}"')
+                self._ids.load_committed(hash_ids(table.column("id").to_pylist()))
         for entry in self._tails[INTERACTIONS_TABLE.name].entries:
             self._ids.add_pending(entry.cols["id"])
+            c = entry.cols
+            for id_, uc, sid in zip(c["id"], c["use_case"], c["session_id"], strict=True):
+                self._pending_meta[id_] = Stored(uc, sid)
 
     def _refresh_files_view(
         self, spec: TableSpec, dt: DeltaTable | None, *, learn_ids: bool = False
@@ -370,34 +413,49 @@ class Store:
             )
         return out
 
-    def _prepare_view(
-        self, spec: TableSpec, dt: DeltaTable | None
-    ) -> tuple[int, str | None, tuple[DataFile, ...]] | None:
-        """Listing files and creating the DuckDB view, done without the store lock."""
+    def _current(self, spec: TableSpec) -> FilesView:
+        return self._files_views.get(spec.name, NO_FILES)
+
+    @contextlib.contextmanager
+    def current_view(self, spec: TableSpec) -> Iterator[str | None]:
+        """The current view of ``spec``'s committed files, kept while in use."""
+        with self._lock:
+            view = self._current(spec).view
+            self.duck.pin([view])
+        try:
+            yield view
+        finally:
+            self.duck.unpin([view])
+
+    def _prepare_view(self, spec: TableSpec, dt: DeltaTable | None) -> FilesView | None:
+        """Listing files and creating the DuckDB view (pinned), done without the store
+        lock. None when the current view is as new."""
         if dt is None:
-            return (-1, None, ())
+            return NO_FILES
         version = dt.version()
-        current = self._files_views.get(spec.name)
-        if current is not None and current[0] >= version:
+        if self._current(spec).version >= version:
             return None
         files = data_files(self.location, dt, spec)
-        return version, self.duck.files_view(spec, version, [f.path for f in files]), files
+        return FilesView(version, self.duck.files_view(spec, version, [f.path for f in files]),
+                         files)  # fmt: skip
 
     def _install_view(
-        self,
-        spec: TableSpec,
-        dt: DeltaTable | None,
-        prepared: tuple[int, str | None, tuple[DataFile, ...]] | None,
+        self, spec: TableSpec, dt: DeltaTable | None, prepared: FilesView | None
     ) -> None:
-        """Make a prepared view current (caller holds the store lock)."""
+        """Make a prepared view current (caller holds the store lock); the view it
+        replaces, or a prepared one that lost to a newer, is unpinned."""
         if prepared is None:
             return
         current = self._files_views.get(spec.name)
-        if current is None or current[0] < prepared[0]:
+        if current is None or current.version < prepared.version:
             self._deltas[spec.name] = dt
             self._files_views[spec.name] = prepared
+            if current is not None:
+                self.duck.unpin([current.view])
             if spec is INTERACTIONS_TABLE:
-                self.labels.track([f.path for f in prepared[2]])
+                self.labels.track([f.path for f in prepared.files])
+        else:
+            self.duck.unpin([prepared.view])
 
     # -- writing ------------------------------------------------------------------------
     def write(
@@ -421,15 +479,17 @@ class Store:
         dupes: tuple[str, ...] = ()
         ids: list[str] = []
         tables: dict[str, Columns] = {spec.name: cols}
+        existing: dict[str, Stored] = {}
         if spec is INTERACTIONS_TABLE:
             with self._lock:
                 maybe = self._ids.maybe_committed(cols["id"])
-            confirmed = self._confirm_committed(maybe) if maybe else set()
+            confirmed = self._confirm_committed(maybe) if maybe else {}
             with self._lock:
                 # Ids flushed since the first look are committed now: check those too.
                 later = [x for x in self._ids.maybe_committed(cols["id"]) if x not in maybe]
                 if later:
                     confirmed |= self._confirm_committed(later)
+                existing = self._check_repeats(cols, confirmed)
                 keep, ids, waits, dupes = self._dedupe(cols["id"], confirmed)
                 if dupes:
                     cols = select(cols, keep)
@@ -441,12 +501,13 @@ class Store:
                     if any(fb_keep):
                         tables[FEEDBACK_TABLE.name] = feedback
                 if not ids:
-                    return _combine(waits, WriteResult(None, 0, dupes))
+                    return _combine(waits, WriteResult(None, 0, dupes, existing))
                 self._ids.add_pending(ids)
                 ack = self._wal.append(RECORD_FORMAT, encode_tables(tables), (tables, ids))
                 self._last_ack = ack
-                for id_ in ids:
+                for id_, uc, sid in zip(ids, cols["use_case"], cols["session_id"], strict=True):
                     self._inflight[id_] = ack
+                    self._pending_meta[id_] = Stored(uc, sid)
         else:
             if feedback is not None:
                 raise StoreError("feedback rides along with interactions only")
@@ -462,15 +523,34 @@ class Store:
                     self._ids.drop_pending(ids)
                     for id_ in ids:
                         self._inflight.pop(id_, None)
+                        self._pending_meta.pop(id_, None)
                 result.set_exception(exc)
             else:
-                result.set_result(WriteResult(f.result(), n, dupes))
+                result.set_result(WriteResult(f.result(), n, dupes, existing))
 
         ack.add_done_callback(_done)
         return _chain(result, waits) if waits else result
 
+    def _check_repeats(self, cols: Columns, confirmed: dict[str, Stored]) -> dict[str, Stored]:
+        """How the ids of ``cols`` already stored (or earlier in ``cols``) were stored;
+        IdConflict when one of them is in another use case (caller holds the lock)."""
+        existing: dict[str, Stored] = {}
+        first: dict[str, Stored] = {}
+        bad: list[int] = []
+        for i, (id_, uc) in enumerate(zip(cols["id"], cols["use_case"], strict=True)):
+            known = confirmed.get(id_) or self._pending_meta.get(id_) or first.get(id_)
+            if known is None:
+                first[id_] = Stored(uc, cols["session_id"][i])
+                continue
+            if known.use_case != uc:
+                bad.append(i)
+            existing.setdefault(id_, known)
+        if bad:
+            raise IdConflict(bad)
+        return existing
+
     def _dedupe(
-        self, ids: list[str], confirmed: set[str]
+        self, ids: list[str], confirmed: dict[str, Stored]
     ) -> tuple[list[bool], list[str], list[Ack[int]], tuple[str, ...]]:
         keep: list[bool] = []
         new: list[str] = []
@@ -490,18 +570,22 @@ class Store:
             new.append(id_)
         return keep, new, waits, tuple(dupes)
 
-    def _confirm_committed(self, ids: list[str]) -> set[str]:
-        """Which of ``ids`` are in the committed table (a hash hit is only a maybe)."""
-        view = self._files_views[INTERACTIONS_TABLE.name][1]
-        if view is None:
-            return set()
-        try:
-            t = self.duck.query(
-                Snapshot({}), f'SELECT id FROM "{view}" WHERE list_contains(?, id)', [ids]
-            )
-        except StoreError as exc:
-            raise Unavailable(f"could not check ids against the table: {exc.message}") from exc
-        return set(t.column("id").to_pylist())
+    def _confirm_committed(self, ids: list[str]) -> dict[str, Stored]:
+        """Those of ``ids`` in the committed table (a hash hit is only a maybe), with
+        how they were stored."""
+        with self.current_view(INTERACTIONS_TABLE) as view:
+            if view is None:
+                return {}
+            try:
+                t = self.duck.query(
+                    Snapshot({}),
+                    f'SELECT id, use_case, session_id FROM "{view}" WHERE list_contains(?, id)',
+                    [ids],
+                )
+            except StoreError as exc:
+                msg = f"could not check ids against the table: {exc.message}"
+                raise Unavailable(msg) from exc
+        return {r["id"]: Stored(r["use_case"], r["session_id"]) for r in t.to_pylist()}
 
     def _on_durable(self, records: list[tuple[Record, object]]) -> None:
         with self._lock:
@@ -575,6 +659,8 @@ class Store:
                 tail.cached = None
             if spec is INTERACTIONS_TABLE:  # not stored: a retry must be able to store it
                 self._ids.drop_pending(entry.cols["id"])
+                for id_ in entry.cols["id"]:
+                    self._pending_meta.pop(id_, None)
 
     def _pending_bytes(self) -> int:
         return sum(t.nbytes for t in self._tails.values())
@@ -638,7 +724,7 @@ class Store:
         done = dt.transaction_version(self.app_id) or 0
         todo = [e for e in entries if e.lsn > done]
         tables = self._arrow(spec, todo) if todo else []
-        before = {f.path for f in self._files_views.get(spec.name, (0, None, ()))[2]}
+        before = {f.path for f in self._current(spec).files}
         if tables:
             upto = todo[-1].lsn  # past quarantined entries too: they are kept elsewhere
             write_deltalake(
@@ -661,7 +747,7 @@ class Store:
             # The log segments holding these rows are deleted next: the commit must be
             # on disk first (delta-rs does not fsync local files), even when a refresh
             # already showed this version.
-            files = prepared[2] if prepared is not None else data_files(self.location, dt, spec)
+            files = prepared.files if prepared is not None else data_files(self.location, dt, spec)
             self._sync_commit(spec, dt, [f.path for f in files if f.path not in before])
         flushed_ids: list[str] = []
         with self._lock:
@@ -680,6 +766,8 @@ class Store:
             tail.cached = None
             if flushed_ids:
                 self._ids.commit(flushed_ids)
+                for id_ in flushed_ids:
+                    self._pending_meta.pop(id_, None)
         return sum(e.nrows for e in todo if not e.quarantined)
 
     def _sync_commit(self, spec: TableSpec, dt: DeltaTable, new_files: list[str]) -> None:
@@ -717,25 +805,27 @@ class Store:
                 last.result(1.0)
         with self._lock:
             state = {
-                name: (
-                    list(self._tails[name].entries),
-                    self._tails[name].cached,
-                    self._files_views.get(name, (-1, None, ())),
-                )
+                name: (list(self._tails[name].entries), self._tails[name].cached,
+                       self._current(TABLES[name]))
                 for name in TABLES
-            }
-        tables = {}
-        for name, (entries, cached, (version, view, files)) in state.items():
-            spec = TABLES[name]
-            if cached is None:
-                parts = self._arrow(spec, entries)
-                cached = pa.concat_tables(parts) if parts else spec.schema.empty_table()
-                with self._lock:
-                    tail = self._tails[name]
-                    if [e.lsn for e in tail.entries] == [e.lsn for e in entries]:
-                        tail.cached = cached
-            tables[name] = TableSnapshot(spec, version, view, cached, files)
-        return Snapshot(tables)
+            }  # fmt: skip
+            pinned = self.duck.pin(fv.view for _, _, fv in state.values())
+        try:
+            tables = {}
+            for name, (entries, cached, fv) in state.items():
+                spec = TABLES[name]
+                if cached is None:
+                    parts = self._arrow(spec, entries)
+                    cached = pa.concat_tables(parts) if parts else spec.schema.empty_table()
+                    with self._lock:
+                        tail = self._tails[name]
+                        if [e.lsn for e in tail.entries] == [e.lsn for e in entries]:
+                            tail.cached = cached
+                tables[name] = TableSnapshot(spec, fv.version, fv.view, cached, fv.files)
+        except BaseException:
+            self.duck.unpin(pinned)
+            raise
+        return self.duck.pin_snapshot(Snapshot(tables), owned=pinned)
 
     def query(
         self,
@@ -763,35 +853,56 @@ class Store:
         )
 
     def snapshot_at(self, versions: dict[str, int] | None = None) -> Snapshot:
-        """The committed tables only (no unflushed rows), at ``versions`` (Delta time
-        travel; default: the current versions), for reproducible reads such as exports."""
+        """The committed tables (no unflushed rows), at ``versions`` (Delta time travel;
+        default: the current versions), for reproducible reads such as exports. Erasure
+        wins over reproducibility: the current deletions and labels (the amendments,
+        flushed or not) always apply, and rows that left a table since (retention,
+        purge) are left out of an older version, although its files remain until
+        vacuum."""
         unknown = sorted(set(versions or {}) - set(TABLES))
         if unknown:
             raise ValidationFailed(f"as_of: no table {unknown[0]!r}", param="as_of")
-        tables = {}
-        for name, spec in TABLES.items():
-            if not self.location.is_table(name):
-                tables[name] = TableSnapshot(spec, -1, None, spec.schema.empty_table(), ())
-                continue
-            want = (versions or {}).get(name)
-            if want is not None:
-                current = self.location.open(name).version()
-                if not 0 <= want <= current:
+        live = self.snapshot()  # the current amendments, with the unflushed ones
+        tables: dict[str, TableSnapshot] = {}
+        owned: list[str | None] = []
+        try:
+            for name, spec in TABLES.items():
+                if spec is AMENDMENTS_TABLE:
+                    tables[name] = live.tables[name]
+                    continue
+                if not self.location.is_table(name):
+                    tables[name] = TableSnapshot(spec, -1, None, spec.schema.empty_table(), ())
+                    continue
+                now = self.location.open(name)
+                want = (versions or {}).get(name)
+                if want is not None and not 0 <= want <= now.version():
                     raise ValidationFailed(
-                        f"as_of: {name} is at version {current}; {want} does not exist",
+                        f"as_of: {name} is at version {now.version()}; {want} does not exist",
                         param="as_of",
                     )
-            try:
-                dt = self.location.open(name, version=want)
-            except Exception as exc:  # delta-rs raises its own errors for a missing version
-                raise ValidationFailed(
-                    f"as_of: {name} has no version {want} ({exc})", param="as_of"
-                ) from None
-            version = dt.version()
-            files = data_files(self.location, dt, spec)
-            view = self.duck.files_view(spec, version, [f.path for f in files])
-            tables[name] = TableSnapshot(spec, version, view, spec.schema.empty_table(), files)
-        return Snapshot(tables)
+                keep = None
+                if want is None or want == now.version():
+                    dt = now
+                    files = data_files(self.location, dt, spec)
+                else:
+                    try:
+                        dt = self.location.open(name, version=want)
+                    except Exception as exc:  # delta-rs has its own errors for a lost version
+                        raise ValidationFailed(
+                            f"as_of: {name} has no version {want} ({exc})", param="as_of"
+                        ) from None
+                    files = data_files(self.location, dt, spec)
+                    current = [f.path for f in data_files(self.location, now, spec)]
+                    keep = survivors(spec, [f.path for f in files], current)
+                version = dt.version()
+                view = self.duck.files_view(spec, version, [f.path for f in files])
+                owned.append(view)
+                empty = spec.schema.empty_table()
+                tables[name] = TableSnapshot(spec, version, view, empty, files, keep)
+        except BaseException:
+            self.duck.unpin(owned)
+            raise
+        return self.duck.pin_snapshot(Snapshot(tables), owned=owned)
 
     def stream(
         self, sql: str, params: Sequence[Any] | None, snapshot: Snapshot, batch_rows: int = 4096
@@ -842,10 +953,10 @@ class Store:
     def committed(self, spec: TableSpec, select: str, where: str = "TRUE") -> pa.Table:
         """``SELECT select FROM <committed files of spec> WHERE where``: raw rows,
         deleted ones included (no amendments applied, no unflushed rows)."""
-        view = self._files_views.get(spec.name, (0, None, ()))[1]
-        if view is None:
-            return pa.table({})
-        return self.duck.query(Snapshot({}), f'SELECT {select} FROM "{view}" WHERE {where}')
+        with self.current_view(spec) as view:
+            if view is None:
+                return pa.table({})
+            return self.duck.query(Snapshot({}), f'SELECT {select} FROM "{view}" WHERE {where}')
 
     def delete_where(self, spec: TableSpec, cond: str, why: str = "deleted") -> int:
         """Delete the committed rows of ``spec`` matching ``cond`` (SQL that DuckDB and
@@ -857,10 +968,10 @@ class Store:
         started = time.perf_counter()
         m = self.location.open(spec.name).delete(cond, writer_properties=writer_properties())
         dt = self.location.open(spec.name)
-        before = {f.path for f in self._files_views.get(spec.name, (0, None, ()))[2]}
+        before = {f.path for f in self._current(spec).files}
         prepared = self._prepare_view(spec, dt)
         if prepared is not None:
-            self._sync_commit(spec, dt, [f.path for f in prepared[2] if f.path not in before])
+            self._sync_commit(spec, dt, [f.path for f in prepared.files if f.path not in before])
         with self._lock:
             self._install_view(spec, dt, prepared)
         n = int(m.get("num_deleted_rows") or 0)
@@ -868,8 +979,9 @@ class Store:
         self.metrics.timer("delete").observe(time.perf_counter() - started)
         return n
 
-    def files_views(self) -> dict[str, tuple[int, str | None, tuple[DataFile, ...]]]:
-        """Per table: (Delta version, DuckDB view name, data files) currently read."""
+    def files_views(self) -> dict[str, FilesView]:
+        """Per table: what is currently read (the views are not pinned for the caller:
+        use ``current_view`` to query one)."""
         with self._lock:
             return dict(self._files_views)
 
@@ -890,7 +1002,7 @@ class Store:
                 # What the last start found in the log: damaged frames were skipped
                 # (their positions here), every intact frame after them replayed.
                 "wal_recovery": self.recovery.as_dict(),
-                "versions": {n: v[0] for n, v in self._files_views.items()},
+                "versions": {n: v.version for n, v in self._files_views.items()},
                 "label_index": self.labels.status(),
             }
 

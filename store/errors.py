@@ -1,11 +1,15 @@
-"""The store's error family. Each error carries the HTTP status it maps to, so the
-API renders it without knowing where it came from, and the CLI prints `Error: …`."""
+"""The domain's error family. An error says what went wrong (``message``), its kind
+(``type``, ``code``) and the request field it concerns (``param``); it knows nothing of
+HTTP: the web layer maps each class to a status in one table (``api.errors``), the CLI
+prints ``Error: …``. ``body()`` is the contract's error object, for whoever renders one
+(the gateway inside a stream, the API)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class StoreError(Exception):
-    status = 500
     type = "server_error"
     code: str | None = None
 
@@ -16,37 +20,44 @@ class StoreError(Exception):
         if code is not None:
             self.code = code
 
+    def body(self) -> dict[str, Any]:
+        """``{"error": {"message", "type", "param", "code"}}``."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}  # fmt: skip
+
 
 class InvalidRequest(StoreError):
-    status = 400
+    """The request cannot be read (malformed JSON, wrong encoding, bad shape)."""
+
     type = "invalid_request_error"
     code = "invalid_request"
 
 
 class ValidationFailed(InvalidRequest):
-    status = 422
+    """The request reads, but a field's value is not acceptable."""
+
     code = "validation_error"
 
 
 class InvalidQuery(InvalidRequest):
-    status = 400
     code = "invalid_query"
 
 
 class NotFound(StoreError):
-    status = 404
     type = "not_found_error"
     code = "not_found"
 
 
 class PayloadTooLarge(StoreError):
-    status = 413
     type = "invalid_request_error"
     code = "payload_too_large"
 
 
+class UnsupportedMediaType(InvalidRequest):
+    code = "unsupported_media_type"
+
+
 class QueryTimeout(StoreError):
-    status = 400
     type = "invalid_request_error"
     code = "query_timeout"
 
@@ -55,7 +66,6 @@ class Unavailable(StoreError):
     """The store cannot persist or serve right now (disk full, read-only, backlog).
     Nothing was acknowledged; the client may retry after `retry_after` seconds."""
 
-    status = 503
     type = "service_unavailable"
     code = "unavailable"
 
@@ -64,24 +74,31 @@ class Unavailable(StoreError):
         self.retry_after = retry_after
 
 
-class Conflict(StoreError):
-    """Someone else changed what this request meant to change; try again."""
+class TooManyRequests(StoreError):
+    """The caller must slow down (e.g. failed key attempts); retry after ``retry_after``."""
 
-    status = 409
+    type = "rate_limit_error"
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int = 1, **kw: str | None):
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class Conflict(StoreError):
+    """The request contradicts what is stored (e.g. an id already used elsewhere)."""
+
     type = "conflict"
     code = "conflict"
 
 
-class StoreLocked(StoreError):
-    status = 409
-    type = "conflict"
+class StoreLocked(Conflict):
     code = "store_locked"
 
 
 class Unauthorized(StoreError):
     """No API key, or one that is unknown or revoked."""
 
-    status = 401
     type = "authentication_error"
     code = "invalid_api_key"
 
@@ -89,28 +106,17 @@ class Unauthorized(StoreError):
 class Forbidden(StoreError):
     """A valid key without the scope or the use case the request needs."""
 
-    status = 403
     type = "permission_error"
     code = "forbidden"
 
 
-class UpstreamError(StoreError):
-    """The gateway's upstream model server failed, timed out, or refused the call.
-    ``status`` is per instance: the upstream's own 4xx, or 502/504."""
-
-    type = "upstream_error"
-    code = "upstream_error"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int = 502,
-        type_: str | None = None,
-        param: str | None = None,
-        code: str | None = None,
-    ):
-        super().__init__(message, param=param, code=code)
-        self.status = status
-        if type_ is not None:
-            self.type = type_
+def require_use_case(
+    allowed: frozenset[str] | None, use_case: str, param: str = "use_case"
+) -> None:
+    """Forbidden unless ``use_case`` is among ``allowed`` (None: every use case)."""
+    if allowed is not None and use_case not in allowed:
+        raise Forbidden(
+            f"{param}: this API key may not use use case {use_case!r}",
+            param=param,
+            code="use_case_forbidden",
+        )

@@ -23,7 +23,6 @@ strictly lower; ties and lone completions give no pair."""
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -141,6 +140,38 @@ def _chars(messages: list[dict[str, Any]], completion: str) -> int:
     return total
 
 
+# Rows per batch read for an export: a bound on what one batch holds in memory, with
+# interactions of up to ISTORE_MAX_BODY_BYTES each.
+BATCH_ROWS = 256
+
+
+class _Sink:
+    """A write-only file for ParquetWriter whose bytes are taken as they come."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._pos = 0
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        self._parts.append(bytes(data))
+        self._pos += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def take(self) -> bytes:
+        out, self._parts = b"".join(self._parts), []
+        return out
+
+
 class Exporter:
     def __init__(self, store: Any, snapshot: Snapshot, expr: Expr, options: ExportOptions,
                  use_cases: tuple[str, ...] | None = None) -> None:  # fmt: skip
@@ -251,11 +282,13 @@ class Exporter:
         days, so it reads everything in one query."""
         if self.o.dedupe:
             sql, args = self._selected()
-            yield from self.store.stream(f"SELECT {columns} FROM ({sql})", args, self.snap)
+            yield from self.store.stream(f"SELECT {columns} FROM ({sql})", args, self.snap,
+                                         BATCH_ROWS)  # fmt: skip
             return
         for source in self._sources():
             sql, args = self._selected(source)
-            yield from self.store.stream(f"SELECT {columns} FROM ({sql})", args, self.snap)
+            yield from self.store.stream(f"SELECT {columns} FROM ({sql})", args, self.snap,
+                                         BATCH_ROWS)  # fmt: skip
 
     def _sources(self) -> Iterator[str]:
         """The interactions the filter can touch, one UTC day of files at a time, in
@@ -269,11 +302,12 @@ class Exporter:
             return "all"
         return "train" if in_train(messages_json, self.o.split) else "validation"
 
-    def parquet(self) -> bytes:
-        """The selected interactions (all columns) with their feedback, one file."""
+    def parquet(self) -> Iterator[bytes]:
+        """The selected interactions (all columns) with their feedback, one Parquet
+        file, streamed a row group at a time (memory: one batch, never the file)."""
         where, params = self.expr.where()
         conds = [f"({where})"] + ([] if self.o.include_errors else ["status = 'ok'"])
-        buf = io.BytesIO()
+        sink = _Sink()
         writer: pq.ParquetWriter | None = None
         for source in self._sources():
             sql = (
@@ -282,21 +316,22 @@ class Exporter:
                 f"WHERE f.completion_id = i.id) AS feedback FROM {source} i "
                 f"WHERE {' AND '.join(conds)} ORDER BY created_at, id"
             )
-            for batch in self.store.stream(sql, params, self.snap):
+            for batch in self.store.stream(sql, params, self.snap, BATCH_ROWS):
                 if self.o.max_examples is not None:
                     batch = batch.slice(0, max(self.o.max_examples - self.rows, 0))
                 if writer is None:
-                    writer = pq.ParquetWriter(buf, batch.schema, compression="zstd")
+                    writer = pq.ParquetWriter(sink, batch.schema, compression="zstd")
                 if batch.num_rows:
                     writer.write_table(pa.Table.from_batches([batch]))
                 self.rows += batch.num_rows
+                yield sink.take()
             if self.o.max_examples is not None and self.rows >= self.o.max_examples:
                 break
         if writer is None:  # nothing selected: a valid file with no rows
             schema = pa.schema([*INTERACTIONS_TABLE.schema, pa.field("feedback", pa.null())])
-            writer = pq.ParquetWriter(buf, schema, compression="zstd")
+            writer = pq.ParquetWriter(sink, schema, compression="zstd")
         writer.close()
-        return buf.getvalue()
+        yield sink.take()
 
     # -- preference pairs ---------------------------------------------------------------
     def pairs(self, part: str | None = None) -> Iterator[tuple[str, bytes]]:

@@ -34,10 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ingest.ids import uuid7_many
-from ingest.models import check_use_case
 from store.errors import ValidationFailed
 from store.filters import Expr, restrict
+from store.ids import uuid7_many
 from store.rows import Columns
 from store.schema import (
     AMENDMENTS_TABLE,
@@ -45,6 +44,7 @@ from store.schema import (
     FEEDBACK_TABLE,
     INTERACTIONS_TABLE,
     TABLES,
+    check_use_case,
 )
 from store.state import Document, document
 
@@ -111,15 +111,15 @@ def purge(store: Store) -> dict[str, int]:
         # so a run with nothing left to remove costs a few scans, however many
         # tombstones there are.
         gone: set[str] = set()
-        tomb = store.files_views().get(AMENDMENTS_TABLE.name, (0, None, ()))[1]
-        if tomb is not None:
-            dead = f"(SELECT completion_id FROM \"{tomb}\" WHERE action = 'delete')"
-            for spec, cols, extra in _LINKED:
-                for col in cols:
-                    cond = f"{col} IN {dead}" + (f" AND {extra}" if extra else "")
-                    t = store.committed(spec, f"DISTINCT {col} AS x", cond)
-                    if t.num_columns:
-                        gone.update(x for x in t.column("x").to_pylist() if x is not None)
+        with store.current_view(AMENDMENTS_TABLE) as tomb:
+            if tomb is not None:
+                dead = f"(SELECT completion_id FROM \"{tomb}\" WHERE action = 'delete')"
+                for spec, cols, extra in _LINKED:
+                    for col in cols:
+                        cond = f"{col} IN {dead}" + (f" AND {extra}" if extra else "")
+                        t = store.committed(spec, f"DISTINCT {col} AS x", cond)
+                        if t.num_columns:
+                            gone.update(x for x in t.column("x").to_pylist() if x is not None)
         if gone:
             removed = _delete_ids(store, sorted(gone), "deleted")
         store.rotate_log()

@@ -9,6 +9,7 @@ round-trip exactly and every engine (Spark, Trino, Polars, DuckDB) can read them
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -171,3 +172,15 @@ SQL_VIEWS = ("interactions", "feedback", "comparisons", "outcomes")
 MAX_LABELS = 64
 MAX_LABEL_KEY = 64
 MAX_LABEL_VALUE = 1024
+
+# Use-case keys become partition folders: a rule of storage, checked wherever one enters.
+USE_CASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}\Z")
+
+
+def check_use_case(v: str | None) -> str | None:
+    if v is not None and not USE_CASE_RE.match(v):
+        raise ValueError(
+            "use case keys are 1 to 128 characters of letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return v

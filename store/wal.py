@@ -56,7 +56,7 @@ _HEAD_BODY = HEADER.size - 4
 MAGIC_V1 = b"ISW1"
 HEADER_V1 = struct.Struct("<4sIQBI")
 MAX_PAYLOAD = 1 << 30
-SEGMENT_RE = re.compile(r"^wal-(\d{20})\.log$")
+SEGMENT_RE = re.compile(r"^wal-(\d{20})\.log\Z")
 
 
 @dataclass(slots=True)

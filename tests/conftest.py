@@ -46,7 +46,7 @@ async def in_process(
     app = create_app(Settings(data=str(store.root), **settings), store=store)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_errors)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080") as c:
             yield c
 
 

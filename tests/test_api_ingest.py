@@ -572,7 +572,7 @@ class _no_raise_client:  # noqa: N801 - used like a function
         self._life = self.app.router.lifespan_context(self.app)
         await self._life.__aenter__()
         transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=False)
-        self._client = httpx.AsyncClient(transport=transport, base_url="http://test")
+        self._client = httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080")
         return self._client
 
     async def __aexit__(self, *exc: object) -> None:

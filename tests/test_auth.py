@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from api.keys import KeyRing
 from istore.cli import main
 from store.engine import Store
+from store.errors import Unavailable
 from tests.conftest import assert_error, in_process, interaction
 
 KINDS = ("none", "wrong", "ingest", "read", "admin", "limited")
@@ -234,4 +235,4 @@ def test_unreadable_key_file_fails_closed(tmp_path: Path, content: bytes) -> Non
     (tmp_path / "keys.json").write_bytes(content)
     with pytest.raises(Exception, match="cannot be read") as info:
         KeyRing(tmp_path).authenticate(None)
-    assert getattr(info.value, "status", None) == 503
+    assert isinstance(info.value, Unavailable)  # a 503 (api.errors.STATUS)

@@ -49,7 +49,7 @@ async def app_client(
     app = create_app(Settings(data=str(data_dir), max_body_bytes=8 << 20), store=store)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080") as c:
             yield app, c
 
 

@@ -50,7 +50,7 @@ async def _run(tmp: Path, fastlane: bool) -> list[tuple[int, bytes]]:
     out = []
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080") as c:
             for _, body, headers in CASES:
                 h = {"content-type": "application/json", **headers}
                 r = await c.post("/api/v1/interactions", content=body, headers=h)

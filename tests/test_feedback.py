@@ -229,7 +229,9 @@ async def test_feedback_tables_replay_from_the_log_after_a_crash(tmp_path: Path)
         app = create_app(Settings(data=str(root)), store=st)
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://127.0.0.1:8080"
+            ) as c:
                 if round_ == 0:
                     cid = (await _log(c, id="keep-1", session_id="s"))["completion_id"]
                     for path, body in (

@@ -18,11 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from api.auth import Ingest
-from api.body import read_body, send_json
-from api.errors import error_body
+from api.body import read_body
+from api.errors import raw_headers, render
 from api.keys import Principal
 from gateway import chat
-from store.errors import StoreError, Unavailable
+from gateway.asgi import send_json
+from store.errors import StoreError
 
 router = APIRouter(tags=["gateway"])
 
@@ -51,17 +52,14 @@ class GatewayAnswer(Response):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await disconnected
         except StoreError as exc:  # before the answer started
-            body = error_body(exc.status, exc.message, exc.type, exc.param, exc.code)
-            extra = []
-            if isinstance(exc, Unavailable):
-                extra.append((b"retry-after", str(exc.retry_after).encode()))
-            await send_json(send, exc.status, body, extra)
+            status, body, headers = render(exc, "POST", "/chat/completions")
+            await send_json(send, status, body, raw_headers(headers))
 
 
 def start_call(state: Any, principal: Principal, body: bytes) -> GatewayAnswer:
     """Check, route and authorise a request (raising the client's error), then the
     answer that makes the call."""
-    call = chat.prepare(body, state.gateway, principal, state.settings.limits())
+    call = chat.prepare(body, state.gateway, principal.use_cases, state.settings.limits())
     state.gateway_stats.calls += 1
     return GatewayAnswer(state, call)
 

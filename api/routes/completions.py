@@ -19,11 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from api.auth import Admin, Ingest, Read
 from api.body import JSONResponse
 from api.filters import check_params
-from ingest.ids import uuid7_many
 from ingest.models import Labels, check_labels
 from store.ack import wait
 from store.errors import NotFound, ValidationFailed
 from store.filters import Filter, encode_cursor
+from store.ids import uuid7_many
 from store.reader import Reader
 from store.schema import AMENDMENTS_TABLE
 
@@ -197,6 +197,10 @@ def _routes(prefix: str) -> None:
         visible = principal.visible(None)
         item = await run_in_threadpool(reader.get, completion_id, use_cases=visible)
         await wait(_amend(request, item, "labels", body.metadata))
+        if not principal.allows("read"):
+            # An ingest key writes; it does not read back what is stored.
+            return JSONResponse({"id": completion_id, "object": "chat.completion",
+                                 "metadata": body.metadata or {}})  # fmt: skip
         item = await run_in_threadpool(reader.get, completion_id, use_cases=visible)
         return JSONResponse(to_chat_completion(item))
 

@@ -83,9 +83,9 @@ async def export(
     exporter = Exporter(store, snap, flt, options, principal.visible(flt.use_case))
     headers = {"X-Istore-Versions": orjson.dumps(exporter.versions).decode()}
     if options.format == "parquet":
-        data = await run_in_threadpool(exporter.parquet)
         headers["Content-Disposition"] = 'attachment; filename="export.parquet"'
-        return Response(data, media_type="application/vnd.apache.parquet", headers=headers)
+        return StreamingResponse(exporter.parquet(), media_type="application/vnd.apache.parquet",
+                                 headers=headers)  # fmt: skip
     examples = (
         exporter.pairs(part)
         if options.format in ("dpo", "openai-dpo", "adaptive-preference")

@@ -12,15 +12,13 @@ from api.auth import Ingest, Read
 from api.body import JSONResponse, read_body
 from api.filters import query_filter
 from api.keys import OPEN, Principal
+from ingest import pipeline
 from ingest.models import BatchAck, IngestAck
-from ingest.normalize import Batch, build_batch
 from ingest.parse import Limits, parse_located
 from store.ack import wait
 from store.engine import Store
-from store.errors import NotFound
 from store.filters import Filter
 from store.reader import Reader
-from store.schema import INTERACTIONS_TABLE
 
 router = APIRouter(tags=["interactions"])
 
@@ -45,49 +43,24 @@ _BODY_SCHEMA = {
 _INLINE_ITEMS = 64
 
 
-async def persist(store: Store, batch: Batch) -> tuple[str, ...]:
-    """Durably store a batch: interactions first, then the feedback of those that were
-    new. Returns the ids that were already stored (idempotent repeats)."""
-    ack = store.write(INTERACTIONS_TABLE, batch.interactions(), feedback=batch.feedback())
-    return (await wait(ack)).duplicate_ids
-
-
 async def ingest_body(
     store: Store,
-    reader: Reader,
     body: bytes,
     ctype: str,
     principal: Principal = OPEN,
     limits: Limits | None = None,
 ) -> dict[str, Any]:
-    """Validate, persist and acknowledge one ingest body (the route and the fast lane)."""
+    """Parse one ingest body, write it through the ingest pipeline, wait until it is
+    durable and answer (the route and the fast lane)."""
     parse = partial(parse_located, body, ctype, limits=limits or Limits())
     if len(body) > 256 << 10:
         items, wheres, single = await run_in_threadpool(parse)
     else:
         items, wheres, single = parse()
-    if principal.use_cases is not None:
-        for item, where in zip(items, wheres, strict=True):
-            principal.check_use_case(item["use_case"], f"{where}.use_case" if where else "use_case")
-    if len(items) > _INLINE_ITEMS:
-        batch = await run_in_threadpool(build_batch, items, source="api")
-    else:
-        batch = build_batch(items, source="api", new_session=single)
-    duplicates = await persist(store, batch)
-    if single and duplicates:  # a repeat: answer with what is stored, not what was sent
-        try:
-            stored = await run_in_threadpool(reader.get, batch.ids[0])
-        except NotFound:  # stored, then deleted: the repeat is a no-op all the same
-            stored = {"id": batch.ids[0], "session_id": batch.session_ids[0]}
-        return {"completion_id": stored["id"], "session_id": stored["session_id"],
-                "feedback_ids": []}  # fmt: skip
-    if single:
-        return {
-            "completion_id": batch.ids[0],
-            "session_id": batch.session_ids[0],
-            "feedback_ids": batch.feedback_ids[0],
-        }
-    return {"accepted": len(batch.ids), "completion_ids": batch.ids}
+    submit = partial(pipeline.submit, store, items, source="api", use_cases=principal.use_cases,
+                     wheres=wheres, new_session=single)  # fmt: skip
+    sub = await run_in_threadpool(submit) if len(items) > _INLINE_ITEMS else submit()
+    return pipeline.answer(sub.batch, await wait(sub.ack), single=single)
 
 
 @router.post(
@@ -102,9 +75,7 @@ async def ingest(request: Request, principal: Ingest) -> JSONResponse:
     state = request.app.state
     body = await read_body(request, state.settings.max_body_bytes)
     ctype = request.headers.get("content-type", "application/json")
-    ack = await ingest_body(
-        state.store, state.reader, body, ctype, principal, state.settings.limits()
-    )
+    ack = await ingest_body(state.store, body, ctype, principal, state.settings.limits())
     return JSONResponse(ack, status_code=201)
 
 
