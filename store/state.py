@@ -66,11 +66,11 @@ def object_store(location: Location) -> Any:
 
     bucket, _, prefix = location.uri.split("://", 1)[1].partition("/")
     config = dict(location.options() or {})
-    # deltalake takes the client's "allow http" among the store's keys; obstore, for
-    # Azure and GCS, only among the client options.
     # Small documents: fail in seconds, not after obstore's default of three minutes of
     # retries (a node keeps its last copy meanwhile).
     client: dict[str, Any] = {"connect_timeout": "5s", "timeout": "20s"}
+    # deltalake takes the client's "allow http" among the store's keys; obstore, for
+    # Azure and GCS, only among the client options.
     for key in [k for k in config if k.lower().endswith("allow_http")]:
         client["allow_http"] = config.pop(key).lower() == "true"
     retry = {"max_retries": 3, "retry_timeout": timedelta(seconds=15)}
@@ -96,8 +96,10 @@ class Edit:
 
 
 class Document:
-    """A small document of the data root. ``stamp()`` is cheap (no network) and
-    changes when the content may have; ``read()`` gives the content (None: absent)."""
+    """A small document of the data root. ``stamp()`` changes when the content may
+    have, and is cheap: a ``stat``; on object storage the watched copy's ETag (no
+    network), or, unwatched, a read at most every ``refresh_s``. ``read()`` gives the
+    content (None: absent)."""
 
     name: str
     where: str

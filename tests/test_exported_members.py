@@ -8,7 +8,8 @@ def test_store_exports() -> None:
     expected = set(store.__all__)
     modules = {"ack", "duck", "engine", "errors", "export", "filters", "ids", "idindex", "jsonutil",
                "labelindex", "lifecycle", "location", "metrics",
-               "maintenance", "output", "reader", "rows", "schema", "stats", "wal"}  # fmt: skip
+               "maintenance", "output", "reader", "rows", "schema", "state", "stats",
+               "wal"}  # fmt: skip
     assert exported - modules == expected
     assert expected == {
         "InvalidQuery", "InvalidRequest", "NotFound", "PayloadTooLarge", "Reader", "Store",
