@@ -166,7 +166,7 @@ def expand(
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-request ingest limits (``api.settings``; the label limits are in the model)."""
+    """Per-request ingest limits (``service.settings``; the label limits are in the model)."""
 
     max_items: int = 10_000
     max_messages: int = 2_000

@@ -16,7 +16,7 @@ from typing import Any
 import click
 import orjson
 
-from api.settings import Settings
+from service.settings import Settings
 from store.errors import InvalidRequest, StoreError, StoreLocked
 from store.location import Location
 
@@ -93,7 +93,7 @@ def serve(
     import uvicorn
 
     from api.app import create_app
-    from api.keys import KeyRing
+    from service.keys import KeyRing
 
     settings = _settings(
         data=data,
@@ -726,7 +726,7 @@ def keys_create(
     data: str | None, scopes: tuple[str, ...], use_cases: tuple[str, ...], name: str | None
 ) -> None:
     """Create a key. Its secret is printed once, as the last line."""
-    from api.keys import KeyRing
+    from service.keys import KeyRing
     from store.schema import USE_CASE_RE
 
     for uc in use_cases:
@@ -750,7 +750,7 @@ def keys_create(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def keys_list(data: str | None, as_json: bool) -> None:
     """Every key's id, name, scopes, use cases and times (never secrets)."""
-    from api.keys import KeyRing
+    from service.keys import KeyRing
 
     rows = KeyRing(_settings(data=data).shared_state().document("keys.json")).describe()
     if as_json:
@@ -775,8 +775,9 @@ def keys_list(data: str | None, as_json: bool) -> None:
 @data_option
 @click.argument("key")
 def keys_revoke(data: str | None, key: str) -> None:
-    """Revoke the key with this id (or name). A running server stops accepting it at once."""
-    from api.keys import KeyRing
+    """Revoke the key with this id (or name). A running server stops accepting it at once
+    (on object storage, every server within ISTORE_STATE_REFRESH_S)."""
+    from service.keys import KeyRing
 
     record = KeyRing(_settings(data=data).shared_state().document("keys.json")).revoke(key)
     click.echo(f"Revoked key {record['id']} at {record['revoked_at']}")

@@ -125,7 +125,7 @@ def check(
 def _check_shared(location: Location, local: Path | None) -> Iterator[Finding]:
     """The keys and retention rules in the bucket (read only: no copy of this node's
     is uploaded here, unlike at a server's start)."""
-    from api.keys import KeyRing
+    from service.keys import KeyRing
     from store.lifecycle import Retention
     from store.state import SharedState
 

@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from store.engine import Store
 
+pytestmark = pytest.mark.slow  # live servers, emulators, property runs: `make test` only
+
 URL = "/api/v1/interactions"
 
 

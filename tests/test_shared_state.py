@@ -22,6 +22,8 @@ import pytest
 from tests.conftest import ROOT, Server, interaction
 from tests.s3 import start_s3
 
+pytestmark = pytest.mark.slow  # live servers, emulators, property runs: `make test` only
+
 BUCKET = "istore-shared"
 REFRESH_S = 1.0
 
@@ -133,7 +135,7 @@ def test_a_node_upgraded_with_its_own_keys_file_shares_it(
     """Before: each object-store node kept keys.json in its log folder (copied by
     hand). The first node started after the upgrade uploads its copy; another node
     with no copy then accepts those keys."""
-    from api.keys import KeyRing
+    from service.keys import KeyRing
 
     data = f"s3://{BUCKET}/{tmp_path.name}"
     old_home = tmp_path / "node0"

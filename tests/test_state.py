@@ -18,12 +18,14 @@ from typing import Any
 import orjson
 import pytest
 
-from api.keys import KeyRing
+from service.keys import KeyRing
 from store.errors import Conflict, Unavailable
 from store.lifecycle import Retention
 from store.location import Location
 from store.state import Lease, LocalDocument, RemoteDocument, SharedState
 from tests.s3 import start_s3
+
+pytestmark = pytest.mark.slow  # live servers, emulators, property runs: `make test` only
 
 BUCKET = "istore-state"
 

@@ -140,6 +140,7 @@ def _flip(seg: Path, pos: int) -> None:
     seg.write_bytes(bytes(raw))
 
 
+@pytest.mark.slow  # a live server
 @pytest.mark.parametrize("which", ["last", "first+middle+last"])
 def test_kill_9_then_damaged_frames_lose_only_themselves(
     which: str, tmp_path: Path, server_factory: type[Server]
@@ -215,6 +216,7 @@ def test_kill_9_then_damaged_frames_lose_only_themselves(
     assert ("damaged frames kept aside" in out) == middle
 
 
+@pytest.mark.slow  # a live server
 @pytest.mark.parametrize("damaged", [False, True])
 def test_a_log_in_the_old_framing_recovers_after_an_upgrade(
     damaged: bool, tmp_path: Path, server_factory: type[Server]

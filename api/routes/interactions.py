@@ -11,10 +11,10 @@ from fastapi.concurrency import run_in_threadpool
 from api.auth import Ingest, Read
 from api.body import JSONResponse, read_body
 from api.filters import query_filter
-from api.keys import OPEN, Principal
 from ingest import pipeline
 from ingest.models import BatchAck, IngestAck
 from ingest.parse import Limits, parse_located
+from service.keys import OPEN, Principal
 from store.ack import wait
 from store.engine import Store
 from store.filters import Filter
