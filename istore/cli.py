@@ -375,7 +375,6 @@ def export(
     digests: dict[str, str] = {}
     rows: dict[str, int] = {}
     with open_store(settings.data) as reader:
-        reader.store.labels.close()  # an export scans; the lookup index is not needed
         exporter = Exporter(reader.store, reader.store.snapshot_at(versions), flt, options)
         if options.format == "parquet":
             digest = hashlib.sha256()
