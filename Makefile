@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-fast lint fmt bench-load bench-validate bench-query bench-export bench-gateway bench bench-scaling test-azure bench-smoke soak fuzz clean
+.PHONY: serve test test-fast lint fmt bench-otlp bench-load bench-validate bench-query bench-export bench-gateway bench bench-scaling test-azure bench-smoke soak fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -83,10 +83,20 @@ bench-export: $(STAMP)
 	$(BIN)/python bench/query.py --rows $(ROWS) --data .bench-data --runs 1
 	$(BIN)/python bench/export.py --data .bench-data --json bench/results/export-$$(date +%F).json
 
+# OTLP ingest against Arize Phoenix (its own venv: heavy, kept out of .[dev]); SPANS=100000.
+PHOENIX_VENV := .bench-phoenix
+$(PHOENIX_VENV)/bin/phoenix:
+	$(PYTHON) -m venv $(PHOENIX_VENV)
+	$(PHOENIX_VENV)/bin/pip install --quiet 'arize-phoenix==20.26.1'
+
+bench-otlp: $(STAMP) $(PHOENIX_VENV)/bin/phoenix
+	$(BIN)/python bench/otlp.py --spans $${SPANS:-100000} --phoenix $(PHOENIX_VENV)/bin/phoenix \
+		--json bench/results/otlp-$$(date +%F).json
+
 # The crash test, many rounds (CI runs 3).
 soak: $(STAMP)
 	ISTORE_CRASH_ROUNDS=$${ROUNDS:-50} $(BIN)/python -m pytest -q -s tests/test_crash.py -p no:cacheprovider
 	$(BIN)/python bench/soak.py --minutes $${MINUTES:-10} --preload $${PRELOAD:-300000} --json bench/results/soak-$$(date +%F).json
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(PHOENIX_VENV) data .pytest_cache .ruff_cache .mypy_cache

@@ -27,6 +27,7 @@ from api.routes import (
     health,
     interactions,
     lifecycle,
+    otlp,
     sql,
 )
 from gateway.chat import GatewayStats
@@ -66,10 +67,13 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         app.state.maintenance = job
         reload_on_hup = _on_sighup(app.state.gateway)
         usage_saver(app.state.keys, stop_usage)
+        app.state.otlp = await otlp.start_receiver(app.state, settings)
         try:
             yield
         finally:
             stop_usage.set()
+            if app.state.otlp is not None:
+                await app.state.otlp.close()
             if job is not None:
                 job.stop()
             reload_on_hup()
@@ -103,6 +107,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.include_router(export.router, prefix="/api/v1")
     app.include_router(chat.router)  # /api/v1 and /v1 chat/completions (the gateway)
     app.include_router(completions.router)  # under /api/v1 and /v1 (OpenAI clients)
+    app.include_router(otlp.router)  # OTLP/HTTP: /v1/traces, /v1/logs, Langfuse's path
     _add_body_schemas(app)
     return app
 

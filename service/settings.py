@@ -95,6 +95,13 @@ class Settings(BaseSettings):
         description="Maintenance vacuum keeps replaced files this long (older snapshots, "
         "as_of exports).",
     )
+    otlp_join_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="OTLP ingest: how long a call's span and its log records may arrive "
+        "apart; a call still missing pieces is written with what came.",
+    )
     shutdown_timeout_s: float = Field(
         20.0, description="On SIGTERM, how long in-flight requests may take before exit."
     )

@@ -370,6 +370,11 @@ class Reader:
             parts.append(f"SELECT {_LIST_COLUMNS} FROM {scan} "
                          f"WHERE file_row_number = {int(loc.rn)} AND id = ?{only}")  # fmt: skip
             args += [id_, *extra]
+        elif loc is not None:  # moved to files this snapshot does not read yet: scan
+            return self.store.query(
+                f"SELECT {_LIST_COLUMNS} FROM interactions WHERE id = ? LIMIT 1", [id_],
+                snapshot=snap, use_cases=use_cases,
+            ).to_pylist()  # fmt: skip
         else:
             unindexed = index.unindexed(files)
             if unindexed:
