@@ -68,7 +68,7 @@ bench-scaling: $(STAMP)
 # The object-store tests against Azurite too (needs node and npm; CI has neither).
 test-azure: $(STAMP)
 	@test -x .azurite/node_modules/.bin/azurite-blob || (mkdir -p .azurite && cd .azurite && npm install --silent azurite@3)
-	$(BIN)/python -m pytest -q tests/test_scaling.py -k az
+	$(BIN)/python -m pytest -q tests/test_scaling.py tests/test_state.py -k az
 
 bench-smoke: $(STAMP)
 	$(BIN)/python bench/compare.py --scale smoke --runs 2 --out /tmp/istore-bench-smoke

@@ -39,6 +39,7 @@ from service.keys import KeyRing, usage_saver
 from service.maintenance import MaintenanceJob
 from service.settings import Settings
 from store.engine import Store
+from store.errors import StoreError
 from store.reader import Reader
 
 log = logging.getLogger("istore.api")
@@ -54,7 +55,9 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         st = store or settings.open_store()
         app.state.store = st
         app.state.reader = Reader(st)
-        app.state.keys = KeyRing(st.root)
+        stop_usage = threading.Event()
+        st.api_keys().watch(stop_usage)  # object storage: re-read every few seconds
+        app.state.keys = KeyRing(st.api_keys())
         app.state.gate = Gate(app.state.keys, settings.host, settings.allowed_hosts,
                               settings.max_body_bytes)  # fmt: skip
         app.state.metrics_registry = metrics.registry(app.state)
@@ -64,16 +67,9 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
                                  settings.vacuum_retention_hours)  # fmt: skip
             job.start()
         app.state.maintenance = job
-        stop_usage = threading.Event()
         reload_on_hup = _on_sighup(app.state.gateway)
         usage_saver(app.state.keys, stop_usage)
         app.state.otlp = await otlp.start_receiver(app.state, settings)
-        if st.recovery.cut_bytes:
-            log.warning(
-                "recovery cut %d corrupt bytes from the write-ahead log (%s)",
-                st.recovery.cut_bytes,
-                ", ".join(st.recovery.cut_segments),
-            )
         try:
             yield
         finally:
@@ -84,7 +80,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
                 job.stop()
             reload_on_hup()
             await app.state.upstreams.close()
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, StoreError):
                 app.state.keys.save_usage()
             if own:
                 st.close()

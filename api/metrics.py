@@ -76,6 +76,19 @@ class Collector:
 
         yield GaugeMetricFamily("istore_wal_bytes", "Size of the write-ahead log on disk",
                                 value=_wal_bytes(store.wal_dir))  # fmt: skip
+        damaged = store.recovery.damaged
+        yield GaugeMetricFamily("istore_wal_damaged_frames", "Damaged stretches of the "
+                                "write-ahead log found at start-up (skipped, never applied; "
+                                "the intact frames after them were replayed)",
+                                value=len(damaged))  # fmt: skip
+        where = GaugeMetricFamily("istore_wal_damage_bytes", "Bytes of each damaged stretch "
+                                  "found at start-up, by segment, offset and lost record "
+                                  "(lsn, when its header survived)",
+                                  labels=["segment", "offset", "lsn", "at"])  # fmt: skip
+        for d in damaged:
+            where.add_metric([d.segment, str(d.offset), "" if d.lsn is None else str(d.lsn),
+                              "tail" if d.tail else "middle"], d.length)  # fmt: skip
+        yield where
         yield GaugeMetricFamily("istore_pending_rows", "Durable rows not yet in the Delta "
                                 "tables (flush lag)", value=status["pending_rows"])  # fmt: skip
         yield GaugeMetricFamily("istore_pending_bytes", "Durable bytes not yet in the Delta "

@@ -87,12 +87,15 @@ class Call:
     upstream_body: bytes
     started: float = field(default_factory=time.perf_counter)
     created: datetime = field(default_factory=lambda: datetime.now(UTC))
-    ids: list[str] = field(default_factory=list)
+    ids: dict[int, str] = field(default_factory=dict)
 
     def completion_id(self, index: int) -> str:
-        while index >= len(self.ids):
-            self.ids.extend(uuid7_many(index + 1 - len(self.ids)))
-        return self.ids[index]
+        """The id of choice ``index``, made at first use (one per index an upstream
+        names, however large: never a list up to it)."""
+        cid = self.ids.get(index)
+        if cid is None:
+            cid = self.ids[index] = uuid7_many(1)[0]
+        return cid
 
     def elapsed_ms(self) -> float:
         return round((time.perf_counter() - self.started) * 1000, 3)
@@ -266,9 +269,9 @@ def finish_completion(call: Call, answer: dict[str, Any]) -> list[dict[str, Any]
     items = []
     usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else None
     latency = call.elapsed_ms()
-    for i, choice in enumerate(answer["choices"]):
-        index = choice.get("index", i)
-        index = index if isinstance(index, int) and index >= 0 else i
+    for i, (choice, index) in enumerate(zip(answer["choices"], choice_indexes(answer["choices"]),
+                                            strict=True)):  # fmt: skip
+        choice["index"] = index
         cid = call.completion_id(index)
         choice["completion_id"] = cid
         choice["model"] = call.route.model.key
@@ -289,6 +292,23 @@ def finish_completion(call: Call, answer: dict[str, Any]) -> list[dict[str, Any]
     answer.setdefault("created", int(time.time()))
     answer.setdefault("object", "chat.completion")
     return items
+
+
+def choice_indexes(choices: list[Any]) -> list[int]:
+    """One distinct index per choice. An upstream that repeats an index (or sends none,
+    or an absurd one) would otherwise give two choices one completion id, and the log
+    would keep only the first: a repeated or invalid index becomes the next free one."""
+    limit = max(len(choices), MAX_N)
+    taken: set[int] = set()
+    out: list[int] = []
+    for choice in choices:
+        index = choice.get("index") if isinstance(choice, dict) else None
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < limit \
+                or index in taken:  # fmt: skip
+            index = next(k for k in range(limit + len(choices)) if k not in taken)
+        taken.add(index)
+        out.append(index)
+    return out
 
 
 def _usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -386,9 +406,9 @@ async def _as_events(answer: dict[str, Any]) -> AsyncIterator[bytes]:
     """A whole ChatCompletion as the stream events that would have carried it."""
     base = {k: answer.get(k) for k in ("id", "created", "model")}
     base["object"] = "chat.completion.chunk"
-    for i, c in enumerate(answer["choices"]):
-        index = c.get("index", i)
+    for c, index in zip(answer["choices"], choice_indexes(answer["choices"]), strict=True):
         delta = {k: v for k, v in c["message"].items() if v is not None}
+        choice: dict[str, Any]
         for choice in (
             {"index": index, "delta": delta, "finish_reason": None},
             {"index": index, "delta": {}, "finish_reason": c.get("finish_reason") or "stop"},

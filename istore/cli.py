@@ -17,7 +17,7 @@ import click
 import orjson
 
 from service.settings import Settings
-from store.errors import StoreError, StoreLocked
+from store.errors import InvalidRequest, StoreError, StoreLocked
 from store.location import Location
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "interactions.ndjson"
@@ -106,8 +106,13 @@ def serve(
     from api.logs import configure
 
     configure(settings.log_level, settings.log_format)
-    keys = KeyRing(settings.state_folder())
+    state = settings.shared_state()
+    keys = KeyRing(state.document("keys.json"))
     secured = keys.active()
+    with contextlib.suppress(StoreError):  # a bad file is the maintenance job's to report
+        # Read now, so that a copy of its own from before the rules were shared is
+        # uploaded at start, like the keys.
+        state.document("retention.json").read()
     if not secured and not _is_loopback(settings.host) and not insecure_no_auth:
         raise click.UsageError(
             f"refusing to listen on {settings.host}: no API key is configured, so anyone who "
@@ -532,10 +537,19 @@ def compact(data: str | None) -> None:
 def vacuum(data: str | None, retention_hours: float, dry_run: bool, force: bool) -> None:
     """Remove deleted interactions from the files, then delete files no longer in the
     table and older than the retention window."""
-    from store.maintenance import check_retention
+    from store.maintenance import MIN_RETENTION_HOURS, check_retention
     from store.maintenance import vacuum as do_vacuum
 
     settings = _settings(data=data)
+    if 0 <= retention_hours < MIN_RETENTION_HOURS and not force:
+        raise InvalidRequest(
+            f"--retention-hours {retention_hours:g} is under the {MIN_RETENTION_HOURS:g}-hour "
+            "minimum, which keeps replaced files that a query or export reading an older "
+            "snapshot may still need. To delete them anyway (say, so that no byte of a "
+            "deleted interaction is left), add --force: "
+            f"istore vacuum --retention-hours {retention_hours:g} --force",
+            param="retention_hours",
+        )
     check_retention(retention_hours, force)
     if not dry_run:
         _purge(settings.data)
@@ -647,9 +661,10 @@ def _set_retention(data: str | None, use_case: str | None, days: float | None) -
     from store.lifecycle import Retention
 
     settings = _settings(data=data)
-    policy = Retention.load(settings.state_folder())
+    rules = settings.shared_state().document("retention.json")
+    policy = Retention.load(rules)
     policy.set(use_case, days)
-    policy.save(settings.state_folder())
+    policy.save(rules)
     kept = "forever" if days is None else f"{days:g} days"
     click.echo(f"retention of {use_case or 'every other use case'}: {kept}")
 
@@ -661,8 +676,8 @@ def retention_show(data: str | None) -> None:
     from store.lifecycle import Retention, retention_summary
 
     settings = _settings(data=data)
-    click.echo(orjson.dumps(retention_summary(Retention.load(settings.state_folder())),
-                            option=orjson.OPT_INDENT_2).decode())  # fmt: skip
+    policy = Retention.load(settings.shared_state().document("retention.json"))
+    click.echo(orjson.dumps(retention_summary(policy), option=orjson.OPT_INDENT_2).decode())
 
 
 @retention.command("apply")
@@ -674,7 +689,8 @@ def retention_apply(data: str | None) -> None:
     settings = _settings(data=data)
     with _writer(settings.data, "retention") as store:
         if store is not None:
-            removed = apply_retention(store, Retention.load(settings.state_folder()))
+            rules = settings.shared_state().document("retention.json")
+            removed = apply_retention(store, Retention.load(rules))
             click.echo("deleted rows: " + (", ".join(f"{k} {v}" for k, v in removed.items())
                                            or "none (no rules)"))  # fmt: skip
 
@@ -734,7 +750,8 @@ def keys_create(
         if not USE_CASE_RE.match(uc):
             raise click.BadParameter(f"{uc!r} is not a valid use case key", param_hint="--use-case")
     settings = _settings(data=data)
-    record, secret = KeyRing(settings.state_folder()).create(list(scopes), list(use_cases), name)
+    ring = KeyRing(settings.shared_state().document("keys.json"))
+    record, secret = ring.create(list(scopes), list(use_cases), name)
     limit = ", ".join(record["use_cases"]) if record["use_cases"] else "all use cases"
     click.echo(
         f"Created key {record['id']}"
@@ -752,7 +769,7 @@ def keys_list(data: str | None, as_json: bool) -> None:
     """Every key's id, name, scopes, use cases and times (never secrets)."""
     from service.keys import KeyRing
 
-    rows = KeyRing(_settings(data=data).state_folder()).describe()
+    rows = KeyRing(_settings(data=data).shared_state().document("keys.json")).describe()
     if as_json:
         click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
         return
@@ -775,10 +792,11 @@ def keys_list(data: str | None, as_json: bool) -> None:
 @data_option
 @click.argument("key")
 def keys_revoke(data: str | None, key: str) -> None:
-    """Revoke the key with this id (or name). A running server stops accepting it at once."""
+    """Revoke the key with this id (or name). A running server stops accepting it at once
+    (on object storage, every server within ISTORE_STATE_REFRESH_S)."""
     from service.keys import KeyRing
 
-    record = KeyRing(_settings(data=data).state_folder()).revoke(key)
+    record = KeyRing(_settings(data=data).shared_state().document("keys.json")).revoke(key)
     click.echo(f"Revoked key {record['id']} at {record['revoked_at']}")
 
 

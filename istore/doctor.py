@@ -61,6 +61,7 @@ def check(
         else:
             yield Finding("FAIL", "write-ahead log", "no ISTORE_WAL_DIR for an object-store "
                           "data root", "pass --wal-dir or set ISTORE_WAL_DIR")  # fmt: skip
+        yield from _check_shared(location, Path(wal_dir) if wal_dir else None)
         return
     root = location.path
     if not root.exists():
@@ -121,6 +122,39 @@ def check(
                           "fix the routing file (see gateway.example.toml)")  # fmt: skip
 
 
+def _check_shared(location: Location, local: Path | None) -> Iterator[Finding]:
+    """The keys and retention rules in the bucket (read only: no copy of this node's
+    is uploaded here, unlike at a server's start)."""
+    from service.keys import KeyRing
+    from store.lifecycle import Retention
+    from store.state import SharedState
+
+    state = SharedState(location)  # no local folder: nothing migrated, nothing cached
+    try:
+        keys = KeyRing(state.document("keys.json")).describe()
+        live = sum(1 for k in keys if not k.get("revoked_at"))
+        yield Finding("ok" if keys else "warn", "API keys",
+                      f"{live} active keys in {state.document('keys.json').where}" if keys
+                      else "no key exists: the servers are open to anyone who can reach them",
+                      "" if keys else "istore keys create --scope admin")  # fmt: skip
+    except Exception as exc:
+        yield Finding("FAIL", "API keys", f"cannot read the shared keys: {exc}",
+                      "check the bucket's credentials and endpoint")  # fmt: skip
+    try:
+        policy = Retention.load(state.document("retention.json"))
+        rules = len(policy.use_cases) + (policy.default_days is not None)
+        yield Finding("ok", "retention", f"{rules} rules" if rules else "keep everything")
+    except Exception as exc:
+        yield Finding("FAIL", "retention", f"the shared retention rules are unreadable: {exc}",
+                      "fix them with `istore retention set`")  # fmt: skip
+    for name in ("keys.json", "retention.json"):
+        if local is not None and (local / name).exists():
+            yield Finding("warn", name, f"{local / name} is this node's own copy from before "
+                          "the documents were shared", "the next `istore serve` on this node "
+                          "uploads it if the bucket has none (and renames it "
+                          f"{name}.migrated)")  # fmt: skip
+
+
 def _check_tables(location: Location, opened: dict[str, DeltaTable]) -> Iterator[Finding]:
     """Each table opens, and every data file of its current version exists."""
     for name in TABLES:
@@ -157,8 +191,9 @@ def _check_tables(location: Location, opened: dict[str, DeltaTable]) -> Iterator
 
 def _check_logs(wal: Path, location: Location) -> Iterator[Finding]:
     """The write-ahead log in ``wal``, and the worker logs under it (``--workers``):
-    torn tails, cut files, and records not yet in the tables (by each log's own Delta
-    app transaction)."""
+    damaged frames (with their position; a torn tail is a warning, damage between intact
+    frames a failure: an acknowledged record is lost), the bytes earlier starts set
+    aside, and records not yet in the tables (by each log's own Delta app transaction)."""
     if not wal.exists():
         yield Finding("ok", "write-ahead log", "empty (no writes yet)")
         return
@@ -177,13 +212,20 @@ def _check_logs(wal: Path, location: Location) -> Iterator[Finding]:
             1 for r in records
             if any(r.lsn > applied.get(n, 0) for n in decode_tables(r.payload))
         )  # fmt: skip
-        if report.cut_bytes:
-            yield Finding("warn", label,
-                          f"{report.cut_bytes} torn or corrupt bytes at the end of "
-                          f"{', '.join(report.cut_segments)}",
-                          "nothing acknowledged is lost: the next start cuts them (and keeps "
-                          "them aside as cut-*.bin)")  # fmt: skip
-        else:
+        for d in report.damaged:
+            if d.tail:
+                yield Finding("warn", label, d.describe(),
+                              "torn tails are what a crash mid-append leaves (unacknowledged "
+                              "writes); the next start cuts them and keeps them aside as "
+                              "cut-*.bin")  # fmt: skip
+            else:
+                yield Finding("FAIL", label, d.describe(),
+                              "an acknowledged record was damaged on disk and cannot be "
+                              "replayed: the next start skips it, replays every intact record "
+                              "after it and keeps the bytes aside as damaged-*.bin; check the "
+                              "disk (dmesg, smartctl) and have the client resend what was "
+                              "lost")  # fmt: skip
+        if not report.damaged:
             yield Finding("ok", label,
                           f"{len(segments)} segments, {size / 2**20:.1f} MiB, "
                           f"{pending} records not yet in every table")  # fmt: skip
@@ -192,3 +234,10 @@ def _check_logs(wal: Path, location: Location) -> Iterator[Finding]:
             yield Finding("warn", label, f"{len(aside)} cut tails kept aside "
                           f"({aside[0]} …)", "they hold unacknowledged writes from a crash: "
                           "inspect, then delete them")  # fmt: skip
+        damaged = sorted(p.name for p in log_dir.glob("damaged-*.bin"))
+        if damaged:
+            yield Finding("warn", label, f"{len(damaged)} damaged frames kept aside "
+                          f"({', '.join(damaged[:3])}{' …' if len(damaged) > 3 else ''})",
+                          "a start skipped them (the log names their records); the intact "
+                          "records around them were replayed: inspect, then delete "
+                          "them")  # fmt: skip

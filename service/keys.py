@@ -3,14 +3,17 @@
 A key looks like ``isk_<key id>_<secret>``. The key id (12 hex digits) is public: it
 names the key in ``keys list`` and finds its record without trying every hash. The
 secret is 32 random bytes; only its scrypt hash (with a per-key salt) is stored, in
-``<data>/keys.json`` with mode 0600. Hashes are compared with ``hmac.compare_digest``.
+``keys.json`` with the data (``<data>/keys.json``, mode 0600; on object storage
+``<data>/_istore/keys.json``, shared by every node: ``store.state``). Hashes are
+compared with ``hmac.compare_digest``.
 
 scrypt costs ~30-80 ms on purpose (a stolen keys file does not give the keys away),
 so a verified key is remembered by the SHA-256 of the whole key (in memory only), and
 a wrong secret for a real key id is remembered too, so a client repeating a bad key
 cannot make the server burn CPU. A request whose key id is unknown costs nothing.
 Both memories are dropped whenever the file changes (a revoke takes effect at the
-next request).
+next request; on object storage, at the next request after the node's next read of the
+shared document, at most ``ISTORE_STATE_REFRESH_S`` later).
 
 New secrets are verified off the event loop, on a small pool of their own
 (``VERIFY_THREADS``), one verification per key id at a time: requests that carry the
@@ -20,17 +23,17 @@ verified, or for a key id whose recent verifications failed (backing off up to
 costs at most one scrypt per key id per back-off period and never stalls other
 requests; a client with the right key is unaffected once its key is remembered.
 
-Writers (the CLI, and the server recording ``last_used_at``) take an exclusive
-``fcntl`` lock on ``keys.lock`` and replace the file atomically."""
+Writers (the CLI, and the server recording ``last_used_at``) change it through
+``store.state``: locally under an exclusive ``fcntl`` lock on ``keys.lock`` with an
+atomic replace; on object storage by a conditional write, redone on what another
+writer wrote if it wrote first."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import hmac
-import os
 import secrets
 import threading
 import time
@@ -47,12 +50,13 @@ from store.errors import (
     Forbidden,
     InvalidRequest,
     NotFound,
+    StoreError,
     TooManyRequests,
     Unauthorized,
     Unavailable,
     require_use_case,
 )
-from store.wal import fsync_path
+from store.state import Document, document
 
 SCOPES = ("ingest", "read", "admin")
 PREFIX = "isk_"
@@ -130,11 +134,11 @@ class _Check:
 class KeyRing:
     """The keys of one data root."""
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self.path = self.root / FILE
+    def __init__(self, root: str | Path | Document) -> None:
+        """``root``: the folder of a local ``keys.json``, or a shared ``Document``."""
+        self.doc = document(root, FILE)
         self._mu = threading.Lock()
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: object = None
         self._keys: dict[str, dict[str, Any]] = {}
         self._good: dict[bytes, Principal] = {}
         self._bad: set[bytes] = set()
@@ -147,16 +151,13 @@ class KeyRing:
 
     # -- reading -------------------------------------------------------------------------
     def _load(self) -> None:
-        """Re-read the file if it changed since the last look (one ``stat`` otherwise)."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            stamp = None
-        else:
-            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        """Re-read the keys if they changed since the last look (one ``stat`` otherwise;
+        on object storage, a look at the copy the node keeps fresh)."""
+        stamp = self.doc.stamp()
         if stamp == self._stamp:
             return
-        keys = self._read() if stamp is not None else {}
+        stamp, raw = self.doc.read()
+        keys = self._read(raw) if raw is not None else {}
         self._keys = keys
         self._stamp = stamp
         # Keep what was verified for keys that are unchanged (``last_used_at`` updates
@@ -168,17 +169,17 @@ class KeyRing:
         }  # fmt: skip
         self._bad.clear()
 
-    def _read(self) -> dict[str, dict[str, Any]]:
+    def _read(self, raw: bytes) -> dict[str, dict[str, Any]]:
         """The keys in the file. A file that exists but cannot be read fails closed: no
         request is served (503) until it is fixed; only a missing file means open."""
         try:
-            data = orjson.loads(self.path.read_bytes())
+            data = orjson.loads(raw)
             keys = {k["id"]: k for k in data["keys"]}
             for k in keys.values():
                 _principal(k), k["hash"], k["salt"]  # noqa: B018 - shape check
         except (OSError, orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise Unavailable(
-                f"the API key file {self.path} cannot be read ({exc.__class__.__name__}); "
+                f"the API key file {self.doc.where} cannot be read ({exc.__class__.__name__}); "
                 "fix or remove it",
                 retry_after=30,
             ) from None
@@ -301,27 +302,14 @@ class KeyRing:
         return [{f: k.get(f) for f in public} for k in keys]
 
     # -- writing -------------------------------------------------------------------------
-    @contextlib.contextmanager
     def _editing(self) -> Iterator[dict[str, dict[str, Any]]]:
-        """The keys, locked against other writers; written back atomically on exit."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / "keys.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            keys = self._read() if self.path.exists() else {}
+        """``for keys in self._editing(): <change keys>``: the change is written back
+        atomically, and made again on the newer keys if another writer wrote first
+        (``store.state``). An exception in the body writes nothing."""
+        for edit in self.doc.edits():
+            keys = self._read(edit.data) if edit.data is not None else {}
             yield keys
-            tmp = self.path.with_suffix(".tmp")
-            data = orjson.dumps({"keys": list(keys.values())}, option=orjson.OPT_INDENT_2)
-            wfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(wfd, data)
-                os.fsync(wfd)
-            finally:
-                os.close(wfd)
-            os.replace(tmp, self.path)
-            fsync_path(self.root)
-        finally:
-            os.close(fd)
+            edit.new = orjson.dumps({"keys": list(keys.values())}, option=orjson.OPT_INDENT_2)
 
     def create(
         self, scopes: list[str], use_cases: list[str] | None = None, name: str | None = None
@@ -346,14 +334,14 @@ class KeyRing:
             "salt": salt.hex(),
             "hash": _hash(secret, salt).hex(),
         }
-        with self._editing() as keys:
+        for keys in self._editing():
             keys[key_id] = record
         public = {k: v for k, v in record.items() if k not in ("salt", "hash")}
         return public, f"{PREFIX}{key_id}_{secret}"
 
     def revoke(self, ref: str) -> dict[str, Any]:
         """Revoke the key with id (or name) ``ref``."""
-        with self._editing() as keys:
+        for keys in self._editing():
             hits = [k for k in keys.values() if ref in (k["id"], k.get("name"))]
             if not hits:
                 raise NotFound(f"no API key with id or name {ref!r}", param="key")
@@ -371,7 +359,7 @@ class KeyRing:
             used, self._used = self._used, {}
         if not used:
             return
-        with self._editing() as keys:
+        for keys in self._editing():
             for key_id, when in used.items():
                 if key_id in keys:
                     keys[key_id]["last_used_at"] = max(keys[key_id].get("last_used_at") or "", when)
@@ -400,7 +388,7 @@ def usage_saver(ring: KeyRing, stop: threading.Event, every_s: float = 30.0) -> 
 
     def run() -> None:
         while not stop.wait(every_s):
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, StoreError):  # the bucket may be unreachable
                 ring.save_usage()
 
     t = threading.Thread(target=run, name="istore-keys", daemon=True)

@@ -14,9 +14,9 @@ from typing import Any
 from store.delta import writer_properties
 from store.engine import Store
 from store.lifecycle import Retention, apply_retention, purge
-from store.location import Lease
 from store.maintenance import MIN_RETENTION_HOURS, TARGET_FILE_BYTES
 from store.schema import TABLES
+from store.state import Lease
 
 log = logging.getLogger("istore.maintenance")
 
@@ -81,7 +81,7 @@ class MaintenanceJob:
         errors = []
         # Each step on its own: a bad retention file must not stop the purge.
         for name, step in (
-            ("retention", lambda: apply_retention(store, Retention.load(store.root))),
+            ("retention", lambda: apply_retention(store, Retention.load(store.retention_rules()))),
             ("purged", lambda: purge(store)),
             ("compacted", self._compact),
             ("refresh", store.refresh),  # the compacted files, before vacuum

@@ -11,6 +11,7 @@ from ingest.parse import Limits
 from store.engine import Store, StoreOptions
 from store.errors import StoreError
 from store.location import Location
+from store.state import SharedState
 
 
 class Settings(BaseSettings):
@@ -28,8 +29,15 @@ class Settings(BaseSettings):
     )
     state_dir: str | None = Field(
         None,
-        description="Local folder for keys.json and retention.json when the data root is "
-        "object storage (default: the write-ahead log folder).",
+        description="Local folder for this node's copies of the shared keys.json and "
+        "retention.json when the data root is object storage (default: the write-ahead "
+        "log folder). The documents themselves live with the data.",
+    )
+    state_refresh_s: float = Field(
+        2.0,
+        gt=0,
+        description="Object storage: how often a server re-reads the shared keys and "
+        "retention rules (a revoked key stops working on every node within this).",
     )
     workers: int = Field(
         1, ge=1, le=64, description="Server processes on this host, each with its own log."
@@ -127,6 +135,15 @@ class Settings(BaseSettings):
         location = Location.parse(self.data)
         return self.log_folder() if location.remote else location.path
 
+    def shared_state(self) -> SharedState:
+        """The keys and retention rules of the data root, as this node reaches them
+        (its copies in the state folder, when it has one)."""
+        try:
+            local: Path | None = self.state_folder()
+        except StoreError:  # object storage and no log folder: no local copies
+            local = None
+        return SharedState(Location.parse(self.data), local, refresh_s=self.state_refresh_s)
+
     def open_store(self, *, writable: bool = True) -> Store:
         return Store(
             self.data,
@@ -143,4 +160,5 @@ class Settings(BaseSettings):
             max_pending_bytes=self.max_pending_bytes,
             query_memory_limit=self.query_memory_limit,
             query_temp_limit=self.query_temp_limit,
+            state_refresh_s=self.state_refresh_s,
         )

@@ -49,6 +49,7 @@ from store.location import Location
 from store.metrics import StoreMetrics
 from store.rows import Columns, decode_tables, encode_tables, num_rows, select
 from store.schema import AMENDMENTS_TABLE, FEEDBACK_TABLE, INTERACTIONS_TABLE, TABLES, TableSpec
+from store.state import Document, SharedState
 from store.tail import CONVERT_ERRORS, Entry, Tail, convert
 from store.wal import Record, RecoveryReport, WriteAheadLog, fsync_path, scan
 
@@ -73,6 +74,7 @@ class StoreOptions:
     query_memory_limit: str = "2GB"
     query_threads: int = 2
     query_temp_limit: str = "4GB"  # DuckDB's spill files, under <state root>/tmp
+    state_refresh_s: float = 2.0  # object storage: how often shared keys/rules are re-read
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,8 @@ class Store:
     the folder, and commits under its own Delta app transaction ``istore-wal-<id>``,
     so recovery replays exactly what that log has not yet committed. ``root`` may be
     ``s3://``, ``gs://`` or ``az://``; then ``wal_dir`` is required, and ``state_dir``
-    (default: ``wal_dir``) holds the node's own files (keys, retention rules)."""
+    (default: ``wal_dir``) holds the node's copies of the shared keys and retention
+    rules, which live with the data (``state``)."""
 
     def __init__(
         self,
@@ -140,11 +143,18 @@ class Store:
             self.root = Path(state_dir).absolute() if state_dir else self.location.path
         legacy = self.location.path / "wal" if not self.location.remote else None
         self.wal_dir = Path(wal_dir).absolute() if wal_dir else (legacy or self.root / "wal")
+        # Keys and retention rules live with the data; ``root`` keeps this node's copies
+        # (object storage) and any from before they were shared (a read-only handle
+        # opened with no local folder has neither).
+        self.options = options or StoreOptions()
+        local = (
+            self.root if (writable or state_dir or wal_dir or not self.location.remote) else None
+        )
+        self.state = SharedState(self.location, local, refresh_s=self.options.state_refresh_s)
         # A shared store: other writers may commit to the same tables.
         self.shared = legacy is None or self.wal_dir.resolve() != legacy.resolve()
         self.app_id = APP_ID
         self.writable = writable
-        self.options = options or StoreOptions()
         self._lock = threading.RLock()
         self._flush_lock = threading.Lock()
         self._convert_lock = threading.Lock()
@@ -924,9 +934,20 @@ class Store:
                 "pending_bytes": self._pending_bytes(),
                 "flush_error": self.flush_error,
                 "wal_error": self._wal.last_error if self._wal else None,
+                # What the last start found in the log: damaged frames were skipped
+                # (their positions here), every intact frame after them replayed.
+                "wal_recovery": self.recovery.as_dict(),
                 "versions": {n: v.version for n, v in self._files_views.items()},
                 "index": self._index_status(),
             }
+
+    def api_keys(self) -> Document:
+        """The data root's ``keys.json`` (shared by every node: ``store.state``)."""
+        return self.state.document("keys.json")
+
+    def retention_rules(self) -> Document:
+        """The data root's ``retention.json`` (shared by every node)."""
+        return self.state.document("retention.json")
 
     def sweep_index(self) -> dict[str, int]:
         """Drop what the index holds of data files that left the table (maintenance)."""

@@ -19,15 +19,14 @@
    transaction log, are only kept for columns that hold no personal data:
    ``STATS_COLUMNS``.)
 
-**Retention** (``retention.json`` in the data root, ``istore retention set``): rows of a
-use case older than its ``retention_days`` (or the default) are deleted from every
-table by ``apply_retention`` (the server runs it on its maintenance schedule)."""
+**Retention** (``retention.json`` with the data, shared by every node of the root:
+``store.state``; ``istore retention set``): rows of a use case older than its
+``retention_days`` (or the default) are deleted from every table by ``apply_retention``
+(the server runs it on its maintenance schedule)."""
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,6 +46,7 @@ from store.schema import (
     TABLES,
     check_use_case,
 )
+from store.state import Document, document
 
 if TYPE_CHECKING:
     from store.engine import Store
@@ -154,45 +154,53 @@ def _delete_ids(store: Store, ids: list[str], why: str) -> dict[str, int]:
 
 
 # -- retention ---------------------------------------------------------------------------
+_UNREAD = object()
+
+
 @dataclass
 class Retention:
     """Days to keep, per use case, and a default for the others (None: forever)."""
 
     default_days: float | None = None
     use_cases: dict[str, float] = field(default_factory=dict)
+    # The version of the document this policy was read from: ``save`` writes only if
+    # nobody changed it since (another node, another command).
+    _read_at: object = field(default=_UNREAD, repr=False, compare=False)
 
     @classmethod
-    def load(cls, root: str | Path) -> Retention:
-        path = Path(root) / RETENTION_FILE
+    def load(cls, source: str | Path | Document) -> Retention:
+        """The rules of ``source``: a folder holding ``retention.json``, or the shared
+        document (``SharedState.document``)."""
+        doc = document(source, RETENTION_FILE)
+        stamp, data = doc.read()
+        policy = cls()
+        policy._read_at = stamp
+        if data is None:
+            return policy
         try:
-            raw = orjson.loads(path.read_bytes())
-        except FileNotFoundError:
-            return cls()
+            raw = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise ValidationFailed(
-                f"{path}: not valid JSON ({exc}); days must be numbers"
+                f"{doc.where}: not valid JSON ({exc}); days must be numbers"
             ) from None
         if not isinstance(raw, dict):
-            raise ValidationFailed(f"{path}: must hold an object")
-        policy = cls()
+            raise ValidationFailed(f"{doc.where}: must hold an object")
         policy.set(None, raw.get("default_days"))  # checked like `istore retention set`
         for uc, days in (raw.get("use_cases") or {}).items():
             policy.set(uc, days)
         return policy
 
-    def save(self, root: str | Path) -> None:
-        path = Path(root) / RETENTION_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def save(self, target: str | Path | Document) -> None:
+        doc = document(target, RETENTION_FILE)
         data = orjson.dumps(
             {"default_days": self.default_days, "use_cases": self.use_cases},
             option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS,
         )
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".retention-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if self._read_at is _UNREAD:
+            for edit in doc.edits():
+                edit.new = data
+        else:
+            doc.write_if(self._read_at, data)
 
     def set(self, use_case: str | None, days: float | None) -> None:
         if days is not None and not 0 < days <= MAX_DAYS:

@@ -56,7 +56,8 @@ def check_retention(retention_hours: float, force: bool = False) -> None:
     if retention_hours < 0 or (retention_hours < MIN_RETENTION_HOURS and not force):
         raise InvalidRequest(
             f"retention_hours: at least {MIN_RETENTION_HOURS:g} hour is kept so that queries "
-            f"running on an older snapshot never lose files; got {retention_hours:g}",
+            f"running on an older snapshot never lose files; got {retention_hours:g} "
+            "(a window under an hour needs force: `istore vacuum --force`)",
             param="retention_hours",
         )
 

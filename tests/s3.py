@@ -4,13 +4,38 @@
 from __future__ import annotations
 
 import socket
+import threading
 from typing import Any
 
 
+def atomic_conditional_puts() -> None:
+    """moto checks a PUT's ``If-None-Match`` / ``If-Match`` and then writes, with no
+    lock between: two racing writers can both pass the check (seen: 2 of 32 racing
+    ``If-Match`` writers won). S3 makes check and write one atomic step, which is what
+    Delta commits and the maintenance lease rely on; one lock around moto's PUT handler
+    makes the emulator do the same."""
+    from moto.s3.responses import S3Response
+
+    original = S3Response.put_object
+    if getattr(original, "istore_atomic", False):
+        return
+    lock = threading.Lock()
+
+    def put_object(self: Any) -> Any:
+        with lock:
+            return original(self)
+
+    put_object.istore_atomic = True  # type: ignore[attr-defined]
+    S3Response.put_object = put_object  # type: ignore[method-assign]
+
+
 def start_s3(*buckets: str) -> tuple[Any, dict[str, str]]:
-    """Start moto's S3 server on a free 127.0.0.1 port with ``buckets`` created.
-    Returns the server (``.stop()`` it) and the environment a client needs."""
+    """Start moto's S3 server on a free 127.0.0.1 port with ``buckets`` created, its
+    conditional writes atomic as on S3. Returns the server (``.stop()`` it) and the
+    environment a client needs."""
     from moto.server import ThreadedMotoServer
+
+    atomic_conditional_puts()
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -77,7 +77,17 @@ def test_stats_compact_vacuum(tmp_path: Path) -> None:
     assert r.stdout.splitlines()[0] == "deleted rows removed from the files: none"
     assert r.stdout.splitlines()[1] == "interactions: 6 files → 2 (2 partitions)"
     r = CliRunner().invoke(main, ["vacuum", "--data", data, "--retention-hours", "0"])
-    assert r.exit_code == 1 and "retention_hours" in r.stderr
+    assert r.exit_code == 1
+    # It says how to go below the minimum, not only that it refuses.
+    assert r.stderr.strip().endswith("add --force: istore vacuum --retention-hours 0 --force"), (
+        r.stderr
+    )
+    assert "under the 1-hour minimum" in r.stderr
+    r = CliRunner().invoke(main, ["vacuum", "--data", data, "--retention-hours", "-1"])
+    assert r.exit_code == 1 and "got -1" in r.stderr
+    r = CliRunner().invoke(main, ["vacuum", "--data", data, "--retention-hours", "0", "--force"])
+    assert r.exit_code == 0, r.output
+    assert "interactions: deleted 6 files" in r.stdout.splitlines()  # the compacted-away ones
     r = CliRunner().invoke(main, ["vacuum", "--data", data, "--dry-run"])
     assert r.stdout.splitlines()[0] == "interactions: would delete 0 files"
     with store.open(data) as s:

@@ -6,9 +6,10 @@ import store
 def test_store_exports() -> None:
     exported = {name for name in dir(store) if not name.startswith("_")}
     expected = set(store.__all__)
-    modules = {"ack", "duck", "engine", "errors", "export", "filters", "guard", "ids",
-               "index", "jsonutil", "lifecycle", "location", "metrics", "maintenance",
-               "output", "reader", "rows", "sandbox", "schema", "sql_functions", "stats",
+    modules = {"ack", "delta", "duck", "engine", "errors", "export", "filters", "guard", "ids",
+               "index", "indexing", "jsonutil", "lifecycle", "location", "metrics", "maintenance",
+               "output", "reader", "rows", "sandbox", "schema", "sql_functions", "state", "stats",
+               "tail",
                "wal"}  # fmt: skip
     assert exported - modules == expected
     assert expected == {

@@ -43,7 +43,17 @@ def _fresh(upstream: Upstream) -> None:
 
 
 # Upstream stand-in behaviours reached as "support/<name>" (tests/upstream.py).
-BEHAVIOURS = ("tools", "fail400", "fail500", "badjson", "broken", "gated", "nostream", "oddchunk")
+BEHAVIOURS = (
+    "tools",
+    "fail400",
+    "fail500",
+    "badjson",
+    "broken",
+    "gated",
+    "nostream",
+    "oddchunk",
+    "dupindex",
+)
 
 
 def routing_toml(base_url: str) -> str:
@@ -238,6 +248,37 @@ async def test_tool_calls_and_n_choices(gw: httpx.AsyncClient) -> None:
     # usage is the call's: it is logged once, on the first choice
     first, second = [(await gw.get(f"/api/v1/interactions/{i}")).json() for i in ids]
     assert first["usage"]["total_tokens"] == 16 and second["usage"] is None
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_repeated_choice_indexes_keep_every_choice(
+    gw: httpx.AsyncClient, stream: bool
+) -> None:
+    """An upstream whose choices all say index 0 (and one says 2**40): every choice is
+    answered and logged with its own completion id and text, none merged or dropped."""
+    r = await chat(gw, model="support/dupindex", n=4, stream=stream)
+    assert r.status_code == 200, r.text
+    if stream:
+        events = sse(r.text)
+        texts: dict[int, str] = {}
+        ids: dict[int, str] = {}
+        for ev in events[:-1]:
+            for c in ev["choices"]:
+                texts[c["index"]] = texts.get(c["index"], "") + (c["delta"].get("content") or "")
+                ids[c["index"]] = c["completion_id"]
+        assert sorted(texts.values()) == [f"choice {i}" for i in range(4)]
+        pairs = [(ids[i], texts[i]) for i in sorted(ids)]
+    else:
+        choices = r.json()["choices"]
+        assert [c["message"]["content"] for c in choices] == [f"choice {i}" for i in range(4)]
+        assert len({c["index"] for c in choices}) == 4
+        pairs = [(c["completion_id"], c["message"]["content"]) for c in choices]
+    assert len({cid for cid, _ in pairs}) == 4
+    for cid, text in pairs:
+        item = (await gw.get(f"/api/v1/interactions/{cid}")).json()
+        assert item["completion"] == text, item
+    listed = (await gw.get("/api/v1/interactions", params={"source": "gateway"})).json()
+    assert sorted(x["completion"] for x in listed["data"]) == [f"choice {i}" for i in range(4)]
 
 
 async def test_store_false_logs_nothing(gw: httpx.AsyncClient) -> None:

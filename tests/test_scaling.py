@@ -448,7 +448,8 @@ def test_a_retry_sent_to_another_writer_is_recognised(
 def test_one_maintenance_runner_at_a_time(
     remote: bool, s3: dict[str, str], tmp_path: Path, monkeypatch: Any
 ) -> None:
-    from store.location import Lease, Location
+    from store.location import Location
+    from store.state import Lease
 
     for k, v in s3.items():
         monkeypatch.setenv(k, v)

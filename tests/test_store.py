@@ -96,7 +96,7 @@ def test_torn_and_corrupt_tail_is_cut_not_replayed(data_dir: Path) -> None:
     assert len(records) == 3
     data = bytearray(seg.read_bytes())
     # Flip one byte inside the third record's payload, then append half a frame.
-    third_start = len(data) - len(records[2].payload) - 21
+    third_start = records[2].offset
     data[third_start + 30] ^= 0xFF
     data += data[:25]
     seg.write_bytes(bytes(data))

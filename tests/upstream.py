@@ -7,7 +7,8 @@ The upstream model name picks the behaviour:
 ``badjson`` (200 with a body that is not JSON), ``broken`` (a stream that dies after
 two chunks), ``gated`` (a stream that holds after its first chunk until ``release``),
 ``nostream`` (answers a stream request with one JSON body), ``oddchunk`` (a stream
-with a chunk of an impossible shape).
+with a chunk of an impossible shape), ``dupindex`` (``n`` choices, each its own text,
+that all claim index 0 but the third, which claims 2**40; one JSON body, streamed or not).
 Every request is recorded (body and headers) in ``requests``."""
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ class Upstream:
                         "headers": [(b"content-type", b"application/json")]})  # fmt: skip
             await send({"type": "http.response.body", "body": b"{not json"})
             return
-        if body.get("stream") and name != "nostream":
+        if body.get("stream") and name not in ("nostream", "dupindex"):
             await self._stream(send, body, name)
             return
         await self._json(send, 200, self.completion(body, name))
@@ -140,15 +141,20 @@ class Upstream:
         else:
             message = {"role": "assistant", "content": "echo: " + _last_user(body)}
             finish = "stop"
+        choices = [
+            {"index": i, "message": dict(message), "finish_reason": finish, "logprobs": None}
+            for i in range(n)
+        ]
+        if name == "dupindex":
+            for i, c in enumerate(choices):
+                c["index"] = 2**40 if i == 2 else 0
+                c["message"]["content"] = f"choice {i}"
         return {
             "id": "chatcmpl-upstream",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": name,
-            "choices": [
-                {"index": i, "message": dict(message), "finish_reason": finish, "logprobs": None}
-                for i in range(n)
-            ],
+            "choices": choices,
             "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16},
         }
 
