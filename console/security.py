@@ -163,10 +163,11 @@ class Sessions:
 
 
 def sessions_of(state: Any) -> Sessions:
-    """The app's session table (beside its keys), made on first use."""
+    """The app's session table (in the node's state folder), made on first use."""
     table = getattr(state, "console_sessions", None)
-    if table is None or table.path.parent != Path(state.keys.root):
-        table = state.console_sessions = Sessions(state.keys.root)
+    folder = Path(state.store.root)  # the node's state folder, shared by its workers
+    if table is None or table.path.parent != folder:
+        table = state.console_sessions = Sessions(folder)
     return table  # type: ignore[no-any-return]
 
 
