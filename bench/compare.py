@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.load import wrk  # noqa: E402
-from tests.conftest import Server, free_port, interaction  # noqa: E402
+from testkit import Server, free_port, interaction  # noqa: E402
 
 SCALES = {"smoke": 3_000, "1M": 1_000_000, "10M": 10_000_000}
 PG_BIN = Path("/usr/lib/postgresql/15/bin")

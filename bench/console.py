@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sample_data.generate import generate  # noqa: E402
-from tests.conftest import Server  # noqa: E402
+from testkit import Server  # noqa: E402
 
 TARGET_MS = 150.0
 TARGETS = ("list_label", "list_use_case_label", "conversation", "overview_7d")

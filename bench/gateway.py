@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.load import count, wrk  # noqa: E402
-from tests.conftest import Server, free_port  # noqa: E402
+from testkit import Server, free_port  # noqa: E402
 
 BODY = {
     "model": "bench/instant",

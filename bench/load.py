@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sample_data.generate import generate  # noqa: E402
-from tests.conftest import Server  # noqa: E402
+from testkit import Server  # noqa: E402
 
 SQL_COUNT = {"sql": "SELECT count(*) AS n FROM interactions"}
 

@@ -36,8 +36,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import Server, free_port  # noqa: E402
-from tests.otlp_payloads import PROTOBUF, llm_span, traces  # noqa: E402
+from testkit import Server, free_port  # noqa: E402
+from testkit.otlp_payloads import PROTOBUF, llm_span, traces  # noqa: E402
 
 BATCH = 512
 QUESTION = ("Our order #{i} of 40 cordless drills arrived with two damaged units; what are "

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from store.engine import Store  # noqa: E402
 from store.maintenance import compact, writer_properties  # noqa: E402
 from store.schema import INTERACTIONS, USAGE  # noqa: E402
-from tests.conftest import Server  # noqa: E402
+from testkit import Server  # noqa: E402
 
 USE_CASES = [f"uc-{i}" for i in range(10)]
 MODELS = ["llama-3.1-8b", "llama-3.1-70b", "qwen2.5-7b", "gpt-4o-mini", "mistral-small", "phi-4"]

@@ -40,7 +40,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import free_port  # noqa: E402
+from testkit import free_port  # noqa: E402
 
 BATCH = 1000
 
@@ -118,7 +118,7 @@ def drive(urls: list[str], payloads: list[bytes], seconds: float, clients: int) 
 
 
 def visibility(write_url: str, read_url: str, tries: int = 5) -> float:
-    from tests.conftest import interaction
+    from testkit import interaction
 
     out = []
     for _ in range(tries):
@@ -179,7 +179,7 @@ def main() -> int:
     moto = None
     s3env: dict[str, str] = {}
     if "s3" in args.layouts:
-        from tests.s3 import start_s3
+        from testkit.s3 import start_s3
 
         wl = logging.getLogger("werkzeug")
         wl.setLevel(logging.INFO)
@@ -214,7 +214,7 @@ def main() -> int:
                 k: round(v / args.seconds, 1) for k, v in sorted(counter.counts.items())
             }
             if len(urls) > 1:
-                from tests.test_scaling import cross_node_visibility
+                from testkit.cluster import cross_node_visibility
 
                 for p in procs:  # the backlog first: visibility when the nodes keep up
                     while httpx.get(p.url + "/readyz").json()["pending_rows"]:

@@ -25,7 +25,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import Server, interaction  # noqa: E402
+from testkit import Server, interaction  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:

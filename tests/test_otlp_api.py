@@ -24,8 +24,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from service.keys import KeyRing
 from store.engine import Store, StoreOptions
-from tests.conftest import assert_error, in_process
-from tests.otlp_payloads import (
+from testkit.otlp_payloads import (
     PROTOBUF,
     T0,
     any_value,
@@ -37,6 +36,7 @@ from tests.otlp_payloads import (
     new_ids,
     traces,
 )
+from tests.conftest import assert_error, in_process
 
 
 def partial(resp: httpx.Response, kind: str = "traces") -> tuple[int, str]:

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 import store
+from testkit.otlp_payloads import PROTOBUF, legacy_events, legacy_span, logs, new_ids, traces
 from tests.conftest import Server
-from tests.otlp_payloads import PROTOBUF, legacy_events, legacy_span, logs, new_ids, traces
 
 pytestmark = pytest.mark.slow  # live servers, emulators, property runs: `make test` only
 

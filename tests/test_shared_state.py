@@ -19,8 +19,8 @@ import httpx
 import orjson
 import pytest
 
+from testkit.s3 import start_s3
 from tests.conftest import ROOT, Server, interaction
-from tests.s3 import start_s3
 
 pytestmark = pytest.mark.slow  # live servers, emulators, property runs: `make test` only
 

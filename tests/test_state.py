@@ -23,7 +23,7 @@ from store.errors import Conflict, Unavailable
 from store.lifecycle import Retention
 from store.location import Location
 from store.state import Lease, LocalDocument, RemoteDocument, SharedState
-from tests.s3 import start_s3
+from testkit.s3 import start_s3
 
 pytestmark = pytest.mark.slow  # live servers, emulators, property runs: `make test` only
 
