@@ -41,6 +41,7 @@ from service.settings import Settings
 from store.engine import Store
 from store.errors import StoreError
 from store.reader import Reader
+from store.version import VERSION
 
 log = logging.getLogger("istore.api")
 
@@ -87,7 +88,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
 
     app = FastLaneApp(
         title="interaction-store",
-        version="0.1.0",
+        version=VERSION,
         description="Self-hosted interaction store for LLM applications.",
         lifespan=lifespan,
         default_response_class=JSONResponse,

@@ -45,6 +45,7 @@ from fastapi import Request
 
 from service.keys import OPEN, KeyRing, Principal
 from store.errors import Forbidden, Unauthorized
+from store.files import atomic_write
 
 SESSION_COOKIE = "istore_session"
 CSRF_COOKIE = "istore_csrf"
@@ -126,14 +127,7 @@ class Sessions:
             now = time.time()
             table = {k: v for k, v in table.items() if v.get("expires", 0) > now}
             yield table
-            tmp = self.path.with_suffix(".tmp")
-            wfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(wfd, orjson.dumps({"sessions": table}))
-                os.fsync(wfd)
-            finally:
-                os.close(wfd)
-            os.replace(tmp, self.path)
+            atomic_write(self.path, orjson.dumps({"sessions": table}))
         finally:
             os.close(fd)
 

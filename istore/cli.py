@@ -19,6 +19,7 @@ import orjson
 from service.settings import Settings
 from store.errors import InvalidRequest, StoreError, StoreLocked
 from store.location import Location
+from store.version import VERSION
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "interactions.ndjson"
 
@@ -42,7 +43,7 @@ class _Shell(click.Group):
 
 
 @click.group(cls=_Shell)
-@click.version_option("0.1.0", prog_name="istore")
+@click.version_option(VERSION, prog_name="istore")
 def main() -> None:
     """interaction-store: a durable, queryable store of LLM interactions."""
     # What we write (tables, logs, keys, exports) holds users' conversations: readable

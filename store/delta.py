@@ -7,7 +7,6 @@ a deleted row survives where a purge cannot reach (statistics)."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 
@@ -16,9 +15,10 @@ from deltalake import ColumnProperties, DeltaTable, WriterProperties
 
 from store.duck import DataFile
 from store.errors import StoreError
+from store.files import atomic_write, fsync_path
 from store.location import Location
 from store.schema import TableSpec
-from store.wal import fsync_path, list_segments
+from store.wal import list_segments
 
 APP_ID = "istore-wal"  # the app transaction of a data root's own log (``<root>/wal``)
 WRITER_FILE = "WRITER"  # in any other log's folder: the writer id, fixed at creation
@@ -94,13 +94,7 @@ def writer_id(wal_dir: Path) -> str:
             "the data root's own log, open the store without --wal-dir"
         )
     writer = uuid.uuid4().hex[:16]
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        f.write(writer + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_path(wal_dir)
+    atomic_write(path, (writer + "\n").encode())
     return writer
 
 

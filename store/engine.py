@@ -44,6 +44,7 @@ from store.delta import (
 )
 from store.duck import NO_FILES, Duck, FilesView, Snapshot, TableSnapshot, survivors
 from store.errors import Conflict, StoreError, StoreLocked, Unavailable, ValidationFailed
+from store.files import fsync_path
 from store.indexing import IndexKeeper, open_index
 from store.location import Location
 from store.metrics import StoreMetrics
@@ -51,7 +52,7 @@ from store.rows import Columns, decode_tables, encode_tables, num_rows, select
 from store.schema import AMENDMENTS_TABLE, FEEDBACK_TABLE, INTERACTIONS_TABLE, TABLES, TableSpec
 from store.state import Document, SharedState
 from store.tail import CONVERT_ERRORS, Entry, Tail, convert
-from store.wal import Record, RecoveryReport, WriteAheadLog, fsync_path, scan
+from store.wal import Record, RecoveryReport, WriteAheadLog, scan
 
 log = logging.getLogger("istore.store")
 

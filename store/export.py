@@ -36,12 +36,13 @@ from store.filters import Expr, Filter, files_by_day, restrict
 from store.jsonutil import dumps_bytes as _dump
 from store.jsonutil import loads
 from store.schema import INTERACTIONS_TABLE
+from store.version import VERSION
 
 SFT_FORMATS = ("openai", "adaptive", "parquet")
 PAIR_FORMATS = ("dpo", "openai-dpo", "adaptive-preference")
 FORMATS = SFT_FORMATS + PAIR_FORMATS
 ALIASES = {"preference": "adaptive-preference"}
-TOOL_VERSION = "interaction-store 0.1.0"
+TOOL_VERSION = f"interaction-store {VERSION}"
 
 _COLUMNS = (
     "id, created_at, use_case, model, messages, completion, completion_message, params, status"

@@ -51,6 +51,7 @@ from typing import Any
 import orjson
 
 from store.errors import Conflict, StoreError, Unavailable
+from store.files import atomic_write
 from store.location import Location
 
 log = logging.getLogger("istore.state")
@@ -192,7 +193,7 @@ class LocalDocument(Document):
             e = Edit(data, stamp)
             yield e
             if e.new is not None:
-                _atomic_write(self.path, e.new, self.mode)
+                atomic_write(self.path, e.new, self.mode)
         finally:
             os.close(fd)
 
@@ -264,7 +265,7 @@ class RemoteDocument(Document):
                 if data is None:
                     self.cache.unlink(missing_ok=True)
                 else:
-                    _atomic_write(self.cache, data, 0o600)
+                    atomic_write(self.cache, data, 0o600)
             except OSError as exc:  # a cache that cannot be written is only a cache
                 log.warning("could not write the local copy %s: %s", self.cache, exc)
         with self._mu:
@@ -417,26 +418,6 @@ def _retire(legacy: Path, where: str) -> None:
     aside = legacy.with_name(legacy.name + ".migrated")
     os.replace(legacy, aside)
     log.warning("%s now lives in %s; the old copy is kept as %s", legacy.name, where, aside)
-
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def document(source: str | Path | Document, name: str) -> Document:

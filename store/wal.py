@@ -44,6 +44,7 @@ from typing import Any
 
 from store.ack import Ack
 from store.errors import PayloadTooLarge, Unavailable
+from store.files import fsync_path
 
 log = logging.getLogger("istore.wal")
 
@@ -275,15 +276,6 @@ def _set_aside(directory: Path, path: Path, d: Damage) -> None:
             "replayed; the damaged bytes are kept in %s",
             path.name, d.describe(), aside.name,
         )  # fmt: skip
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file or a directory (a directory: so new entries in it survive)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class WriteAheadLog:
