@@ -89,7 +89,10 @@ async def ingest_body(
             "session_id": batch.session_ids[0],
             "feedback_ids": batch.feedback_ids[0],
         }
-    return {"accepted": len(batch.ids), "completion_ids": batch.ids}
+    # accepted = new + repeats: a repeat (an id already stored, or twice in the body)
+    # stores nothing, and the answer says so rather than hiding it in "accepted".
+    return {"accepted": len(batch.ids), "new": result.stored,
+            "repeats": len(result.duplicate_ids), "completion_ids": batch.ids}  # fmt: skip
 
 
 @router.post(
