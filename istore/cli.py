@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -372,6 +373,8 @@ def export(
     with open_store(settings.data) as reader:
         reader.store.labels.close()  # an export scans; the lookup index is not needed
         exporter = Exporter(reader.store, reader.store.snapshot_at(versions), flt, options)
+        for warning in exporter.warnings(getattr(flt, "use_case", ())):
+            click.echo(f"warning: {warning}", err=True)
         if options.format == "parquet":
             digest = hashlib.sha256()
             with open(out, "wb") as f:
@@ -446,22 +449,18 @@ def _writer(data: str, why: str) -> Iterator[Any]:
     server's maintenance job does ``why``)."""
     from store.engine import Store
 
+    later = ("on its maintenance schedule (ISTORE_MAINTENANCE_INTERVAL_S), or now with "
+             "POST /api/v1/maintenance")  # fmt: skip
     if Location.parse(data).remote:
-        click.echo(
-            f"{data} is object storage: the servers writing to it do {why} on their "
-            "maintenance schedule (one at a time); this command did the rest.",
-            err=True,
-        )
+        click.echo(f"{data} is object storage: {why} was NOT done here; the servers writing "
+                   f"to it do it {later} (one at a time).", err=True)  # fmt: skip
         yield None
         return
     try:
         store = Store(data)
     except StoreLocked:
-        click.echo(
-            f"A server is running on {data}: it does {why} on its maintenance schedule "
-            "(ISTORE_MAINTENANCE_INTERVAL_S); this command did the rest.",
-            err=True,
-        )
+        click.echo(f"A server is running on {data}: {why} was NOT done here; the server does "
+                   f"it {later}.", err=True)  # fmt: skip
         yield None
         return
     try:
@@ -474,25 +473,40 @@ def _purge(data: str) -> None:
     from store.lifecycle import purge
 
     with _writer(data, "the physical removal of deleted interactions") as store:
-        if store is not None:
-            removed = {k: v for k, v in purge(store).items() if v}
-            click.echo("deleted rows removed from the files: "
-                       + (", ".join(f"{k} {v}" for k, v in removed.items()) or "none"))  # fmt: skip
+        if store is None:
+            click.echo("deleted rows removed from the files: none (not done here, see above)")
+        else:
+            click.echo("deleted rows removed from the files: " + _counts(purge(store)))
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n = n / 1000  # type: ignore[assignment]
+    raise AssertionError("unreachable")
 
 
 @main.command()
 @data_option
 def compact(data: str | None) -> None:
     """Remove deleted interactions from the files (rewrite), then rewrite small
-    Parquet files into large ones, per partition."""
+    Parquet files into large ones, per partition; says what it did for each table."""
     from store.maintenance import compact as do_compact
 
     settings = _settings(data=data)
     _purge(settings.data)
     for name, m in do_compact(settings.data).items():
+        kept = m["files_kept"]
+        files = f"{kept} file{'s' if kept != 1 else ''}"
+        if not m["files_removed"]:
+            click.echo(f"{name}: nothing to compact ({files})")
+            continue
+        parts = m["partitions_optimized"]
         click.echo(
-            f"{name}: {m['files_removed']} files → {m['files_added']} "
-            f"({m['partitions_optimized']} partitions)"
+            f"{name}: {m['files_removed']} files → {m['files_added']} in {parts} "
+            f"partition{'s' if parts != 1 else ''} ({_size(m['bytes_removed'])} → "
+            f"{_size(m['bytes_added'])})" + (f"; {files} left as they were" if kept else "")
         )
 
 
@@ -539,10 +553,12 @@ def vacuum(data: str | None, retention_hours: float, dry_run: bool, force: bool)
     help="A filter of the API (user=…, session_id=…, label=k:v, to=…); all must hold.",
 )
 @click.option("--all", "everything", is_flag=True, help="Delete every interaction.")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def delete(
-    data: str | None, ids: tuple[str, ...], filters: tuple[str, ...], everything: bool, yes: bool
-) -> None:
+    data: str | None, ids: tuple[str, ...], filters: tuple[str, ...], everything: bool,
+    dry_run: bool, yes: bool,
+) -> None:  # fmt: skip
     """Delete interactions (and their feedback and comparisons): hidden at once,
     physically removed by the next `istore compact` or `vacuum`."""
     from store.filters import filter_from_kwargs
@@ -562,11 +578,15 @@ def delete(
         store = Store(settings.data)
     except StoreLocked:
         raise StoreError(
-            f"a server is running on {settings.data}: delete through it "
-            "(DELETE /api/v1/interactions/ID or POST /api/v1/interactions/delete)"
+            f"a server is running on {settings.data}: nothing was deleted; delete through "
+            "it (DELETE /api/v1/interactions/ID, or POST /api/v1/interactions/delete with "
+            '{"filter": {…}}; ?dry_run=true counts first)'
         ) from None
     try:
         pairs = matching(store, expr, None)
+        if dry_run:
+            click.echo(f"would delete {len(pairs)} interactions")
+            return
         if pairs and not yes:
             click.confirm(f"Delete {len(pairs)} interactions?", abort=True)
         for chunk in chunks(pairs):
@@ -650,23 +670,66 @@ def retention_show(data: str | None) -> None:
 
 @retention.command("apply")
 @data_option
-def retention_apply(data: str | None) -> None:
-    """Delete what is older than the rules now (a running server does it on its own)."""
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def retention_apply(data: str | None, dry_run: bool, yes: bool) -> None:
+    """Delete what is older than the rules now, after showing how much (a running
+    server applies them on its own schedule, or now: POST /api/v1/maintenance)."""
     from store.lifecycle import Retention, apply_retention
 
     settings = _settings(data=data)
-    with _writer(settings.data, "retention") as store:
-        if store is not None:
-            removed = apply_retention(store, Retention.load(settings.state_folder()))
-            click.echo("deleted rows: " + (", ".join(f"{k} {v}" for k, v in removed.items())
-                                           or "none (no rules)"))  # fmt: skip
+    policy = Retention.load(settings.state_folder())
+    if not policy.conditions(datetime.now(UTC)):
+        click.echo("no retention rules: nothing to delete (istore retention set …)")
+        return
+    store = _sole_writer(settings, "apply retention", "retention")
+    try:
+        plan = apply_retention(store, policy, dry_run=True)
+        click.echo(("would delete: " if dry_run else "past the window: ") + _counts(plan))
+        if dry_run or not any(plan.values()):
+            return
+        if not yes:
+            click.confirm("Delete these rows?", abort=True)
+        removed = apply_retention(store, policy)
+    finally:
+        store.close()
+    click.echo("deleted rows: " + _counts(removed))
+
+
+def _counts(per_table: dict[str, int]) -> str:
+    shown = [f"{k} {v}" for k, v in per_table.items() if v]
+    return ", ".join(shown) or "none"
+
+
+def _sole_writer(settings: Settings, what: str, steps: str) -> Any:
+    """The data root's writer (``Store``), or an error saying plainly that nothing was
+    done and how a running server does it now."""
+    from store.engine import Store
+
+    url = f"http://{settings.host}:{settings.port}/api/v1/maintenance?steps={steps}"
+    if Location.parse(settings.data).remote:
+        raise StoreError(
+            f"{settings.data} is object storage: nothing was done here; the servers "
+            f"writing to it {what} on their maintenance schedule, or now with "
+            f"`curl -X POST '{url}'` (an admin key)"
+        )
+    try:
+        return Store(settings.data)
+    except StoreLocked:
+        raise StoreError(
+            f"a server is running on {settings.data}: nothing was done. It does this on "
+            f"its maintenance schedule (ISTORE_MAINTENANCE_INTERVAL_S), or now: "
+            f"curl -X POST '{url}' (with an admin key when keys are configured; add "
+            "&dry_run=true to count first)"
+        ) from None
 
 
 @main.command()
 @data_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def stats(data: str | None, as_json: bool) -> None:
-    """Rows, files, bytes and table version per use case."""
+    """Rows per table and use case (what queries see: deleted rows are counted apart,
+    until the purge removes them from the files), files, bytes and table version."""
     from store.maintenance import table_stats
 
     settings = _settings(data=data)
@@ -674,13 +737,17 @@ def stats(data: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
         return
-    header = f"{'table':<13}{'use_case':<24}{'rows':>10}{'files':>8}{'bytes':>14}{'version':>9}"
+    header = (f"{'table':<13}{'use_case':<24}{'rows':>10}{'deleted':>9}{'unflushed':>11}"
+              f"{'files':>8}{'bytes':>14}{'version':>9}")  # fmt: skip
     click.echo(header)
     for r in rows:
         click.echo(
-            f"{r['table']:<13}{r['use_case']:<24}{r['rows']:>10}{r['files']:>8}"
-            f"{r['bytes']:>14}{r['version']:>9}"
+            f"{r['table']:<13}{r['use_case']:<24}{r['rows']:>10}{r['deleted']:>9}"
+            f"{r['unflushed']:>11}{r['files']:>8}{r['bytes']:>14}{r['version']:>9}"
         )
+    if any(r["deleted"] for r in rows):
+        click.echo("deleted: hidden from every read, still in the files until `istore compact` "
+                   "or the server's maintenance removes them")  # fmt: skip
 
 
 # -- keys --------------------------------------------------------------------------------

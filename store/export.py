@@ -87,6 +87,12 @@ class ExportOptions:
                     )
         if fmt in PAIR_FORMATS and self.dedupe:
             raise ValidationFailed("dedupe: for SFT formats only", param="dedupe")
+        if fmt in PAIR_FORMATS and not self.comparisons and self.metric is None:
+            raise ValidationFailed(
+                "metric: without comparisons, pairs can only come from feedback: give "
+                "metric=<a feedback metric>",
+                param="metric",
+            )
 
 
 def prompt_key(messages_json: str) -> str:
@@ -184,6 +190,54 @@ class Exporter:
     @property
     def versions(self) -> dict[str, int]:
         return {n: t.version for n, t in self.snap.tables.items()}
+
+    def warnings(
+        self, use_cases: tuple[str, ...] | None = None, allowed: tuple[str, ...] | None = None
+    ) -> list[str]:
+        """Why the export may well come out empty, said before it starts (the API's
+        ``X-Istore-Warning``, the CLI's standard error): use cases with no interaction,
+        a scoring metric with no feedback, pairs asked for with nothing to pair.
+        ``use_cases``: the ones asked for by name; ``allowed``: all the caller may see
+        (None: every use case), the only ones looked at."""
+        out = []
+        known = self._use_cases_stored(allowed)
+        missing = [u for u in use_cases or () if u not in known]
+        if missing:
+            listed = ", ".join(sorted(known)[:10]) or "none yet"
+            out.append(f"no interaction in use case {', '.join(map(repr, missing))} "
+                       f"(use cases with data: {listed})")  # fmt: skip
+        has = self._has
+        if self.o.metric is not None and not has(
+            "feedback", "metric = ?", [self.o.metric], allowed
+        ):
+            out.append(f"metric {self.o.metric!r}: no feedback with this metric, so nothing "
+                       "is scored by it")  # fmt: skip
+        if (
+            self.o.format in PAIR_FORMATS
+            and self.o.metric is None
+            and not has("comparisons", "tied IS NULL", [], allowed)
+        ):
+            out.append("no comparisons to pair: log some (POST /api/v1/comparison) or give "
+                       "metric=<a feedback metric> to pair answers to the same prompt")  # fmt: skip
+        return out
+
+    def _use_cases_stored(self, allowed: tuple[str, ...] | None) -> set[str]:
+        t = self.snap.tables["interactions"]
+        found = {str(f.partition.get("use_case")) for f in t.files}
+        if t.pending.num_rows:
+            found.update(str(u) for u in t.pending.column("use_case").to_pylist())
+        return found if allowed is None else found & set(allowed)
+
+    def _has(
+        self, table: str, where: str, params: list[Any], allowed: tuple[str, ...] | None
+    ) -> bool:
+        got = self.store.query(
+            f"SELECT 1 AS x FROM {table} WHERE {where} LIMIT 1",
+            params,
+            snapshot=self.snap,
+            use_cases=allowed,
+        )
+        return got.num_rows > 0
 
     # -- selection ----------------------------------------------------------------------
     def _selected(self, source: str = "interactions") -> tuple[str, list[Any]]:

@@ -358,14 +358,22 @@ def filter_from_kwargs(kw: dict[str, Any], prefix: str = "") -> Filter:
     search = values("search")
     if any(not s for s in search):
         raise ValidationFailed(f"{at('search')}: must not be empty", param=at("search"))
+    since, until = one_time("from", "since"), one_time("to", "until")
+    if since is not None and until is not None and until <= since:
+        # An empty range matches nothing: a mistake (the two swapped), never a question.
+        raise ValidationFailed(
+            f"{at('to')}: must be after from ({since.isoformat()}), got "
+            f"{until.isoformat()}; from is inclusive, to exclusive",
+            param=at("to"),
+        )
     return Filter(
         use_case=values("use_case"),
         model=values("model"),
         labels=tuple(parse_label(x, at("label")) for x in values("label")),
         has_label=values("has_label"),
         no_label=values("no_label"),
-        since=one_time("from", "since"),
-        until=one_time("to", "until"),
+        since=since,
+        until=until,
         session_id=values("session_id"),
         user=values("user"),
         source=values("source"),

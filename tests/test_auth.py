@@ -70,6 +70,9 @@ def _routes(env: Env, uc: str) -> list[tuple[str, str, str, dict[str, object] | 
         ("read", "GET", f"/api/v1/interactions?use_case={uc}", None),
         ("read", "GET", f"/api/v1/interactions/{iid}", None),
         ("read", "POST", "/api/v1/sql", {"sql": "SELECT 1 AS x"}),
+        ("admin", "POST", "/api/v1/interactions/delete?dry_run=true",
+         {"filter": {"use_case": uc}}),
+        ("admin", "POST", "/api/v1/maintenance?dry_run=true", None),
     ]  # fmt: skip
 
 
@@ -78,8 +81,8 @@ def _expected(kind: str, scope: str, uc: str) -> int:
         return 401
     if kind == "admin":
         return 0
-    if kind == "limited":
-        return 0 if uc == "alpha" else 403
+    if kind == "limited":  # ingest and read, on alpha only
+        return 0 if uc == "alpha" and scope != "admin" else 403
     return 0 if kind == scope else 403
 
 
@@ -93,7 +96,7 @@ async def test_auth_matrix(env: Env, kind: str) -> None:
             refers = path.startswith("/api/v1/interactions/") or path in (
                 "/api/v1/feedback", "/api/v1/comparison", "/api/v1/outcome"
             )  # fmt: skip
-            if kind == "limited" and uc == "beta" and refers:
+            if kind == "limited" and uc == "beta" and refers and scope != "admin":
                 want = 404  # what it names is not visible at all (not even its use case)
             if kind == "limited" and path == "/api/v1/sql":
                 want = 0  # SQL is allowed; what it sees is limited (below)
@@ -137,6 +140,18 @@ async def test_limited_key_sees_only_its_use_cases(env: Env) -> None:
     assert_error(r, 403, "body[1].use_case")
     r = await env.client.get("/api/v1/interactions/ok-1", headers=env.headers("admin"))
     assert r.status_code == 404
+
+
+@pytest.mark.asyncio
+async def test_maintenance_needs_an_admin_key_for_every_use_case(
+    env: Env, data_dir: Path
+) -> None:
+    secret = KeyRing(data_dir).create(["admin"], ["alpha"], name="alpha-admin")[1]
+    r = await env.client.post("/api/v1/maintenance?dry_run=true",
+                              headers={"Authorization": f"Bearer {secret}"})  # fmt: skip
+    assert_error(r, 403)
+    r = await env.client.post("/api/v1/maintenance?dry_run=true", headers=env.headers("admin"))
+    assert r.status_code == 200 and r.json()["dry_run"] is True
 
 
 @pytest.mark.asyncio

@@ -141,7 +141,7 @@ def test_retention_deletes_exactly_what_is_past_the_window(tmp_path: Path) -> No
         CliRunner().invoke(main, ["retention", "show", "--data", str(root)]).stdout
     )
     assert shown == {"default_days": 60.0, "use_cases": {"a": 30.0, "b": 10.0}}
-    r = CliRunner().invoke(main, ["retention", "apply", "--data", str(root)])
+    r = CliRunner().invoke(main, ["retention", "apply", "--data", str(root), "--yes"])
     assert r.exit_code == 0, r.output
     table = DeltaTable(str(root / "interactions")).to_pyarrow_table().to_pylist()
     got = {uc: sum(1 for x in table if x["use_case"] == uc) for uc in oracle}
