@@ -13,9 +13,9 @@ import pytest_asyncio
 from click.testing import CliRunner
 
 from api.keys import KeyRing
-from store.errors import Unavailable
 from istore.cli import main
 from store.engine import Store
+from store.errors import Unavailable
 from tests.conftest import assert_error, in_process, interaction
 
 KINDS = ("none", "wrong", "ingest", "read", "admin", "limited")
@@ -143,9 +143,7 @@ async def test_limited_key_sees_only_its_use_cases(env: Env) -> None:
 
 
 @pytest.mark.asyncio
-async def test_maintenance_needs_an_admin_key_for_every_use_case(
-    env: Env, data_dir: Path
-) -> None:
+async def test_maintenance_needs_an_admin_key_for_every_use_case(env: Env, data_dir: Path) -> None:
     secret = KeyRing(data_dir).create(["admin"], ["alpha"], name="alpha-admin")[1]
     r = await env.client.post("/api/v1/maintenance?dry_run=true",
                               headers={"Authorization": f"Bearer {secret}"})  # fmt: skip

@@ -15,8 +15,8 @@ from tests.conftest import ROOT
 
 # Distributions of the dev extra (import names), which `make serve` does not install.
 DEV_ONLY = (
-    "pytest", "pytest_asyncio", "hypothesis", "httpx", "ruff", "mypy", "adaptive_sdk", "openai", "requests",
-    "schemathesis", "psycopg", "chdb", "moto", "flask", "flask_cors",
+    "pytest", "pytest_asyncio", "hypothesis", "httpx", "ruff", "mypy", "adaptive_sdk", "openai",
+    "requests", "schemathesis", "psycopg", "chdb", "moto", "flask", "flask_cors",
 )  # fmt: skip
 
 
