@@ -155,14 +155,27 @@ def prepare(
         "ab_campaign": body.get("ab_campaign"),
     }
     if probe["messages"] is None:
-        raise ValidationFailed("messages: required", param="messages")
+        hint = (
+            '; this is the chat endpoint: send messages: [{"role": "user", "content": "…"}] '
+            "instead of prompt"
+            if "prompt" in body
+            else ""
+        )
+        raise ValidationFailed(f"messages: required{hint}", param="messages")
     canon = validate(probe)
     check_limits(canon, limits, "")
 
     sticky = session_id or user
     # Authorised on the use case asked for before routing, so a limited key learns
     # nothing of other use cases' routes (no 404-versus-403 oracle).
-    require_use_case(use_cases, requested.split("/", 1)[0], "model")
+    asked = requested.split("/", 1)[0]
+    if use_cases is not None and asked not in use_cases and "/" not in requested:
+        mine = sorted(use_cases)[0] if use_cases else "use_case"
+        require_use_case(use_cases, asked, "model", hint=(
+            f"; {asked!r} is read as a use case (the form is 'use_case/model_key', e.g. "
+            f"'{mine}/{asked}', or 'use_case')"
+        ))  # fmt: skip
+    require_use_case(use_cases, asked, "model")
     route = routing.current().route(requested, sticky)
     require_use_case(use_cases, route.use_case, "model")
 

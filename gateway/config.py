@@ -98,8 +98,20 @@ class Routing:
             raise ValidationFailed(f"model: {exc}", param="model") from None
         uc = self.use_cases.get(use_case) or self.use_cases.get(WILDCARD)
         if uc is None:
+            if not key and use_case in self.models:  # "small": a model key, no use case
+                raise NotFound(
+                    f"model: {use_case!r} is a model key of the routing file, not a use "
+                    f"case: give 'use_case/{use_case}', e.g. "
+                    f"{self.example(use_case)!r} (the form is 'use_case/model_key', or "
+                    "'use_case' for its default model or split)",
+                    param="model",
+                    code="use_case_not_found",
+                )
+            listed = ", ".join(sorted(u for u in self.use_cases if u != WILDCARD)[:10])
             raise NotFound(
-                f"model: use case {use_case!r} is not in the gateway's routing file",
+                f"model: use case {use_case!r} is not in the gateway's routing file "
+                f"(its use cases: {listed or 'none'}; the form is 'use_case/model_key' "
+                "or 'use_case')",
                 param="model",
                 code="use_case_not_found",
             )
@@ -107,7 +119,8 @@ class Routing:
             model = self.models.get(key)
             if model is None:
                 raise NotFound(
-                    f"model: no model {key!r} in the gateway's routing file",
+                    f"model: no model {key!r} in the gateway's routing file (its model "
+                    f"keys: {', '.join(sorted(self.models)[:20])})",
                     param="model",
                     code="model_not_found",
                 )
@@ -123,6 +136,14 @@ class Routing:
                 code="model_not_found",
             )
         return Route(use_case, self.models[uc.default_model])
+
+    def example(self, model_key: str) -> str:
+        """``use_case/model_key`` with a use case that routes to ``model_key`` (else any)."""
+        named = [u for u in self.use_cases.values() if u.key != WILDCARD]
+        for uc in named:
+            if uc.default_model == model_key or any(arm == model_key for arm, _ in uc.split):
+                return f"{uc.key}/{model_key}"
+        return f"{named[0].key if named else 'support'}/{model_key}"
 
 
 def _pick(split: tuple[tuple[str, float], ...], sticky: str | None) -> str:

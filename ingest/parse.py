@@ -84,6 +84,21 @@ def parse_ndjson(body: bytes) -> list[tuple[int, Any]]:
     return items
 
 
+# Fields of other APIs' shapes sent here, and what this one calls them.
+_ANSWER = "the answer goes in completion (a string, or an assistant message)"
+MISNAMED = {
+    "prompt": 'send the conversation as messages: [{"role": "user", "content": "…"}] '
+    "(a prompt string is not a chat); " + _ANSWER,
+    "input": 'send the conversation as messages: [{"role": "user", "content": "…"}]; ' + _ANSWER,
+    "output": _ANSWER,
+    "answer": _ANSWER,
+    "response": _ANSWER + '; a whole call is logged as {"request": …, "response": …}',
+    "interaction_id": "an interaction's own id is id (an idempotency key)",
+    "completion_id": "an interaction's own id is id (an idempotency key)",
+    "tags": 'labels are a map of strings: labels: {"key": "value"}',
+}
+
+
 def validate(raw: Any, prefix: str = "") -> dict[str, Any]:
     """One interaction object → its canonical dict, or ValidationFailed naming the field."""
     fast = canonical(raw)
@@ -92,8 +107,20 @@ def validate(raw: Any, prefix: str = "") -> dict[str, Any]:
     try:
         return _ONE.validate_python(raw).canonical()
     except ValidationError as exc:
+        misnamed(raw, prefix, "an interaction")
         _raise(exc, prefix)
     raise AssertionError("unreachable")
+
+
+def misnamed(raw: Any, prefix: str, what: str) -> None:
+    """ValidationFailed saying how to fix a field of another API's shape, if ``raw``
+    (which did not validate) has one."""
+    if not isinstance(raw, dict):
+        return
+    for name, fix in MISNAMED.items():
+        if name in raw:
+            where = f"{prefix}.{name}" if prefix else name
+            raise ValidationFailed(f"{where}: not a field of {what}; {fix}", param=where)
 
 
 def split_body(
@@ -108,7 +135,9 @@ def split_body(
         try:
             raw = loads(body)
         except (orjson.JSONDecodeError, ValueError, UnicodeError) as exc:
-            raise InvalidRequest(f"the body is not valid JSON: {exc}", param="body") from None
+            raise InvalidRequest(
+                f"the body is not valid JSON: {exc}{_ndjson_hint(body)}", param="body"
+            ) from None
         if isinstance(raw, dict):
             return [(0, raw)], True
         if not isinstance(raw, list):
@@ -119,6 +148,21 @@ def split_body(
     if not numbered:
         raise ValidationFailed(f"the body holds no {what}", param="body")
     return numbered, False
+
+
+def _ndjson_hint(body: bytes) -> str:
+    """A hint when a body sent as JSON is NDJSON (one object per line)."""
+    first, _, rest = body.lstrip().partition(b"\n")
+    if not rest.strip():
+        return ""
+    try:
+        loads(first)
+    except (orjson.JSONDecodeError, ValueError, UnicodeError):
+        return ""
+    return (
+        "; it looks like NDJSON (one JSON object per line): send it with "
+        "Content-Type: application/x-ndjson"
+    )
 
 
 def validate_model(adapter: TypeAdapter[T], raw: Any, prefix: str = "") -> T:
