@@ -254,9 +254,11 @@ def import_(data: str | None, use_case: str | None, files: tuple[str, ...]) -> N
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["table", "json", "ndjson", "csv", "parquet", "arrow"]),
+    type=click.Choice(["table", "vertical", "json", "ndjson", "csv", "parquet", "arrow"]),
     default="table",
     show_default=True,
+    help="table: one line per row, or a block per row when wider than the terminal; "
+    "vertical: always a block per row.",
 )
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to this file.")
 @click.option("--max-rows", type=int, default=None, help="Most rows to return.")
@@ -264,8 +266,6 @@ def sql(data: str | None, query: str, fmt: str, output: str | None, max_rows: in
     """Run one read-only SELECT over the views interactions, feedback, comparisons and
     outcomes (helpers: label(labels, key), message_text(messages),
     last_user_message(messages))."""
-    import polars as pl
-
     from store.output import encode
     from store.reader import open as open_store
 
@@ -276,17 +276,16 @@ def sql(data: str | None, query: str, fmt: str, output: str | None, max_rows: in
         table, truncated = reader.run_sql(
             query, timeout_s=settings.sql_timeout_s, max_rows=max_rows or settings.sql_max_rows
         )
-    if fmt == "table":
-        df = pl.from_arrow(table)
-        assert isinstance(df, pl.DataFrame)
-        with pl.Config(tbl_rows=50, tbl_cols=20, fmt_str_lengths=60, tbl_hide_dataframe_shape=True):
-            text = f"{df}\n{table.num_rows} row{'s' if table.num_rows != 1 else ''}\n"
-        chunks = iter([text.encode()])
+    if fmt in ("table", "vertical"):
+        from istore.render import render
+
+        chunks = iter([render(table, vertical=True if fmt == "vertical" else None).encode()])
     else:
         if fmt == "json":  # a plain array of rows on the command line
-            from store.output import rows
+            from store.output import JSON_OPTIONS, rows
 
-            chunks = iter([orjson.dumps(rows(table), default=str, option=orjson.OPT_INDENT_2)
+            chunks = iter([orjson.dumps(rows(table), default=str,
+                                        option=JSON_OPTIONS | orjson.OPT_INDENT_2)
                            + b"\n"])  # fmt: skip
         else:
             chunks = encode(table, fmt)

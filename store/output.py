@@ -1,7 +1,12 @@
 """Arrow result tables → the bytes of an output format, in chunks (for streaming).
 
 Formats: ``json`` (one document), ``ndjson``, ``csv`` (nested values as JSON text),
-``parquet``, ``arrow`` (Arrow IPC stream). Shared by ``POST /sql`` and ``istore sql``."""
+``parquet``, ``arrow`` (Arrow IPC stream). Shared by ``POST /sql`` and ``istore sql``.
+
+In the text formats values read as the rest of the API writes them: a map (``labels``)
+is a JSON object, and a timestamp is ISO-8601 in UTC with ``Z``, microseconds only when
+there are some (``2026-11-25T10:00:05Z``, ``2026-11-25T10:00:05.250000Z``); a
+timestamp without a time zone is UTC (the SQL session's zone)."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from typing import Any
 import orjson
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from store.errors import InvalidQuery
@@ -27,14 +33,17 @@ MEDIA_TYPES = {
 _CHUNK_ROWS = 4096
 
 
+JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+
+
 def _dumps(value: Any) -> bytes:
-    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+    return orjson.dumps(value, default=str, option=JSON_OPTIONS)
 
 
 def rows(table: pa.Table | pa.RecordBatch) -> list[dict[str, Any]]:
-    """Python rows, or InvalidQuery when a value has no JSON form."""
+    """Python rows (maps as dicts), or InvalidQuery when a value has no JSON form."""
     try:
-        return table.to_pylist()
+        return table.to_pylist(maps_as_pydicts="lossy")  # DuckDB maps have unique keys
     except (OverflowError, ValueError, pa.ArrowException) as exc:
         raise InvalidQuery(
             f"a value in the result cannot be returned as JSON ({exc}); cast it to VARCHAR",
@@ -43,15 +52,30 @@ def rows(table: pa.Table | pa.RecordBatch) -> list[dict[str, Any]]:
 
 
 def _flat(table: pa.Table) -> pa.Table:
-    """Nested columns (maps, structs, lists) as JSON text, for CSV."""
+    """Nested columns (maps, structs, lists) as JSON text and timestamps as ISO-8601
+    text with ``Z``, for CSV."""
     cols = []
     for field, col in zip(table.schema, table.columns, strict=True):
         t = field.type
         if pa.types.is_nested(t) or pa.types.is_map(t):
-            values = [None if v is None else _dumps(v).decode() for v in col.to_pylist()]
+            values = [None if v is None else _dumps(v).decode()
+                      for v in col.to_pylist(maps_as_pydicts="lossy")]  # fmt: skip
             col = pa.chunked_array([pa.array(values, pa.string())])
+        elif pa.types.is_timestamp(t):
+            col = iso_z(col)
         cols.append(col)
     return pa.Table.from_arrays(cols, names=table.column_names)
+
+
+def iso_z(col: Any) -> Any:
+    """Timestamps → ``2026-11-25T10:00:05Z`` (``.250000`` when there is a fraction): the
+    form of ``datetime.isoformat`` that the API writes, in UTC."""
+    if col.type.tz not in (None, "UTC", "Etc/UTC", "+00:00"):
+        col = pc.cast(col, pa.timestamp(col.type.unit, tz="UTC"))
+    text = pc.strftime(col, format="%Y-%m-%dT%H:%M:%S")
+    return pc.binary_join_element_wise(
+        pc.replace_substring_regex(text, pattern=r"\.0+$", replacement=""), "Z", ""
+    )
 
 
 def encode(table: pa.Table, fmt: str, *, truncated: bool = False) -> Iterator[bytes]:
