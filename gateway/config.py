@@ -309,11 +309,7 @@ class RoutingFile:
                 code="gateway_not_configured",
                 retry_after=60,
             )
-        now = time.monotonic()
-        if now - self._checked >= self.CHECK_EVERY_S:
-            self._checked = now
-            if self._stat() != self._stamp:
-                self.reload()
+        self._check()
         if self._routing is None:
             raise Unavailable(
                 f"the gateway's routing file {self.path} could not be loaded: {self.error}",
@@ -322,8 +318,19 @@ class RoutingFile:
             )
         return self._routing
 
+    def _check(self, force: bool = False) -> None:
+        """Reload when the file changed (looked at once a second, or now with ``force``)."""
+        now = time.monotonic()
+        if force or now - self._checked >= self.CHECK_EVERY_S:
+            self._checked = now
+            if self._stat() != self._stamp:
+                self.reload()
+
     def status(self) -> dict[str, Any]:
-        """For ``/readyz`` (no key needed): counts, not the names of models or use cases."""
+        """For ``/readyz`` (no key needed): counts, not the names of models or use cases.
+        The file is looked at now, so a broken edit shows here without waiting for a call."""
+        if self.path is not None:
+            self._check(force=True)
         r = self._routing
         return {
             "configured": self.path is not None,

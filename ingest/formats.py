@@ -12,7 +12,10 @@
   request parameter (temperature, tools, response_format …) into ``params``. A
   response with several choices gives one interaction per choice. The response's
   ``id`` becomes the interaction id (``<id>:<i>`` for choice i > 0), so logging the
-  same call twice stores it once. No response and an ``error``: a failed call.
+  same call twice stores it once. No response and an ``error``: a failed call. What
+  answered is kept as labels, as the gateway does: ``upstream_model`` (the response's
+  ``model``) and ``finish_reason`` (the choice's); a client's labels of those names
+  are replaced.
 - **OpenAI fine-tuning JSONL** (``istore import``): ``{"messages": [..., assistant]}``;
   the last assistant message is the completion; ``tools``/``parallel_tool_calls`` go
   to ``params``.
@@ -27,6 +30,7 @@ from typing import Any
 
 from store.errors import ValidationFailed
 from store.jsonutil import dumps
+from store.schema import MAX_LABEL_VALUE
 
 GATEWAY_KEYS = frozenset(
     {
@@ -34,6 +38,8 @@ GATEWAY_KEYS = frozenset(
         "session_id", "user", "ab_campaign", "created_at", "error", "status", "feedbacks",
     }
 )  # fmt: skip
+# Labels that say what answered a logged call (the gateway sets the same ones).
+GATEWAY_LABELS = ("upstream_model", "finish_reason")
 # Request fields the store keeps elsewhere; everything else is a parameter.
 _NOT_PARAMS = frozenset({"model", "messages", "metadata", "user", "store"})
 # Keys of a response message that carry nothing when null or empty.
@@ -140,10 +146,26 @@ def from_gateway_log(
             raise _fail(where + ".message", "must be an assistant message object")
         item = dict(base)
         item["completion"] = completion_of(choice["message"])
+        _what_answered(item, response.get("model"), choice.get("finish_reason"))
         if rid is not None:
             item["id"] = rid if i == 0 or not isinstance(rid, str) else f"{rid}:{i}"
         out.append((item, {**sources, "completion": f"response.choices[{i}].message"}))
     return out
+
+
+def _what_answered(item: dict[str, Any], model: Any, finish_reason: Any) -> None:
+    """Set the ``GATEWAY_LABELS`` on ``item`` (replacing the client's of those names)."""
+    labels, metadata = item.get("labels"), item.get("metadata")
+    if not isinstance(labels, dict | None) or not isinstance(metadata, dict | None):
+        return  # not labels at all: validation says so
+    labels = dict(labels or {})
+    if metadata:
+        item["metadata"] = {k: v for k, v in metadata.items() if k not in GATEWAY_LABELS}
+    for key, value in zip(GATEWAY_LABELS, (model, finish_reason), strict=True):
+        labels.pop(key, None)
+        if isinstance(value, str) and value:
+            labels[key] = value[:MAX_LABEL_VALUE]
+    item["labels"] = labels or None
 
 
 def completion_of(message: dict[str, Any]) -> str | dict[str, Any] | None:
