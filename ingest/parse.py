@@ -14,6 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from ingest.fastpath import canonical
 from ingest.formats import (
+    completion_of,
     from_adaptive_dataset,
     from_gateway_log,
     from_openai_finetune,
@@ -202,10 +203,34 @@ def expand(
             raw = from_openai_finetune(raw, use_case, prefix)
         elif isinstance(raw, dict):
             raw = from_adaptive_dataset(raw, use_case)
+    else:
+        raw = split_last_answer(raw)
     canon = validate(raw, prefix)
     if limits is not None:
         check_limits(canon, limits, prefix)
     return [canon]
+
+
+def split_last_answer(raw: Any) -> Any:
+    """An interaction whose messages end with the assistant's answer and that has no
+    completion (OpenAI's fine-tuning shape) → the prompt in ``messages`` and that answer
+    in ``completion``, as ``istore import`` does: else the answer would be part of the
+    prompt, and exports would train on an empty completion. Not for a failed call
+    (``status: error``), and not when the answer is the only message."""
+    if not isinstance(raw, dict) or raw.get("completion") is not None:
+        return raw
+    if raw.get("status") == "error":
+        return raw
+    messages = raw.get("messages")
+    if not isinstance(messages, list) or len(messages) < 2:
+        return raw
+    last = messages[-1]
+    if not isinstance(last, dict) or last.get("role") != "assistant":
+        return raw
+    answer = completion_of(last)
+    if answer is None:  # an empty assistant turn: nothing to move
+        return raw
+    return {**raw, "messages": messages[:-1], "completion": answer}
 
 
 @dataclass(frozen=True)

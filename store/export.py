@@ -212,6 +212,11 @@ class Exporter:
         ):
             out.append(f"metric {self.o.metric!r}: no feedback with this metric, so nothing "
                        "is scored by it")  # fmt: skip
+        if self.o.format in PAIR_FORMATS and self.o.comparisons:
+            mixed = self._mixed_comparisons(allowed)
+            if mixed:
+                out.append(f"{mixed} comparison{'s' if mixed != 1 else ''} left out: the two "
+                           "sides answer different prompts")  # fmt: skip
         if (
             self.o.format in PAIR_FORMATS
             and self.o.metric is None
@@ -220,6 +225,19 @@ class Exporter:
             out.append("no comparisons to pair: log some (POST /api/v1/comparison) or give "
                        "metric=<a feedback metric> to pair answers to the same prompt")  # fmt: skip
         return out
+
+    def _mixed_comparisons(self, allowed: tuple[str, ...] | None) -> int:
+        """Comparisons (logged before ``POST /comparison`` checked it) whose sides answer
+        different prompts."""
+        t = self.store.query(
+            "SELECT c.messages AS c, p.messages AS p, o.messages AS o FROM comparisons c "
+            "LEFT JOIN interactions p ON p.id = c.preferred_id "
+            "LEFT JOIN interactions o ON o.id = c.other_id WHERE c.tied IS NULL AND "
+            "(c.messages <> p.messages OR c.messages <> o.messages OR p.messages <> o.messages)",
+            snapshot=self.snap,
+            use_cases=allowed,
+        )
+        return sum(1 for r in t.to_pylist() if not one_prompt(r["c"], r["p"], r["o"]))
 
     def _use_cases_stored(self, allowed: tuple[str, ...] | None) -> set[str]:
         t = self.snap.tables["interactions"]
@@ -444,7 +462,7 @@ class Exporter:
             "p.id AS p_id, p.messages AS p_messages, p.completion AS p_completion, "
             "p.completion_message AS p_message, p.params AS p_params, "
             "o.id AS o_id, o.completion AS o_completion, o.completion_message AS o_message, "
-            "c.preferred_id, c.other_id "
+            "o.messages AS o_messages, c.preferred_id, c.other_id "
             f"FROM comparisons c LEFT JOIN {selected} p ON p.id = c.preferred_id "
             f"LEFT JOIN {selected} o ON o.id = c.other_id "
             f"WHERE c.tied IS NULL {only} ORDER BY c.created_at, c.id"
@@ -457,9 +475,11 @@ class Exporter:
                     continue
                 if r["other_id"] is not None and r["o_id"] is None:
                     continue
-                messages_json = r["c_messages"] or r["p_messages"]
+                messages_json = r["c_messages"] or r["p_messages"] or r["o_messages"]
                 if messages_json is None:
                     continue
+                if not one_prompt(r["c_messages"], r["p_messages"], r["o_messages"]):
+                    continue  # answers to different prompts: no pair (warnings() says so)
                 better = (
                     _assistant({"completion": r["p_completion"],
                                 "completion_message": r["p_message"]})
@@ -509,6 +529,16 @@ class Exporter:
                     group.append(r)
         flush()
         yield from out  # grouped by prompt, prompts in the order of their stored messages
+
+
+def one_prompt(*messages_json: str | None) -> bool:
+    """Whether the prompts given (stored messages JSON, None for absent) are one: the
+    same messages, whatever the order of their keys."""
+    present = [m for m in messages_json if m is not None]
+    if len(set(present)) <= 1:
+        return True
+    first = loads(present[0])
+    return all(loads(m) == first for m in present[1:])
 
 
 def _inline_conditions(expr: Expr) -> tuple[Any, Any] | None:

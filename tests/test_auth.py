@@ -65,7 +65,7 @@ def _routes(env: Env, uc: str) -> list[tuple[str, str, str, dict[str, object] | 
         ("ingest", "POST", "/api/v1/feedback", {"completion_id": iid, "metric": "m", "value": 1}),
         ("ingest", "POST", "/api/v1/comparison",
          {"metric": "m", "preferred_completion": iid, "other_completion": {"text": "x"},
-          "messages": [{"role": "user", "content": "q"}]}),
+          "messages": interaction()["messages"]}),
         ("ingest", "POST", "/api/v1/outcome", {"session_id": f"s-{uc}", "metric": "m", "value": 1}),
         ("read", "GET", f"/api/v1/interactions?use_case={uc}", None),
         ("read", "GET", f"/api/v1/interactions/{iid}", None),
