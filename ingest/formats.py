@@ -18,7 +18,9 @@
   are replaced.
 - **OpenAI fine-tuning JSONL** (``istore import``): ``{"messages": [..., assistant]}``;
   the last assistant message is the completion; ``tools``/``parallel_tool_calls`` go
-  to ``params``.
+  to ``params``. Without an ``id`` the example gets one from a hash of its content
+  (use case, messages, completion, params, labels): importing a file twice stores it
+  once, and so does an example repeated in a file.
 - **Adaptive dataset JSONL** (``istore import``): ``{"messages", "completion",
   "feedbacks"?: {metric: value}}``.
 
@@ -26,7 +28,10 @@ Errors name fields as the client sent them (``request.messages[2].role``)."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
+
+import orjson
 
 from store.errors import ValidationFailed
 from store.jsonutil import dumps
@@ -222,7 +227,19 @@ def from_openai_finetune(
             out[key] = raw[key]
     if out["use_case"] is None:
         raise _fail(_at(prefix, "use_case"), "required: pass --use-case for fine-tuning files")
+    if "id" not in raw:
+        out["id"] = content_id(out)
     return out
+
+
+def content_id(item: dict[str, Any]) -> str:
+    """``ft-`` and a hash of what makes an example the same example (not its time, which
+    a fine-tuning file does not have): the same content gets the same id, so it is
+    stored once. The use case is part of it, since an id names one interaction in the
+    whole store."""
+    keys = ("use_case", "messages", "completion", "params", "labels", "metadata")
+    canon = orjson.dumps({k: item.get(k) for k in keys}, option=orjson.OPT_SORT_KEYS)
+    return "ft-" + hashlib.sha256(canon).hexdigest()[:40]
 
 
 def from_adaptive_dataset(raw: dict[str, Any], use_case: str | None) -> dict[str, Any]:
