@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # What the server needs (runtime dependencies only); $(STAMP) adds the dev extras.
 RUNTIME := $(VENV)/.installed-runtime
 
-.PHONY: serve test lint fmt bench-load bench-validate bench-query bench-export bench-gateway bench bench-scaling test-azure bench-smoke soak fuzz clean
+.PHONY: serve test test-fast lint fmt bench-load bench-validate bench-query bench-export bench-gateway bench bench-scaling test-azure bench-smoke soak fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 serve: $(RUNTIME)
 	$(BIN)/istore serve --load-sample-if-empty
 
+# Everything (CI runs this).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The edit-run loop: unit and in-process API tests, without live servers, emulators,
+# crash loops, soak, fuzzing and property runs (the `slow` marker).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -18,8 +18,6 @@ from api import docs, errors, metrics
 from api.body import JSONResponse
 from api.fastlane import FastLaneApp
 from api.guard import Gate
-from api.keys import KeyRing, usage_saver
-from api.maintenance import MaintenanceJob
 from api.routes import (
     analytics,
     chat,
@@ -31,10 +29,12 @@ from api.routes import (
     lifecycle,
     sql,
 )
-from api.settings import Settings
 from gateway.chat import GatewayStats
 from gateway.config import RoutingFile
 from gateway.upstream import Upstreams
+from service.keys import KeyRing, usage_saver
+from service.maintenance import MaintenanceJob
+from service.settings import Settings
 from store.engine import Store
 from store.reader import Reader
 

@@ -14,7 +14,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPBearer
 
 from api.guard import principal_of
-from api.keys import Principal
+from service.keys import Principal
 
 _bearer = HTTPBearer(
     auto_error=False,

@@ -125,9 +125,7 @@ async def _ingest(
     principal = _principal(scope, "ingest")
     body = await _read(scope, receive, headers, state.settings.max_body_bytes)
     ctype = headers.get("content-type", "application/json")
-    payload = await ingest_body(
-        state.store, state.reader, body, ctype, principal, state.settings.limits()
-    )
+    payload = await ingest_body(state.store, body, ctype, principal, state.settings.limits())
     return 201, payload
 
 

@@ -20,7 +20,7 @@ import ipaddress
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from api.keys import KeyRing, Principal
+from service.keys import KeyRing, Principal
 from store.errors import (
     Forbidden,
     InvalidRequest,

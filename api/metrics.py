@@ -140,8 +140,9 @@ class Collector:
         yield GaugeMetricFamily("istore_python_allocated_blocks", "Python objects' memory "
                                 "blocks (sys.getallocatedblocks)",
                                 value=sys.getallocatedblocks())  # fmt: skip
-        yield GaugeMetricFamily("istore_label_index_files", "Data files in the label index",
-                                value=store.labels.status()["files_indexed"])  # fmt: skip
+        index = store.index.status() if store.index is not None else {"files": 0}
+        yield GaugeMetricFamily("istore_index_files", "Data files the on-disk index covers",
+                                value=index["files"])  # fmt: skip
         yield GaugeMetricFamily("istore_up_seconds", "Seconds since the app started",
                                 value=time.monotonic() - state.started)  # fmt: skip
 

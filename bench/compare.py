@@ -442,9 +442,7 @@ def _run(scale: str, runs: int, work: Path, started: list[Any]) -> dict[str, Any
     assert server.proc is not None
     client = httpx.Client(base_url=server.url, timeout=300)
     deadline = time.monotonic() + 600
-    while (
-        client.get("/readyz").json()["label_index"]["files_waiting"] and time.monotonic() < deadline
-    ):
+    while client.get("/readyz").json()["index"]["waiting"] and time.monotonic() < deadline:
         time.sleep(0.5)
     duck = duckdb.connect(config={"threads": 2})
     duck.execute(f"CREATE VIEW t AS SELECT * FROM read_parquet({files}, hive_partitioning = true)")

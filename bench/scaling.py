@@ -226,7 +226,7 @@ def main() -> int:
                 )
             elif not layout.startswith("s3"):
                 r["read_after_write_s"] = visibility(urls[0], urls[0])
-            r["files"] = httpx.get(urls[0] + "/readyz").json()["label_index"]
+            r["files"] = httpx.get(urls[0] + "/readyz").json()["index"]
             r["lookup_by_id_s"] = lookup(urls[-1])
             for p in procs:
                 p.stop()

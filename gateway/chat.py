@@ -40,13 +40,13 @@ from gateway import upstream
 from gateway.asgi import send_json
 from gateway.config import Route, RoutingFile
 from gateway.errors import UpstreamError
+from ingest import pipeline
 from ingest.formats import GATEWAY_LABELS, completion_of
-from ingest.normalize import build_batch
 from ingest.parse import Limits, check_limits, validate
 from store.engine import Store
 from store.errors import InvalidRequest, StoreError, ValidationFailed, require_use_case
 from store.ids import uuid7_many
-from store.schema import INTERACTIONS_TABLE, MAX_LABEL_VALUE, MAX_LABELS
+from store.schema import MAX_LABEL_VALUE, MAX_LABELS
 
 log = logging.getLogger("istore.gateway")
 
@@ -255,8 +255,7 @@ def record(
             c = validate(item)
             check_limits(c, limits, "")
             canon.append(c)
-        batch = build_batch(canon, source="gateway")
-        ack = store.write(INTERACTIONS_TABLE, batch.interactions())
+        ack = pipeline.submit(store, canon, source="gateway").ack
     except StoreError as exc:
         _log_failed(stats, len(items), exc)
         return

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 from ingest.models import (
     ID_RE,
@@ -18,18 +18,17 @@ from ingest.models import (
     MAX_TIME,
     MAX_VALUE,
     MIN_TIME,
+    FeedbackItem,
+    InteractionIn,
+    Role,
+    Usage,
 )
 from store.schema import MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS, USE_CASE_RE
 
-ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-KNOWN = frozenset(
-    {
-        "id", "use_case", "project", "model", "model_service", "messages", "completion",
-        "labels", "metadata", "user", "session_id", "ab_campaign", "created_at", "usage",
-        "latency_ms", "ttft_ms", "params", "status", "error", "feedbacks",
-    }
-)  # fmt: skip
-_USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
+# The rules come from the models (one definition), not restated here.
+ROLES = frozenset(get_args(Role))
+KNOWN = frozenset(InteractionIn.model_fields)
+_USAGE_KEYS = tuple(Usage.model_fields)
 # The ISO-8601 forms both this path and pydantic read the same way.
 _ISO = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})?\Z")
 
@@ -71,7 +70,7 @@ def _completion(c: Any) -> bool:
     return _content_and_tools(c) and _opt_str(c.get("refusal"))
 
 
-_FEEDBACK_KEYS = frozenset({"metric", "value", "reason", "details", "user_id", "created_at"})
+_FEEDBACK_KEYS = frozenset(FeedbackItem.model_fields)
 
 
 def _feedbacks(v: Any) -> list[dict[str, Any]] | None:

@@ -22,13 +22,12 @@ from typing import IO, Any, cast
 
 import orjson
 
-from ingest.normalize import build_batch
+from ingest import pipeline
 from ingest.parse import expand
 from store.ack import Ack
 from store.engine import Store, WriteResult
 from store.errors import InvalidRequest, StoreError
 from store.jsonutil import loads
-from store.schema import INTERACTIONS_TABLE
 
 IN_FLIGHT = 4
 SHOWN_SKIPS = 5  # invalid records whose errors are kept (the others are counted)
@@ -150,9 +149,7 @@ def import_files(
     def send() -> None:
         items = list(chunk)
         chunk.clear()
-        batch = build_batch(items, source=source, new_session=False)
-        pending.append(store.write(INTERACTIONS_TABLE, batch.interactions(),
-                                   feedback=batch.feedback()))  # fmt: skip
+        pending.append(pipeline.submit(store, items, source=source).ack)
         result.read += len(items)
         while len(pending) > IN_FLIGHT:
             settle()

@@ -235,7 +235,7 @@ def split_last_answer(raw: Any) -> Any:
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-request ingest limits (``api.settings``; the label limits are in the model)."""
+    """Per-request ingest limits (``service.settings``; the label limits are in the model)."""
 
     max_items: int = 10_000
     max_messages: int = 2_000

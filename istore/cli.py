@@ -17,7 +17,7 @@ from typing import Any
 import click
 import orjson
 
-from api.settings import Settings
+from service.settings import Settings
 from store.errors import StoreError, StoreLocked
 from store.location import Location
 
@@ -94,7 +94,7 @@ def serve(
     import uvicorn
 
     from api.app import create_app
-    from api.keys import KeyRing
+    from service.keys import KeyRing
 
     settings = _settings(
         data=data,
@@ -436,7 +436,6 @@ def export(
     digests: dict[str, str] = {}
     rows: dict[str, int] = {}
     with open_store(settings.data) as reader:
-        reader.store.labels.close()  # an export scans; the lookup index is not needed
         exporter = Exporter(reader.store, reader.store.snapshot_at(versions), flt, options)
         for warning in exporter.warnings(getattr(flt, "use_case", ())):
             click.echo(f"warning: {warning}", err=True)
@@ -848,7 +847,7 @@ def keys_create(
     data: str | None, scopes: tuple[str, ...], use_cases: tuple[str, ...], name: str | None
 ) -> None:
     """Create a key. Its secret is printed once, as the last line."""
-    from api.keys import KeyRing
+    from service.keys import KeyRing
     from store.schema import USE_CASE_RE
 
     for uc in use_cases:
@@ -871,7 +870,7 @@ def keys_create(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def keys_list(data: str | None, as_json: bool) -> None:
     """Every key's id, name, scopes, use cases and times (never secrets)."""
-    from api.keys import KeyRing
+    from service.keys import KeyRing
 
     rows = KeyRing(_settings(data=data).state_folder()).describe()
     if as_json:
@@ -897,7 +896,7 @@ def keys_list(data: str | None, as_json: bool) -> None:
 @click.argument("key")
 def keys_revoke(data: str | None, key: str) -> None:
     """Revoke the key with this id (or name). A running server stops accepting it at once."""
-    from api.keys import KeyRing
+    from service.keys import KeyRing
 
     record = KeyRing(_settings(data=data).state_folder()).revoke(key)
     click.echo(f"Revoked key {record['id']} at {record['revoked_at']}")

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from api.settings import Settings
+from service.settings import Settings
 from store.engine import Store
 from store.errors import StoreLocked
 from store.location import Location

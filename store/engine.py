@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pyarrow as pa
 from deltalake import (
     CommitProperties,
@@ -37,8 +36,7 @@ from deltalake import (
 from store.ack import Ack
 from store.duck import DataFile, Duck, Snapshot, TableSnapshot, survivors
 from store.errors import Conflict, StoreError, StoreLocked, Unavailable, ValidationFailed
-from store.idindex import IdIndex, hash_ids
-from store.labelindex import LabelIndex
+from store.index import Index
 from store.location import Location
 from store.metrics import StoreMetrics
 from store.rows import Columns, decode_tables, encode_tables, num_rows, select, to_arrow
@@ -189,7 +187,7 @@ class Store:
         self._flush_lock = threading.Lock()
         self._convert_lock = threading.Lock()
         self._tails: dict[str, _Tail] = {name: _Tail() for name in TABLES}
-        self._ids = IdIndex()
+        self._index_gen = 0  # bumped whenever ids leave the tail for the table
         self._inflight: dict[str, Ack[int]] = {}
         # Interactions written but not yet in Delta: how each id was stored.
         self._pending_meta: dict[str, Stored] = {}
@@ -203,6 +201,7 @@ class Store:
         self._kick = threading.Event()
         self._flusher: threading.Thread | None = None
         self._refresher: threading.Thread | None = None
+        self._builder: threading.Thread | None = None
         self.flush_error: str | None = None
         self.recovery = RecoveryReport()
         self.flushes = 0
@@ -283,14 +282,13 @@ class Store:
             memory_limit=self.options.query_memory_limit,
             threads=self.options.query_threads,
         )
-        self.labels = LabelIndex(self.duck)
+        self.index = self._open_index()
         for spec in TABLES.values():
             self._refresh_files_view(spec, self._deltas[spec.name])
-        if self.writable:  # only the writer dedupes ids; a reader need not load them
-            self._load_ids()
-        # The interactions version whose ids the index holds (shared stores learn
-        # the other writers' later commits on refresh).
-        self._ids_version = self._current(INTERACTIONS_TABLE).version
+        for entry in self._tails[INTERACTIONS_TABLE.name].entries:  # replayed from the log
+            c = entry.cols
+            for id_, uc, sid in zip(c["id"], c["use_case"], c["session_id"], strict=True):
+                self._pending_meta[id_] = Stored(uc, sid)
 
         if self.writable:
             self._wal = WriteAheadLog(
@@ -344,64 +342,102 @@ class Store:
             out[spec.name] = (dt.transaction_version(self.app_id) or 0) if dt else 0
         return out
 
-    def _load_ids(self) -> None:
-        with self.current_view(INTERACTIONS_TABLE) as view:
-            if view is not None:
-                table = self.duck.query(Snapshot({}), f'SELECT id FROM "{view}"')
-                self._ids.load_committed(hash_ids(table.column("id").to_pylist()))
-        for entry in self._tails[INTERACTIONS_TABLE.name].entries:
-            self._ids.add_pending(entry.cols["id"])
-            c = entry.cols
-            for id_, uc, sid in zip(c["id"], c["use_case"], c["session_id"], strict=True):
-                self._pending_meta[id_] = Stored(uc, sid)
+    def _open_index(self) -> Index | None:
+        """The node's on-disk index (``store.index``); a read-only handle uses it when
+        a writer made one, else scans."""
+        table = self.location.table(INTERACTIONS_TABLE.name)
+        if self.writable:
+            return Index(self.root, table)
+        if not (self.root / "index.sqlite").exists():
+            return None
+        try:
+            return Index(self.root, table, readonly=True)
+        except Exception as exc:  # an index being made, or none usable: scan instead
+            log.info("reading without the index (%s)", exc)
+            return None
 
-    def _refresh_files_view(
-        self, spec: TableSpec, dt: DeltaTable | None, *, learn_ids: bool = False
-    ) -> None:
-        """Point the table's view at ``dt``'s version. With ``learn_ids``, the ids in
-        files that other writers added go into the id index, so that a retry sent to
-        this writer of an id another writer stored is recognised."""
-        prepared = self._prepare_view(spec, dt)
-        target: int | None = None
-        hashes = None
-        if learn_ids and dt is not None and spec is INTERACTIONS_TABLE and self.writable:
-            # From the last version learned, not the view's: this writer's own flush
-            # may have moved the view past other writers' commits. An error leaves
-            # the version where it was, so the next refresh tries these commits again.
-            target = dt.version()
-            added = self._appended_by_others(spec, self._ids_version, target)
-            if added:
-                scan_sql = self.duck.scan_sql(spec, added)
-                t = self.duck.query(Snapshot({}), f"SELECT id FROM {scan_sql}")
-                hashes = hash_ids(t.column("id").to_pylist())
-        with self._lock:  # the ids and the files they are in appear together
-            if hashes is not None:
-                self._ids.load_committed(hashes)
-            if target is not None:
-                self._ids_version = max(self._ids_version, target)
-            self._install_view(spec, dt, prepared)
+    def _read_files(self, sql: str, paths: list[str]) -> pa.Table:
+        """Run one of the index's queries over some interactions data files."""
+        scan = self.duck.scan_sql(INTERACTIONS_TABLE, paths, filename=True, row_number=True)
+        return self.duck.query(Snapshot({}), sql.format(scan=scan))
 
-    def _appended_by_others(self, spec: TableSpec, after: int, upto: int) -> list[str]:
-        """The data files other writers appended in versions ``after``+1 … ``upto``,
-        from the commit files (compactions rewrite files without new data: skipped,
-        so a compaction does not make every writer re-read every id). Commits already
-        cleaned up from the log are skipped: their ids are found by the exact check
-        only if their hash is known, as after a restart (which loads every id)."""
-        out: list[str] = []
-        for version in range(max(after, -1) + 1, upto + 1):
-            try:
-                raw = self.location.read(spec.name, f"_delta_log/{version:020d}.json")
-            except FileNotFoundError:
-                continue  # cleaned up from the log (checkpointed long ago)
-            actions = [orjson.loads(line) for line in raw.splitlines() if line.strip()]
-            if any(a.get("txn", {}).get("appId") == self.app_id for a in actions):
-                continue  # our own flush: its ids are in the index already
-            out.extend(
-                self.location.file(spec.name, a["add"]["path"])
-                for a in actions
-                if "add" in a and a["add"].get("dataChange", True)
+    def _index_files(self, fv: FilesView, new: list[str]) -> None:
+        """Bring the index up to ``fv``: retire what left the table, index ``new``
+        files (a flush's, a compaction's, another writer's), and start the builder
+        for anything else not indexed (a first start on an existing table)."""
+        if self.index is None or self.index.readonly:
+            return
+        paths = [f.path for f in fv.files]
+        try:
+            self.index.retire(paths)
+            if new:
+                self.index.add(new, self._read_files)
+        except Exception as exc:  # the files stay unindexed: reads scan them meanwhile
+            log.error("could not index %d new data files (will retry): %s", len(new), exc)
+        if self.index.unindexed(paths):
+            self._start_index_builder()
+        elif self.index.version() != fv.version:
+            self.index.mark(fv.version)
+
+    def _index_amendments(self, entries: list[_Entry]) -> None:
+        """New labels of amended interactions become postings too (see ``Index``)."""
+        assert self.index is not None
+        amended = [
+            (cid, labels)
+            for e in entries
+            for cid, action, labels in zip(
+                e.cols["completion_id"], e.cols["action"], e.cols["labels"], strict=True
             )
-        return out
+            if action == "labels"
+        ]
+        try:
+            self.index.add_labels([(c, dict(lb) if lb else None) for c, lb in amended])
+        except Exception as exc:  # lookups of those labels fall back to scans
+            log.error("could not index %d label amendments: %s", len(amended), exc)
+
+    def _start_index_builder(self) -> None:
+        with self._lock:
+            if self._builder is not None and self._builder.is_alive():
+                return
+            self._builder = threading.Thread(
+                target=self._build_index, name="istore-index", daemon=True
+            )
+            self._builder.start()
+
+    def _build_index(self) -> None:
+        """Index every data file of the current version, a few at a time (each its own
+        transaction), until none is left; reads scan the others meanwhile."""
+        assert self.index is not None
+        while not self._stop.is_set():
+            fv = self._current(INTERACTIONS_TABLE)
+            todo = self.index.unindexed(f.path for f in fv.files)
+            if not todo:
+                if self._current(INTERACTIONS_TABLE).version == fv.version:
+                    self.index.mark(fv.version)
+                    log.info("the index covers interactions version %d", fv.version)
+                    return
+                continue
+            try:
+                self.index.add(todo[:16], self._read_files)
+            except Exception as exc:  # a file vacuumed meanwhile, a full disk …
+                log.warning("index builder: %s (retrying)", exc)
+                if self._stop.wait(5):
+                    return
+
+    def _refresh_files_view(self, spec: TableSpec, dt: DeltaTable | None) -> None:
+        """Point the table's view at ``dt``'s version (files listed and the view made
+        outside the store lock). Interactions: the index follows first, indexing the
+        files added since the view it replaces (another writer's appends, a
+        compaction's rewrite), so their ids are found as soon as their rows are read;
+        a first view leaves the whole table to the background builder."""
+        prepared = self._prepare_view(spec, dt)
+        if prepared is not None and spec is INTERACTIONS_TABLE and self.writable:
+            current = self._current(spec)
+            before = {f.path for f in current.files}
+            new = [f.path for f in prepared.files if f.path not in before]
+            self._index_files(prepared, new if current.version >= 0 else [])
+        with self._lock:
+            self._install_view(spec, dt, prepared)
 
     def _current(self, spec: TableSpec) -> FilesView:
         return self._files_views.get(spec.name, NO_FILES)
@@ -442,8 +478,6 @@ class Store:
             self._files_views[spec.name] = prepared
             if current is not None:
                 self.duck.unpin([current.view])
-            if spec is INTERACTIONS_TABLE:
-                self.labels.track([f.path for f in prepared.files])
         else:
             self.duck.unpin([prepared.view])
 
@@ -472,13 +506,16 @@ class Store:
         existing: dict[str, Stored] = {}
         if spec is INTERACTIONS_TABLE:
             with self._lock:
-                maybe = self._ids.maybe_committed(cols["id"])
-            confirmed = self._confirm_committed(maybe) if maybe else {}
+                gen = self._index_gen
+                look = [i for i in cols["id"] if i not in self._pending_meta]
+            confirmed = self._confirm_committed(look) if look else {}
             with self._lock:
-                # Ids flushed since the first look are committed now: check those too.
-                later = [x for x in self._ids.maybe_committed(cols["id"]) if x not in maybe]
-                if later:
-                    confirmed |= self._confirm_committed(later)
+                if gen != self._index_gen:
+                    # A flush moved ids from the tail to the table meanwhile (it indexes
+                    # them before it trims the tail): look those up again.
+                    late = [i for i in cols["id"]
+                            if i not in confirmed and i not in self._pending_meta]  # fmt: skip
+                    confirmed |= self._confirm_committed_locked(late)
                 existing = self._check_repeats(cols, confirmed)
                 keep, ids, waits, dupes = self._dedupe(cols["id"], confirmed)
                 if dupes:
@@ -492,7 +529,6 @@ class Store:
                         tables[FEEDBACK_TABLE.name] = feedback
                 if not ids:
                     return _combine(waits, WriteResult(None, 0, dupes, existing))
-                self._ids.add_pending(ids)
                 ack = self._wal.append(RECORD_FORMAT, encode_tables(tables), (tables, ids))
                 self._last_ack = ack
                 for id_, uc, sid in zip(ids, cols["use_case"], cols["session_id"], strict=True):
@@ -510,7 +546,6 @@ class Store:
             exc = f.exception()
             if exc is not None:
                 with self._lock:
-                    self._ids.drop_pending(ids)
                     for id_ in ids:
                         self._inflight.pop(id_, None)
                         self._pending_meta.pop(id_, None)
@@ -548,7 +583,7 @@ class Store:
         seen: set[str] = set()
         waits: list[Ack[int]] = []
         for id_ in ids:
-            if id_ in seen or id_ in confirmed or self._ids.pending(id_):
+            if id_ in seen or id_ in confirmed or id_ in self._pending_meta:
                 keep.append(False)
                 dupes.append(id_)
                 inflight = self._inflight.get(id_)
@@ -561,21 +596,39 @@ class Store:
         return keep, new, waits, tuple(dupes)
 
     def _confirm_committed(self, ids: list[str]) -> dict[str, Stored]:
-        """Those of ``ids`` in the committed table (a hash hit is only a maybe), with
-        how they were stored."""
+        """Those of ``ids`` in the committed table, with how they were stored: from the
+        index, and from a scan of the data files it does not cover yet (if any)."""
+        out: dict[str, Stored] = {}
+        rest = ids
         with self.current_view(INTERACTIONS_TABLE) as view:
-            if view is None:
-                return {}
+            files = [f.path for f in self._current(INTERACTIONS_TABLE).files]
+            if self.index is not None:
+                found = self.index.locate(ids)
+                out = {i: Stored(x.use_case, x.session_id) for i, x in found.items()}
+                rest = [i for i in ids if i not in found]
+                files = self.index.unindexed(files)
+            if not rest or not files or view is None:
+                return out
+            scan = self.duck.scan_sql(INTERACTIONS_TABLE, files)
             try:
                 t = self.duck.query(
                     Snapshot({}),
-                    f'SELECT id, use_case, session_id FROM "{view}" WHERE list_contains(?, id)',
-                    [ids],
+                    f"SELECT id, use_case, session_id FROM {scan} WHERE list_contains(?, id)",
+                    [rest],
                 )
             except StoreError as exc:
                 msg = f"could not check ids against the table: {exc.message}"
                 raise Unavailable(msg) from exc
-        return {r["id"]: Stored(r["use_case"], r["session_id"]) for r in t.to_pylist()}
+        out.update({r["id"]: Stored(r["use_case"], r["session_id"]) for r in t.to_pylist()})
+        return out
+
+    def _confirm_committed_locked(self, ids: list[str]) -> dict[str, Stored]:
+        """``_confirm_committed`` while holding the store lock (an index lookup; the
+        flush that just ran indexed its files before it took the lock)."""
+        if self.index is None or not ids:
+            return {}
+        found = self.index.locate(ids)
+        return {i: Stored(x.use_case, x.session_id) for i, x in found.items()}
 
     def _on_durable(self, records: list[tuple[Record, object]]) -> None:
         with self._lock:
@@ -648,7 +701,6 @@ class Store:
                 tail.nrows -= entry.nrows
                 tail.cached = None
             if spec is INTERACTIONS_TABLE:  # not stored: a retry must be able to store it
-                self._ids.drop_pending(entry.cols["id"])
                 for id_ in entry.cols["id"]:
                     self._pending_meta.pop(id_, None)
 
@@ -738,7 +790,14 @@ class Store:
             # on disk first (delta-rs does not fsync local files), even when a refresh
             # already showed this version.
             files = prepared.files if prepared is not None else data_files(self.location, dt, spec)
-            self._sync_commit(spec, dt, [f.path for f in files if f.path not in before])
+            new = [f.path for f in files if f.path not in before]
+            self._sync_commit(spec, dt, new)
+            # The index learns the new rows before they leave the tail (``write`` relies
+            # on an id being pending or indexed, or its file unindexed and scanned).
+            if spec is INTERACTIONS_TABLE and prepared is not None:
+                self._index_files(prepared, new)
+            elif spec is AMENDMENTS_TABLE and self.index is not None:
+                self._index_amendments(todo)
         flushed_ids: list[str] = []
         with self._lock:
             # One lock hold: the new files appear exactly when the rows leave the tail.
@@ -755,7 +814,7 @@ class Store:
                     flushed_ids.extend(e.cols["id"])
             tail.cached = None
             if flushed_ids:
-                self._ids.commit(flushed_ids)
+                self._index_gen += 1
                 for id_ in flushed_ids:
                     self._pending_meta.pop(id_, None)
         return sum(e.nrows for e in todo if not e.quarantined)
@@ -781,7 +840,7 @@ class Store:
         of the unflushed rows would show those rows twice."""
         with self._flush_lock:
             for spec in TABLES.values():
-                self._refresh_files_view(spec, self.delta(spec), learn_ids=self.shared)
+                self._refresh_files_view(spec, self.delta(spec))
 
     # -- reading ------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -918,14 +977,17 @@ class Store:
                 ack.result(timeout)
 
     def candidates(self, ids: Sequence[str]) -> list[str]:
-        """Those of ``ids`` that may be stored: a fast negative for the writer (whose
-        id index knows every stored and pending id); every id for a read-only handle."""
-        if not self.writable:
+        """Those of ``ids`` that may be stored (pending, indexed, or possibly in a file
+        the index does not cover yet): a fast negative for everything else."""
+        if self.index is None:
             return list(ids)
         with self._lock:
-            pending = [i for i in ids if self._ids.pending(i)]
-            rest = [i for i in ids if not self._ids.pending(i)]
-            return pending + self._ids.maybe_committed(rest)
+            pending = [i for i in ids if i in self._pending_meta]
+            files = [f.path for f in self._current(INTERACTIONS_TABLE).files]
+        rest = [i for i in ids if i not in set(pending)]
+        if self.index.unindexed(files):
+            return pending + rest
+        return pending + list(self.index.locate(rest))
 
     # -- lifecycle (store.lifecycle) ------------------------------------------------------
     @contextlib.contextmanager
@@ -961,7 +1023,10 @@ class Store:
         before = {f.path for f in self._current(spec).files}
         prepared = self._prepare_view(spec, dt)
         if prepared is not None:
-            self._sync_commit(spec, dt, [f.path for f in prepared.files if f.path not in before])
+            new = [f.path for f in prepared.files if f.path not in before]
+            self._sync_commit(spec, dt, new)
+            if spec is INTERACTIONS_TABLE:  # the rewritten files' rows move in the index
+                self._index_files(prepared, new)
         with self._lock:
             self._install_view(spec, dt, prepared)
         n = int(m.get("num_deleted_rows") or 0)
@@ -990,8 +1055,14 @@ class Store:
                 "flush_error": self.flush_error,
                 "wal_error": self._wal.last_error if self._wal else None,
                 "versions": {n: v.version for n, v in self._files_views.items()},
-                "label_index": self.labels.status(),
+                "index": self._index_status(),
             }
+
+    def _index_status(self) -> dict[str, Any] | None:
+        if self.index is None:
+            return None
+        files = [f.path for f in self._current(INTERACTIONS_TABLE).files]
+        return {**self.index.status(), "waiting": len(self.index.unindexed(files))}
 
     def delta(self, spec: TableSpec) -> DeltaTable | None:
         return self.location.open_if_exists(spec.name)
@@ -1011,7 +1082,10 @@ class Store:
                 self.flush()
             except Exception as exc:
                 log.error("final flush failed, the write-ahead log keeps the data: %s", exc)
-        self.labels.close()
+        if self._builder is not None:
+            self._builder.join()
+        if self.index is not None:
+            self.index.close()
         self.duck.close()
         self._release_lock()
 

@@ -16,7 +16,6 @@ from store.duck import (
     Duck,
     Snapshot,
     TableSnapshot,
-    amendments_sql,
     check_select,
     effective,
 )
@@ -44,6 +43,18 @@ _LIST_COLUMNS = (
 
 # What the first phase of a page finds: where each row is (file and row number).
 _HIT = "id, created_at, filename, file_row_number AS rn"
+
+
+def _micros(ts: datetime) -> int:
+    return (ts - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+def _pending_label_changes(snap: Snapshot) -> bool:
+    """Whether label amendments wait in the tail (the index learns them at the flush)."""
+    t = snap.tables.get("amendments")
+    if t is None or t.pending.num_rows == 0:
+        return False
+    return "labels" in t.pending.column("action").to_pylist()
 
 
 def _iso(ts: datetime) -> str:
@@ -107,7 +118,11 @@ class Reader:
             start = ts.astimezone(UTC).date()
         snap = self.store.snapshot()
         t = snap.tables[INTERACTIONS_TABLE.name]
-        hits = self._find(snap, t, flt, where, params, limit + 1, order, use_cases, start)
+        cursor_ts = decode_cursor(after)[0] if after else None
+        hits = self._find_indexed(snap, t, flt, where, params, limit + 1, order, use_cases,
+                                  cursor_ts)  # fmt: skip
+        if hits is None:
+            hits = self._find(snap, t, flt, where, params, limit + 1, order, use_cases, start)
         has_more = len(hits) > limit
         hits = hits[:limit]
         rows = self._fetch(snap, t, hits)
@@ -141,40 +156,23 @@ class Reader:
             if start is None or day is None or not (day > start if desc else day < start)
         }
         days = list(by_day)
-        ranges = self._index_ranges(snap, flt, [p for ps in by_day.values() for p in ps])
-        for d in days:  # drop the files the index rules out
-            by_day[d] = [p for p in by_day[d] if ranges.get(p) != []]
-        # Every file left is indexed and restricted, and few rows to read: one round.
-        left = [p for ps in by_day.values() for p in ps]
-        small = all(ranges.get(p) for p in left) and (
-            sum(hi - lo + 1 for p in left for lo, hi in ranges[p] or ()) <= 200_000
-        )
         pending = effective(snap, "interactions", t.pending_name)
         parts = [
             f"SELECT id, created_at, NULL AS filename, NULL AS rn FROM {pending} WHERE {where}"
         ]
         args = list(params)
         hits: list[dict[str, Any]] = []
-        width, i = (len(days) or 1, 0) if small else (1, 0)
+        width, i = 1, 0
         while True:
             window = days[i : i + width]
             i += width
             width *= 2
             files = [p for d in window for p in by_day[d]]
-            whole = [p for p in files if not ranges.get(p)]
-            if whole:
-                scan = Duck.scan_sql(INTERACTIONS_TABLE, whole, filename=True, row_number=True)
+            if files:
+                scan = Duck.scan_sql(INTERACTIONS_TABLE, files, filename=True, row_number=True)
                 scan = effective(snap, "interactions", scan)
                 parts.append(f"SELECT {_HIT} FROM {scan} WHERE {where}")
                 args += params
-            for p in files:
-                rs = ranges.get(p)
-                if rs:  # only the row groups the label index allows
-                    scan = Duck.scan_sql(INTERACTIONS_TABLE, [p], filename=True, row_number=True)
-                    scan = effective(snap, "interactions", scan)
-                    rows = " OR ".join(f"file_row_number BETWEEN {lo} AND {hi}" for lo, hi in rs)
-                    parts.append(f"SELECT {_HIT} FROM {scan} WHERE ({rows}) AND {where}")
-                    args += params
             if parts:
                 sql = (
                     " UNION ALL ".join(parts)
@@ -200,23 +198,94 @@ class Reader:
                        for h in hits):  # fmt: skip
                     return hits
 
-    def _index_ranges(
-        self, snap: Snapshot, flt: Expr, paths: list[str]
-    ) -> dict[str, list[tuple[int, int]] | None]:
-        """Per indexed file: the row ranges that can match ``flt``'s label conditions
-        ([] = none; None = all). Files not indexed yet are absent. Nothing when the
-        filter has no label condition that must hold, or labels were amended (the
-        index knows the labels as written)."""
+    def _find_indexed(
+        self,
+        snap: Snapshot,
+        t: TableSnapshot,
+        flt: Expr,
+        where: str,
+        params: list[Any],
+        n: int,
+        order: str,
+        use_cases: tuple[str, ...] | None,
+        cursor: datetime | None,
+    ) -> list[dict[str, Any]] | None:
+        """``_find`` through the on-disk index, for filters with label conditions: the
+        index names candidate rows newest first (oldest for ``asc``), a batch at a
+        time; each batch is checked against the whole filter on just those rows
+        (``file_row_number``), until ``n`` match or no candidate is left. The rows not
+        in indexed files (the unflushed tail, files the index has not reached) are
+        searched whole, once. None: the index cannot answer (no label condition, no
+        index, or label changes not flushed yet, which it does not know)."""
         conds = must_labels(flt)
-        if not conds or not paths or amendments_sql(snap) is not None:
-            return {}
-        index = self.store.labels
-        hashes = index.hashes(conds)
-        out: dict[str, list[tuple[int, int]] | None] = {}
-        for p in paths:
-            if index.get(p) is not None:
-                out[p] = index.candidates(p, hashes)
-        return out
+        index = self.store.index
+        if not conds or index is None or _pending_label_changes(snap):
+            return None
+        desc = order == "desc"
+        direction = "DESC" if desc else "ASC"
+        touched = [p for ps in files_by_day(flt, t.files).values() for p in ps]
+        keep = set(touched)
+        ucs = sorted({f.partition["use_case"] for f in t.files if f.path in keep})
+        unindexed = index.unindexed(touched)
+        parts = [f"SELECT id, created_at, NULL AS filename, NULL AS rn FROM "
+                 f"{effective(snap, 'interactions', t.pending_name)} WHERE {where}"]  # fmt: skip
+        args = list(params)
+        if unindexed:
+            scan = Duck.scan_sql(INTERACTIONS_TABLE, unindexed, filename=True, row_number=True)
+            parts.append(
+                f"SELECT {_HIT} FROM {effective(snap, 'interactions', scan)} WHERE {where}"
+            )
+            args += params
+        hits = self._hits(snap, parts, args, direction, n, flt)
+        bound = None
+        if cursor is not None:
+            us = _micros(cursor)
+            bound = (None, us + 1) if desc else (us, None)
+        pos = None
+        batch = max(4 * n, 256)
+        found: list[dict[str, Any]] = []
+        while ucs:
+            cands, pos = index.candidates(
+                conds, use_cases=ucs, since=bound[0] if bound else None,
+                until=bound[1] if bound else None, desc=desc, limit=batch, before=pos,
+            )  # fmt: skip
+            by_file: dict[str, list[int]] = {}
+            for c in cands:
+                if c.path in keep:  # files of this snapshot the filter can touch
+                    by_file.setdefault(c.path, []).append(c.rn)
+            parts, args = [], []
+            for path, rns in sorted(by_file.items()):
+                scan = Duck.scan_sql(INTERACTIONS_TABLE, [path], filename=True, row_number=True)
+                scan = effective(snap, "interactions", scan)
+                rows = ", ".join(str(r) for r in sorted(set(rns)))
+                parts.append(f"SELECT {_HIT} FROM {scan} WHERE file_row_number IN ({rows}) "
+                             f"AND {where}")  # fmt: skip
+                args += params
+            if parts:
+                found += self._hits(snap, parts, args, direction, n, flt)
+            if pos is None:
+                break
+            if len(found) >= n:
+                # Done once the n-th match is strictly past the last candidate read: rows
+                # not read yet all have later (earlier, for asc) times, or the same time
+                # and an id the order may still put first.
+                found.sort(key=lambda h: (h["created_at"], h["id"]), reverse=desc)
+                found = found[:n]
+                nth = _micros(found[-1]["created_at"])
+                if (nth > pos[0]) if desc else (nth < pos[0]):
+                    break
+            batch = min(batch * 4, 100_000)
+        merged = hits + found
+        merged.sort(key=lambda h: (h["created_at"], h["id"]), reverse=desc)
+        return merged[:n]
+
+    def _hits(self, snap: Snapshot, parts: list[str], args: list[Any], direction: str, n: int,
+              flt: Expr) -> list[dict[str, Any]]:  # fmt: skip
+        sql = (
+            " UNION ALL ".join(parts)
+            + f" ORDER BY created_at {direction}, id {direction} LIMIT {n}"
+        )
+        return self.store.query(sql, args, snapshot=snap, views=flt.needs_feedback).to_pylist()
 
     def _fetch(
         self, snap: Snapshot, t: TableSnapshot, hits: list[dict[str, Any]]
@@ -251,7 +320,7 @@ class Reader:
         def q(sql: str, args: list[Any]) -> list[dict[str, Any]]:
             return self.store.query(sql, args, snapshot=snap, use_cases=use_cases).to_pylist()
 
-        rows = q(f"SELECT {_LIST_COLUMNS} FROM interactions WHERE id = ? LIMIT 1", [id_])
+        rows = self._row(snap, id_, use_cases)
         if not rows:
             raise NotFound(f"no interaction with id {id_!r}", param="id")
         item = to_api(rows[0])
@@ -274,6 +343,41 @@ class Reader:
             c["preferred"] = c["preferred_id"] == id_
         item["comparisons"] = comparisons
         return item
+
+    def _row(
+        self, snap: Snapshot, id_: str, use_cases: tuple[str, ...] | None
+    ) -> list[dict[str, Any]]:
+        """The stored row of ``id_`` (amendments applied), reading as little as the
+        index allows: one row of one file when it knows where the row is; else the
+        unflushed rows and the files it does not cover yet; else every file."""
+        t = snap.tables[INTERACTIONS_TABLE.name]
+        index = self.store.index
+        only = "" if use_cases is None else " AND list_contains(?, use_case)"
+        extra: list[Any] = [] if use_cases is None else [list(use_cases)]
+        if index is None:
+            return self.store.query(
+                f"SELECT {_LIST_COLUMNS} FROM interactions WHERE id = ? LIMIT 1", [id_],
+                snapshot=snap, use_cases=use_cases,
+            ).to_pylist()  # fmt: skip
+        files = {f.path for f in t.files}
+        loc = index.locate([id_]).get(id_)
+        pending = effective(snap, "interactions", t.pending_name)
+        parts = [f"SELECT {_LIST_COLUMNS} FROM {pending} WHERE id = ?{only}"]
+        args: list[Any] = [id_, *extra]
+        if loc is not None and loc.path in files:
+            one = Duck.scan_sql(INTERACTIONS_TABLE, [loc.path], row_number=True)
+            scan = effective(snap, "interactions", one)
+            parts.append(f"SELECT {_LIST_COLUMNS} FROM {scan} "
+                         f"WHERE file_row_number = {int(loc.rn)} AND id = ?{only}")  # fmt: skip
+            args += [id_, *extra]
+        else:
+            unindexed = index.unindexed(files)
+            if unindexed:
+                scan = effective(snap, "interactions", Duck.scan_sql(INTERACTIONS_TABLE, unindexed))
+                parts.append(f"SELECT {_LIST_COLUMNS} FROM {scan} WHERE id = ?{only}")
+                args += [id_, *extra]
+        sql = " UNION ALL ".join(parts) + " LIMIT 1"
+        return self.store.query(sql, args, snapshot=snap, views=False).to_pylist()
 
     def locate(self, ids: list[str], use_cases: tuple[str, ...] | None = None) -> dict[str, str]:
         """{id: use case} for those of ``ids`` that are stored (acknowledged) and, with

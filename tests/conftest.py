@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio  # noqa: F401  (plugin presence check)
 
 from api.app import create_app
-from api.settings import Settings
+from service.settings import Settings
 from store.engine import Store, StoreOptions
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -583,7 +583,7 @@ async def test_body_just_under_the_limit_is_accepted(client: httpx.AsyncClient) 
 class _no_raise_client:  # noqa: N801 - used like a function
     def __init__(self, store: Any, data_dir: Any) -> None:
         from api.app import create_app
-        from api.settings import Settings
+        from service.settings import Settings
 
         self.app = create_app(Settings(data=str(data_dir), max_body_bytes=8 << 20), store=store)
 

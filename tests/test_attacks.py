@@ -19,8 +19,10 @@ import httpx
 import orjson
 import pytest
 
-from api.keys import KeyRing
+from service.keys import KeyRing
 from tests.conftest import Server, interaction
+
+pytestmark = pytest.mark.slow  # live servers, emulators, property runs: `make test` only
 
 KEYS = {
     "ADMIN": (["admin"], None),

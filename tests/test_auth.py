@@ -12,8 +12,8 @@ import pytest
 import pytest_asyncio
 from click.testing import CliRunner
 
-from api.keys import KeyRing
 from istore.cli import main
+from service.keys import KeyRing
 from store.engine import Store
 from store.errors import Unavailable
 from tests.conftest import assert_error, in_process, interaction
@@ -224,7 +224,7 @@ def test_last_used_is_recorded(tmp_path: Path) -> None:
 def test_revoke_during_first_verification_wins(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import api.keys as keys_module
+    import service.keys as keys_module
 
     server = KeyRing(tmp_path)
     _, secret = server.create(["read"], name="a")

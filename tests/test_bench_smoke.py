@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bench.compare import markdown, run
+
+pytestmark = pytest.mark.slow  # live servers, emulators, property runs: `make test` only
 
 
 def test_bench_smoke(tmp_path: Path) -> None:

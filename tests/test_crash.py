@@ -16,10 +16,13 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 from deltalake import DeltaTable
 
 import store
 from tests.conftest import Server, interaction
+
+pytestmark = pytest.mark.slow  # live servers, emulators, property runs: `make test` only
 
 ROUNDS = int(os.environ.get("ISTORE_CRASH_ROUNDS", "5"))
 

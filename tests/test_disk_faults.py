@@ -21,6 +21,8 @@ import pytest
 
 from tests.conftest import Server, interaction
 
+pytestmark = pytest.mark.slow  # live servers, emulators, property runs: `make test` only
+
 PAD = "lorem ipsum dolor sit amet " * 400  # ~10 KB per interaction
 
 

@@ -13,8 +13,8 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from api.settings import Settings
 from istore.cli import main
+from service.settings import Settings
 from tests.conftest import ROOT, interaction
 
 README = (ROOT / "README.md").read_text()

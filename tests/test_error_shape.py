@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from api.app import create_app
-from api.settings import Settings
+from service.settings import Settings
 from store.engine import Store
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")

@@ -11,7 +11,7 @@ import orjson
 
 from api.app import create_app
 from api.fastlane import FastLaneApp
-from api.settings import Settings
+from service.settings import Settings
 from store.engine import Store, StoreOptions
 from tests.conftest import interaction
 

@@ -9,7 +9,7 @@ import pytest
 from deltalake import DeltaTable
 
 from api.app import create_app
-from api.settings import Settings
+from service.settings import Settings
 from store.engine import Store, StoreOptions
 from tests.conftest import assert_error, interaction
 

@@ -21,6 +21,8 @@ from store.filters import parse_expr
 from store.reader import Reader
 from tests.conftest import in_process
 
+pytestmark = pytest.mark.slow  # live servers, emulators, property runs: `make test` only
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_data" / "interactions.ndjson"
 ROWS = [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()]

@@ -11,8 +11,8 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from api.keys import KeyRing
 from istore.cli import main
+from service.keys import KeyRing
 from store.engine import Store
 from tests.conftest import assert_error, in_process, interaction
 from tests.test_gateway import MESSAGES, config, upstream  # noqa: F401  (fixtures)

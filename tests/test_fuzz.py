@@ -23,6 +23,8 @@ from tests.conftest import Server
 from tests.test_gateway import routing_toml
 from tests.upstream import Upstream
 
+pytestmark = pytest.mark.slow  # live servers, emulators, property runs: `make test` only
+
 EXAMPLES = int(os.environ.get("ISTORE_FUZZ_EXAMPLES", "12"))
 ERROR_KEYS = {"message", "type", "param", "code"}
 
@@ -94,7 +96,7 @@ def test_every_operation(live_api: Any) -> None:
 
 def test_the_document_names_one_error_shape(tmp_path: Path) -> None:
     from api.app import create_app
-    from api.settings import Settings
+    from service.settings import Settings
 
     doc = create_app(Settings(data=str(tmp_path))).openapi()
     assert "HTTPValidationError" not in str(doc)

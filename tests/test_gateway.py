@@ -16,8 +16,8 @@ import httpx
 import orjson
 import pytest
 
-from api.keys import KeyRing
 from gateway.config import ConfigError, parse
+from service.keys import KeyRing
 from store.engine import Store
 from tests.conftest import Server, assert_error, free_port, in_process
 from tests.upstream import ANSWER_PIECES, Upstream
@@ -538,7 +538,7 @@ def test_sighup_reloads_the_routing_file(live: Server, config: Path) -> None:
 
 async def test_fastapi_route_answers_like_the_fast_lane(store: Store, config: Path) -> None:
     from api.app import create_app
-    from api.settings import Settings
+    from service.settings import Settings
 
     app = create_app(Settings(data=str(store.root), gateway_config=str(config)), store=store)
     app.fast_lane = False  # through FastAPI's routing and middleware

@@ -20,10 +20,12 @@ import requests
 from adaptive_sdk import Adaptive
 from openai import AsyncOpenAI, OpenAI
 
-from api.keys import KeyRing
+from service.keys import KeyRing
 from tests.conftest import Server
 from tests.test_gateway import MESSAGES, routing_toml
 from tests.upstream import ANSWER_PIECES, Upstream
+
+pytestmark = pytest.mark.slow  # live servers, emulators, property runs: `make test` only
 
 STREAMED = "".join(ANSWER_PIECES)
 ECHO = "echo: Hello model!"

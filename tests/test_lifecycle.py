@@ -20,8 +20,8 @@ from click.testing import CliRunner
 from deltalake import DeltaTable
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.keys import KeyRing
 from istore.cli import main
+from service.keys import KeyRing
 from store.engine import Store, StoreOptions
 from tests.conftest import Server, assert_error, in_process, interaction
 

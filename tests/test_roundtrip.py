@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from ingest.parse import split_last_answer
 from store.engine import Store
 
+pytestmark = pytest.mark.slow  # live servers, emulators, property runs: `make test` only
+
 URL = "/api/v1/interactions"
 
 

@@ -29,6 +29,8 @@ from deltalake import DeltaTable
 from tests.conftest import ROOT, Server, free_port, interaction
 from tests.s3 import start_s3
 
+pytestmark = pytest.mark.slow  # live servers, emulators, property runs: `make test` only
+
 BUCKET = "istore-test"
 
 

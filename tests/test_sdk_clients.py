@@ -10,8 +10,10 @@ import httpx
 import pytest
 from adaptive_sdk import Adaptive
 
-from api.keys import KeyRing
+from service.keys import KeyRing
 from tests.conftest import Server
+
+pytestmark = pytest.mark.slow  # live servers, emulators, property runs: `make test` only
 
 
 @pytest.fixture

@@ -3,7 +3,11 @@ feedback, lists, stats, SQL and exports together for 20 seconds, without an erro
 
 from __future__ import annotations
 
+import pytest
+
 from bench.soak import run, table
+
+pytestmark = pytest.mark.slow  # live servers, emulators, property runs: `make test` only
 
 
 def test_mixed_load_without_errors() -> None:

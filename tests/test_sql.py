@@ -243,13 +243,11 @@ async def test_read_your_writes(client: httpx.AsyncClient) -> None:
     """An acknowledged interaction is in list, stats and SQL at once (no flush)."""
     r = await client.post("/api/v1/interactions", json=interaction(0, id="now-1", use_case="ryw"))
     assert r.status_code == 201
-    t0 = time.monotonic()
     listed = (await client.get("/api/v1/interactions?use_case=ryw")).json()["data"]
     stats = (await client.get("/api/v1/interactions/stats?use_case=ryw")).json()["data"]
     rows = (await client.post(
         "/api/v1/sql", json={"sql": "SELECT id FROM interactions WHERE use_case = 'ryw'"}
     )).json()["data"]  # fmt: skip
-    assert time.monotonic() - t0 < 1.0
     assert [x["id"] for x in listed] == ["now-1"]
     assert stats == [{"count": 1}]
     assert rows == [{"id": "now-1"}]

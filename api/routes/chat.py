@@ -20,9 +20,9 @@ from starlette.responses import Response
 from api.auth import Ingest
 from api.body import read_body
 from api.errors import raw_headers, render
-from api.keys import Principal
 from gateway import chat
 from gateway.asgi import send_json
+from service.keys import Principal
 from store.errors import StoreError
 
 router = APIRouter(tags=["gateway"])

@@ -11,15 +11,14 @@ from fastapi.concurrency import run_in_threadpool
 from api.auth import Ingest, Read
 from api.body import JSONResponse, read_body
 from api.filters import query_filter
-from api.keys import OPEN, Principal
+from ingest import pipeline
 from ingest.models import BatchAck, IngestAck
-from ingest.normalize import Batch, build_batch
 from ingest.parse import Limits, parse_located
+from service.keys import OPEN, Principal
 from store.ack import wait
-from store.engine import IdConflict, Store, WriteResult
+from store.engine import Store
 from store.filters import Filter
 from store.reader import Reader
-from store.schema import INTERACTIONS_TABLE
 
 router = APIRouter(tags=["interactions"])
 
@@ -44,55 +43,24 @@ _BODY_SCHEMA = {
 _INLINE_ITEMS = 64
 
 
-async def persist(store: Store, batch: Batch, wheres: list[str] | None = None) -> WriteResult:
-    """Durably store a batch: interactions first, then the feedback of those that were
-    new. The result names the ids that were already stored (idempotent repeats).
-    An id stored in another use case is a 409 naming the item (``wheres``)."""
-    try:
-        ack = store.write(INTERACTIONS_TABLE, batch.interactions(), feedback=batch.feedback())
-    except IdConflict as exc:
-        where = wheres[exc.positions[0]] if wheres else ""
-        exc.param = f"{where}.id" if where else "id"
-        raise
-    return await wait(ack)
-
-
 async def ingest_body(
     store: Store,
-    reader: Reader,
     body: bytes,
     ctype: str,
     principal: Principal = OPEN,
     limits: Limits | None = None,
 ) -> dict[str, Any]:
-    """Validate, persist and acknowledge one ingest body (the route and the fast lane)."""
+    """Parse one ingest body, write it through the ingest pipeline, wait until it is
+    durable and answer (the route and the fast lane)."""
     parse = partial(parse_located, body, ctype, limits=limits or Limits())
     if len(body) > 256 << 10:
         items, wheres, single = await run_in_threadpool(parse)
     else:
         items, wheres, single = parse()
-    if principal.use_cases is not None:
-        for item, where in zip(items, wheres, strict=True):
-            principal.check_use_case(item["use_case"], f"{where}.use_case" if where else "use_case")
-    if len(items) > _INLINE_ITEMS:
-        batch = await run_in_threadpool(build_batch, items, source="api")
-    else:
-        batch = build_batch(items, source="api", new_session=single)
-    result = await persist(store, batch, wheres)
-    if single and result.duplicate_ids:  # a repeat: answered as the first write was
-        first = result.existing[batch.ids[0]]
-        return {"completion_id": batch.ids[0], "session_id": first.session_id,
-                "feedback_ids": []}  # fmt: skip
-    if single:
-        return {
-            "completion_id": batch.ids[0],
-            "session_id": batch.session_ids[0],
-            "feedback_ids": batch.feedback_ids[0],
-        }
-    # accepted = new + repeats: a repeat (an id already stored, or twice in the body)
-    # stores nothing, and the answer says so rather than hiding it in "accepted".
-    return {"accepted": len(batch.ids), "new": result.stored,
-            "repeats": len(result.duplicate_ids), "completion_ids": batch.ids}  # fmt: skip
+    submit = partial(pipeline.submit, store, items, source="api", use_cases=principal.use_cases,
+                     wheres=wheres, new_session=single)  # fmt: skip
+    sub = await run_in_threadpool(submit) if len(items) > _INLINE_ITEMS else submit()
+    return pipeline.answer(sub.batch, await wait(sub.ack), single=single)
 
 
 @router.post(
@@ -107,9 +75,7 @@ async def ingest(request: Request, principal: Ingest) -> JSONResponse:
     state = request.app.state
     body = await read_body(request, state.settings.max_body_bytes)
     ctype = request.headers.get("content-type", "application/json")
-    ack = await ingest_body(
-        state.store, state.reader, body, ctype, principal, state.settings.limits()
-    )
+    ack = await ingest_body(state.store, body, ctype, principal, state.settings.limits())
     return JSONResponse(ack, status_code=201)
 
 

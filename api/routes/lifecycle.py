@@ -17,7 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from api.auth import Admin
 from api.body import JSONResponse, read_body
 from api.filters import check_params
-from api.maintenance import STEPS, MaintenanceJob
+from service.maintenance import STEPS, MaintenanceJob
 from store.ack import wait
 from store.errors import Forbidden, InvalidRequest, Unavailable, ValidationFailed
 from store.filters import Filter, parse_expr
