@@ -21,8 +21,6 @@ from service.settings import Settings
 from store.errors import StoreError, StoreLocked
 from store.location import Location
 
-SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "interactions.ndjson"
-
 
 def _settings(**overrides: Any) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -60,7 +58,8 @@ def main() -> None:
 @click.option(
     "--load-sample-if-empty",
     is_flag=True,
-    help="Load sample_data/ into an empty store first (what `make serve` does).",
+    help="Load the sample (sample_data/sample.py, the last 14 days) into an empty store "
+    "first (what `make serve` does).",
 )
 @click.option(
     "--insecure-no-auth",
@@ -186,9 +185,15 @@ def serve(
 
 
 def _load_sample(store: Any) -> None:
-    if _is_empty(store) and SAMPLE.exists():
-        n, _ = _import_files(store, [SAMPLE], progress=False)
-        click.echo(f"Loaded {n} sample interactions from {SAMPLE.name} into {store.root}")
+    """The sample (``sample_data/sample.py``: dated up to today), into an empty store."""
+    if not _is_empty(store):
+        return
+    from sample_data.sample import load
+
+    n = load(store)
+    click.echo(f"Loaded the sample ({n['interactions']} interactions, {n['feedback']} feedback, "
+               f"{n['comparisons']} comparisons, {n['outcomes']} outcomes, the last 14 days) "
+               f"into {store.root}")  # fmt: skip
 
 
 def _is_loopback(host: str) -> bool:
