@@ -63,7 +63,9 @@ async def test_erasure_hides_at_once_and_leaves_no_byte(tmp_path: Path) -> None:
                                                        "value": 4, "reason": MARK})  # fmt: skip
             assert r.status_code == 201
             r = await c.post("/api/v1/comparison", json={
-                "metric": "pref", "preferred_completion": ids[1], "other_completion": keep[0],
+                "metric": "pref", "preferred_completion": ids[1],
+                "other_completion": {"text": f"another answer {MARK}"},
+                "messages": [{"role": "user", "content": f"my secret {MARK}"}],
                 "project": "support"})  # fmt: skip
             assert r.status_code == 201
             r = await c.post(f"/v1/chat/completions/{ids[2]}", json={"metadata": {"x": MARK}})
