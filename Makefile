@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # What the server needs (runtime dependencies only); $(STAMP) adds the dev extras.
 RUNTIME := $(VENV)/.installed-runtime
 
-.PHONY: serve test test-fast lint fmt bench-load bench-validate bench-query bench-export bench-gateway bench bench-scaling test-azure bench-smoke soak fuzz clean
+.PHONY: serve test test-fast lint chromium bench-console fmt bench-otlp bench-load bench-validate bench-query bench-export bench-gateway bench bench-scaling test-azure bench-smoke soak fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,13 +24,17 @@ serve: $(RUNTIME)
 	$(BIN)/istore serve --load-sample-if-empty
 
 # Everything (CI runs this).
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
 # The edit-run loop: unit and in-process API tests, without live servers, emulators,
 # crash loops, soak, fuzzing and property runs (the `slow` marker).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The console's browser tests drive Debian's chromium (Playwright cannot download its own).
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null) || (sudo apt-get update -q >/dev/null && sudo apt-get install -y -q chromium >/dev/null)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -89,10 +93,24 @@ bench-export: $(STAMP)
 	$(BIN)/python bench/query.py --rows $(ROWS) --data .bench-data --runs 1
 	$(BIN)/python bench/export.py --data .bench-data --json bench/results/export-$$(date +%F).json
 
+# OTLP ingest against Arize Phoenix (its own venv: heavy, kept out of .[dev]); SPANS=100000.
+PHOENIX_VENV := .bench-phoenix
+$(PHOENIX_VENV)/bin/phoenix:
+	$(PYTHON) -m venv $(PHOENIX_VENV)
+	$(PHOENIX_VENV)/bin/pip install --quiet 'arize-phoenix==20.26.1'
+
+bench-otlp: $(STAMP) $(PHOENIX_VENV)/bin/phoenix
+	$(BIN)/python bench/otlp.py --spans $${SPANS:-100000} --phoenix $(PHOENIX_VENV)/bin/phoenix \
+		--json bench/results/otlp-$$(date +%F).json
+# Server time per console page over a generated store of CONSOLE_ROWS interactions.
+CONSOLE_ROWS ?= 1000000
+bench-console: $(STAMP)
+	$(BIN)/python bench/console.py --rows $(CONSOLE_ROWS) --json bench/results/console-$$(date +%F).json
+
 # The crash test, many rounds (CI runs 3).
 soak: $(STAMP)
 	ISTORE_CRASH_ROUNDS=$${ROUNDS:-50} $(BIN)/python -m pytest -q -s tests/test_crash.py -p no:cacheprovider
 	$(BIN)/python bench/soak.py --minutes $${MINUTES:-10} --preload $${PRELOAD:-300000} --json bench/results/soak-$$(date +%F).json
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(PHOENIX_VENV) data .pytest_cache .ruff_cache .mypy_cache

@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+import console
 from api import docs, errors, metrics
 from api.body import JSONResponse
 from api.fastlane import FastLaneApp
@@ -22,11 +23,13 @@ from api.routes import (
     analytics,
     chat,
     completions,
+    curation,
     export,
     feedback,
     health,
     interactions,
     lifecycle,
+    otlp,
     sql,
 )
 from gateway.chat import GatewayStats
@@ -64,6 +67,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         stop_usage = threading.Event()
         reload_on_hup = _on_sighup(app.state.gateway)
         usage_saver(app.state.keys, stop_usage)
+        app.state.otlp = await otlp.start_receiver(app.state, settings)
         if st.recovery.cut_bytes:
             log.warning(
                 "recovery cut %d corrupt bytes from the write-ahead log (%s)",
@@ -74,6 +78,8 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             yield
         finally:
             stop_usage.set()
+            if app.state.otlp is not None:
+                await app.state.otlp.close()
             if job is not None:
                 job.stop()
             reload_on_hup()
@@ -104,12 +110,15 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     # Before interactions: /interactions/stats and /query are not interaction ids.
     app.include_router(analytics.router, prefix="/api/v1")
     app.include_router(lifecycle.router, prefix="/api/v1")
+    app.include_router(curation.router, prefix="/api/v1")  # /interactions/labels: before {id}
     app.include_router(interactions.router, prefix="/api/v1")
     app.include_router(feedback.router, prefix="/api/v1")
     app.include_router(sql.router, prefix="/api/v1")
     app.include_router(export.router, prefix="/api/v1")
     app.include_router(chat.router)  # /api/v1 and /v1 chat/completions (the gateway)
     app.include_router(completions.router)  # under /api/v1 and /v1 (OpenAI clients)
+    app.include_router(otlp.router)  # OTLP/HTTP: /v1/traces, /v1/logs, Langfuse's path
+    console.install(app)  # the web console at /ui/ (HTML; not in the OpenAPI document)
     _add_body_schemas(app)
     return app
 

@@ -16,6 +16,8 @@ and with how big a body.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -44,6 +46,9 @@ BODY_TYPES = (
     "application/protobuf",
 )
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+# OTLP paths (api.routes.otlp): the Langfuse SDK authenticates with HTTP Basic
+# ``public_key:secret_key``; there the secret is the istore key.
+BASIC_PATHS = frozenset({"/v1/traces", "/v1/logs", "/api/public/otel/v1/traces"})
 
 
 def is_api(path: str) -> bool:
@@ -61,6 +66,23 @@ def one_header(scope: Scope, name: bytes) -> str | None:
             f"send one {name.decode()} header, not {len(values)}", param=name.decode()
         )
     return values[0] if values else None
+
+
+def basic_as_bearer(authorization: str | None) -> str | None:
+    """``Basic base64(public:secret)`` → ``Bearer secret``; anything else unchanged."""
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return authorization
+    try:
+        user_pass = base64.b64decode(token.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise Unauthorized("the Basic credentials are not base64 of 'public:secret'") from None
+    secret = user_pass.partition(":")[2]
+    if not secret:
+        raise Unauthorized("the Basic credentials carry no secret: send 'public:<API key>'")
+    return f"Bearer {secret}"
 
 
 def _host_name(host: str) -> str:
@@ -128,6 +150,8 @@ class Gate:
         """For an API request: the caller (authenticated before the body is read) and
         a ``receive`` that hands the route the body, read whole within the limit."""
         authorization = one_header(scope, b"authorization")
+        if scope["path"] in BASIC_PATHS:
+            authorization = basic_as_bearer(authorization)
         principal = await self.keys.authenticate_async(authorization)
         if scope["method"] not in WRITE_METHODS:
             return principal, receive

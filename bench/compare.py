@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -352,6 +352,77 @@ def single_ingest(s: dict[str, Any], url: str, runs: int, work: Path, seconds: i
     }
 
 
+def _pcts(times: list[float]) -> dict[str, float]:
+    ms = sorted(t * 1000 for t in times)
+    return {"p50_ms": statistics.median(ms), "p99_ms": ms[min(len(ms) - 1, int(len(ms) * 0.99))]}
+
+
+def point_reads(s: dict[str, Any], client: httpx.Client, duck: Any, pg: Any, runs: int) -> None:
+    """GET /interactions/{id} for random stored ids, against PostgreSQL's primary key."""
+    log("point reads: GET /interactions/{id}")
+    ids = [r[0] for r in duck.execute("SELECT id FROM t USING SAMPLE 400 ROWS").fetchall()]
+    ours = []
+    for id_ in ids:
+        t = time.perf_counter()
+        r = client.get(f"/api/v1/interactions/{id_}")
+        ours.append(time.perf_counter() - t)
+        assert r.status_code == 200, r.text
+    s["point_read_ms"] = {"us": _pcts(ours[20:])}
+    if pg is not None:
+        s["point_read_ms"]["postgres"] = _pcts(
+            [pg.timed("SELECT doc FROM interactions WHERE id = %s", (i,)) for i in ids][20:]
+        )
+
+
+def label_across_use_cases(s: dict[str, Any], client: httpx.Client, duck: Any, pg: Any,
+                           runs: int, files: list[str]) -> None:  # fmt: skip
+    """One label, every use case, a time range: newest 100."""
+    log("query: one label across use cases and a week")
+    topic, hi = duck.execute(
+        "SELECT labels['topic'], max(created_at) FROM t WHERE labels['topic'] IS NOT NULL "
+        "GROUP BY 1 ORDER BY abs(count(*) - 2000), 1 LIMIT 1"
+    ).fetchone()
+    since, until = (hi - timedelta(days=7)).isoformat(), (hi + timedelta(seconds=1)).isoformat()
+
+    def ours() -> float:
+        t = time.perf_counter()
+        r = client.get("/api/v1/interactions", params={
+            "label": f"topic:{topic}", "from": since, "to": until, "limit": 100})  # fmt: skip
+        assert r.status_code == 200, r.text
+        return time.perf_counter() - t
+
+    ours()
+    s["label_range_ms"] = {"us": median_of(runs * 3, ours)["median"] * 1000}
+    if pg is not None:
+        q = ("SELECT doc FROM interactions WHERE labels @> %s::jsonb AND created_at >= %s "
+             "AND created_at < %s ORDER BY created_at DESC, id DESC LIMIT 100")  # fmt: skip
+        args = (json.dumps({"topic": topic}), since, until)
+        pg.timed(q, args)
+        s["label_range_ms"]["postgres"] = (
+            median_of(runs * 3, lambda: pg.timed(q, args))["median"] * 1000
+        )
+
+
+def retry_storm(s: dict[str, Any], url: str, src: Path, work: Path, seconds: int) -> None:
+    """32 connections resending interactions that are already stored (what an exporter
+    does after a time-out), against fresh single interactions, on the same server."""
+    log("retry storm: 32 connections resending stored interactions")
+    stored = work / "stored.ndjson"
+    with open(src, "rb") as f:
+        stored.write_bytes(b"".join(itertools.islice(f, 5000)))
+    fresh = work / "fresh.json"
+    fresh.write_bytes(orjson.dumps(interaction(1)))
+    retry = wrk(url + "/api/v1/interactions", stored, "application/json", 32, seconds, cycle=True)
+    new = wrk(url + "/api/v1/interactions", fresh, "application/json", 32, seconds)
+    s["retry_storm_c32_per_s"] = {
+        "us": retry["requests"] / retry["seconds"],
+        "fresh": new["requests"] / new["seconds"],
+        "us_p99_ms": retry["p99_ms"],
+        "timeouts": retry["timeouts"],
+        "errors": retry["errors"],
+    }
+
+
 def run(scale: str, runs: int, work: Path) -> dict[str, Any]:
     """The whole comparison; whatever it started is stopped, even when a step fails."""
     started: list[Any] = []
@@ -545,6 +616,11 @@ def _run(scale: str, runs: int, work: Path, started: list[Any]) -> dict[str, Any
             row["postgres"] = median_of(runs, lambda q=pg_q: pg.timed(*q))["median"] * 1000
         s[name] = row
 
+    point_reads(s, client, duck, pg, runs)
+    label_across_use_cases(s, client, duck, pg, runs, files)
+    if shutil.which("wrk") is not None:
+        retry_storm(s, server.url, src, work, 2 if scale == "smoke" else 5)
+
     log("export: openai JSONL")
 
     def our_export() -> float:
@@ -572,6 +648,11 @@ def _run(scale: str, runs: int, work: Path, started: list[Any]) -> dict[str, Any
     s["server_peak_rss_mb"] = {"us": rss_peak_mb(server.proc.pid)}
     client.close()
     server.stop()
+    log("start-up: process start → /readyz")
+    t0 = time.perf_counter()
+    again = Server(data_dir, ISTORE_MAINTENANCE_INTERVAL_S="0").start(timeout=600)
+    s["startup_s"] = {"us": time.perf_counter() - t0}
+    again.stop()
     if pg is not None:
         pg.stop()
     res["goals"] = goals(s)
@@ -611,6 +692,17 @@ def goals(s: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         )
         goal(f"{name}: faster than chDB", q["chdb_same_files"] / q["us"], 1.0)
         goal(f"{name}: ≤ 1.3× raw DuckDB", q["us"] / q["duckdb_same_files"], 1.3, higher=False)
+    pr = s.get("point_read_ms")
+    if pr:
+        goal("GET by id p50 ≤ 5 ms", pr["us"]["p50_ms"], 5.0, higher=False)
+        goal("GET by id p99 ≤ 20 ms", pr["us"]["p99_ms"], 20.0, higher=False)
+    rs = s.get("retry_storm_c32_per_s")
+    goal("retry storm ≥ 1.0× fresh single ingest", rs["us"] / rs["fresh"] if rs else None, 1.0)
+    lr = s.get("label_range_ms")
+    ratio = lr["us"] / lr["postgres"] if lr and "postgres" in lr else None
+    goal("label across use cases + range ≤ 2× PostgreSQL + GIN", ratio, 2.0, higher=False)
+    if "startup_s" in s:
+        goal("start-up to ready ≤ 3 s", s["startup_s"]["us"], 3.0, higher=False)
     ex = s["export_openai_per_s"]
     goal("export ≥ 0.7× DuckDB COPY", ex["us"] / ex["duckdb_copy"], 0.7)
     goal("freshness p99 ≤ 1 s (ms)", s["freshness_ms"]["us"]["p99_ms"], 1000.0, higher=False)
@@ -647,10 +739,32 @@ def markdown(res: dict[str, Any]) -> str:
             f"| single-interaction ingest, 32 connections | {f(si['us'], '/s')} "
             f"(p99 {si['us_p99_ms']:.0f} ms) | {f(si['bare_asgi'], '/s')} (bare ASGI) | – | – |"
         )
+    pr = s.get("point_read_ms")
+    if pr:
+        pg_pr = pr.get("postgres")
+        lines.append(
+            f"| GET by id, p50 / p99 | {pr['us']['p50_ms']:.1f} / {pr['us']['p99_ms']:.1f} ms "
+            "| – | "
+            + (f"{pg_pr['p50_ms']:.2f} / {pg_pr['p99_ms']:.2f} ms (primary key)" if pg_pr else "–")
+            + " | – |"
+        )
+    rs = s.get("retry_storm_c32_per_s")
+    if rs:
+        lines.append(
+            f"| retry storm: 32 connections resending stored ids | {f(rs['us'], '/s')} "
+            f"(p99 {rs['us_p99_ms']:.0f} ms, {rs['timeouts']} time-outs) | "
+            f"{f(rs['fresh'], '/s')} (fresh single ingest) | – | – |"
+        )
     fr = s["freshness_ms"]["us"]
     lines.append(
         f"| ack → visible, p50 / p99 | {fr['p50_ms']:.1f} / {fr['p99_ms']:.1f} ms | – | – | – |"
     )
+    lr = s.get("label_range_ms")
+    if lr:
+        lines.append(f"| one label, all use cases, a week, newest 100 | {f(lr['us'], ' ms')} | – | "
+                     f"{f(lr.get('postgres'), ' ms')} | – |")  # fmt: skip
+    if "startup_s" in s:
+        lines.append(f"| start-up to ready | {s['startup_s']['us']:.1f} s | – | – | – |")
     labels = {
         "selective_lookup_ms": "lookup: use case + 2 labels, ~100 rows",
         "group_by_label_p95_ms": "group by label:topic, count + p95, one use case",

@@ -39,21 +39,26 @@ def without_ids(rows: list[dict[str, object]]) -> list[dict[str, object]]:
     return [{k: v for k, v in r.items() if k != "id"} for r in rows]
 
 
-def wrk(url: str, body: Path, ctype: str, conns: int, seconds: int) -> dict[str, float]:
+def wrk(
+    url: str, body: Path, ctype: str, conns: int, seconds: int, *, cycle: bool = False
+) -> dict[str, float]:
+    """wrk POSTing ``body`` (or, with ``cycle``, each line of ``body`` in turn)."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install -y wrk")
-    cmd = ["wrk", "-t", "1", "-c", str(conns), "-d", f"{seconds}s"]
-    cmd += ["-s", str(ROOT / "bench/post.lua"), url]
-    env = {**os.environ, "BODY": str(body), "CTYPE": ctype}
+    cmd = ["wrk", "-t", "1", "-c", str(conns), "-d", f"{seconds}s", "--timeout", "10s"]
+    cmd += ["-s", str(ROOT / ("bench/cycle.lua" if cycle else "bench/post.lua")), url]
+    env = {**os.environ, "BODY": str(body), "BODIES": str(body), "CTYPE": ctype}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     reqs = re.search(r"(\d+) requests in ([\d.]+)s", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    timeouts = re.search(r"Socket errors: .*timeout (\d+)", out)
     lat = re.search(r"p50_ms=([\d.]+) p99_ms=([\d.]+)", out)
     assert reqs and lat, out
     return {
         "requests": int(reqs.group(1)),
         "seconds": float(reqs.group(2)),
         "errors": int(non2xx.group(1)) if non2xx else 0,
+        "timeouts": int(timeouts.group(1)) if timeouts else 0,
         "p50_ms": float(lat.group(1)),
         "p99_ms": float(lat.group(2)),
     }

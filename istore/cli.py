@@ -132,6 +132,19 @@ def serve(
         for d in supervisor.drain_orphans(settings, 0, own_log=False):
             click.echo(f"Replayed the write-ahead log in {d} into the tables")
     store = settings.open_store()
+    # A SIGTERM from here on stops the server cleanly (the store below is closed: the
+    # log flushed into the tables), even one that arrives while it is still starting.
+    stopping: list[Any] = [False]
+
+    def stop(*_: Any) -> None:
+        server = stopping[0]
+        if isinstance(server, uvicorn.Server):
+            server.should_exit = True  # uvicorn also stops at once if not serving yet
+        else:
+            stopping[0] = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
     try:
         if load_sample_if_empty:
             _load_sample(store)
@@ -170,11 +183,13 @@ def serve(
         )
         # uvicorn stops accepting, finishes in-flight requests and runs the lifespan
         # shutdown on SIGTERM/SIGINT, then re-raises the signal to the handler that was
-        # there before it: this one, so that the store below is closed (the log flushed
-        # into the tables) and the process exits 0.
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: None)
-        uvicorn.Server(config).run()
+        # there before it (``stop``, harmless by then), so that the store below is closed
+        # and the process exits 0.
+        server = uvicorn.Server(config)
+        if stopping[0] is True:  # asked to stop while starting
+            server.should_exit = True
+        stopping[0] = server
+        server.run()
     finally:
         started = time.monotonic()
         store.close()
@@ -328,39 +343,42 @@ def sql(data: str | None, query: str, fmt: str, output: str | None, max_rows: in
     """Run one read-only SELECT over the views interactions, feedback, comparisons and
     outcomes (helpers: label(labels, key), message_text(messages),
     last_user_message(messages))."""
-    from store.output import encode
+    import pyarrow as pa
+
+    from store.output import JSON_OPTIONS, encode, rows
     from store.reader import open as open_store
 
     if fmt in ("parquet", "arrow") and output is None:
         raise click.UsageError(f"--format {fmt} is binary: give an output file with -o")
     settings = _settings(data=data)
-    with open_store(settings.data) as reader:
-        table, truncated = reader.run_sql(
-            query, timeout_s=settings.sql_timeout_s, max_rows=max_rows or settings.sql_max_rows
-        )
-    if fmt in ("table", "vertical"):
-        from istore.render import render
+    out = open(output, "wb") if output is not None else sys.stdout.buffer
+    try:
+        with (
+            open_store(settings.data) as reader,
+            reader.sql_result(
+                query, timeout_s=settings.sql_timeout_s, max_rows=max_rows or settings.sql_max_rows
+            ) as result,
+        ):
+            if fmt in ("table", "vertical", "json"):  # whole tables: the row limit bounds them
+                table = pa.Table.from_batches(list(result.batches), schema=result.schema)
+                if fmt in ("table", "vertical"):
+                    from istore.render import render
 
-        chunks = iter([render(table, vertical=True if fmt == "vertical" else None).encode()])
-    else:
-        if fmt == "json":  # a plain array of rows on the command line
-            from store.output import JSON_OPTIONS, rows
-
-            chunks = iter([orjson.dumps(rows(table), default=str,
-                                        option=JSON_OPTIONS | orjson.OPT_INDENT_2)
-                           + b"\n"])  # fmt: skip
+                    out.write(render(table, vertical=True if fmt == "vertical" else None).encode())
+                else:  # a plain array of rows on the command line
+                    out.write(orjson.dumps(rows(table), default=str,
+                                           option=JSON_OPTIONS | orjson.OPT_INDENT_2)
+                              + b"\n")  # fmt: skip
+            else:  # streamed: written as they are encoded, within the time limit
+                for chunk in encode(result.schema, result.batches, fmt, check=result.check):
+                    out.write(chunk)
+    finally:
+        if output is not None:
+            out.close()
         else:
-            chunks = encode(table, fmt)
-    if output is not None:
-        with open(output, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-    else:
-        for chunk in chunks:
-            sys.stdout.buffer.write(chunk)
-        sys.stdout.buffer.flush()
-    if truncated:
-        click.echo(f"(cut at {table.num_rows} rows)", err=True)
+            out.flush()
+    if result.truncated:
+        click.echo(f"(cut at {result.rows} rows)", err=True)
 
 
 # -- export ------------------------------------------------------------------------------

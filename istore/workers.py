@@ -36,6 +36,15 @@ def worker_wal(settings: Settings, index: int) -> Path:
     return settings.log_folder() / f"worker-{index}"
 
 
+def drain(settings: Settings, wal: Path) -> bool:
+    """Replay one worker log into the tables (unless a live process holds it)."""
+    with contextlib.suppress(StoreLocked):
+        Store(settings.data, options=settings.store_options(), wal_dir=wal,
+              state_dir=settings.state_folder()).close()  # fmt: skip
+        return True
+    return False
+
+
 def drain_orphans(settings: Settings, keep: int, *, own_log: bool = True) -> list[str]:
     """Replay into the tables every log that no worker of this run owns: workers
     ``keep`` and up, and (``own_log``) the data root's own log. A log another process
@@ -51,11 +60,8 @@ def drain_orphans(settings: Settings, keep: int, *, own_log: bool = True) -> lis
     if base.exists():
         for d in sorted(base.glob("worker-*")):
             suffix = d.name.removeprefix("worker-")
-            if d.is_dir() and suffix.isdigit() and int(suffix) >= keep:
-                with contextlib.suppress(StoreLocked):
-                    Store(settings.data, options=opts, wal_dir=d,
-                          state_dir=settings.state_folder()).close()  # fmt: skip
-                    drained.append(str(d))
+            if d.is_dir() and suffix.isdigit() and int(suffix) >= keep and drain(settings, d):
+                drained.append(str(d))
     return drained
 
 
@@ -146,4 +152,10 @@ def supervise(settings: Settings, argv: list[str]) -> int:
             time.sleep(delay[i])
             procs[i] = spawn(i)
             started[i] = time.monotonic()
+    # A worker stopped before it had opened its log (a SIGTERM while it was still
+    # starting, after a restart) leaves what it had acknowledged in the log: the
+    # tables get it now, not at the next start.
+    for i in range(settings.workers):
+        if drain(settings, worker_wal(settings, i)):
+            log.info("worker %d's log is in the tables", i)
     return 0

@@ -102,6 +102,7 @@ class MaintenanceJob:
             ("purged", lambda: purge(store)),
             ("compacted", self._compact),
             ("refresh", store.refresh),  # the compacted files, before vacuum
+            ("index", store.sweep_index),  # what the index holds of files gone
             ("vacuumed", self._vacuum),
         ):
             wanted = {"purged": "purge", "compacted": "compact", "vacuumed": "vacuum",

@@ -70,6 +70,13 @@ class Settings(BaseSettings):
     sql_timeout_s: float = Field(30.0, description="Per-query time limit for SQL.")
     sql_max_rows: int = Field(100_000, description="Most rows one SQL query returns.")
     query_memory_limit: str = Field("2GB", description="DuckDB memory cap for queries.")
+    query_temp_limit: str = Field(
+        "4GB",
+        description="Most disk DuckDB may spill to, in <data>/tmp (or the state folder).",
+    )
+    sql_max_result_bytes: int = Field(
+        256 << 20, description="Largest SQL result, encoded, in bytes (larger: 400)."
+    )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     log_format: str = Field(
         "json", pattern="^(json|text)$", description="Log lines as JSON objects, or text."
@@ -86,6 +93,13 @@ class Settings(BaseSettings):
         168.0,
         description="Maintenance vacuum keeps replaced files this long (older snapshots, "
         "as_of exports).",
+    )
+    otlp_join_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="OTLP ingest: how long a call's span and its log records may arrive "
+        "apart; a call still missing pieces is written with what came.",
     )
     shutdown_timeout_s: float = Field(
         20.0, description="On SIGTERM, how long in-flight requests may take before exit."
@@ -128,4 +142,5 @@ class Settings(BaseSettings):
             flush_rows=self.flush_rows,
             max_pending_bytes=self.max_pending_bytes,
             query_memory_limit=self.query_memory_limit,
+            query_temp_limit=self.query_temp_limit,
         )

@@ -3,30 +3,41 @@
 The database can read the tables' folders and nothing else on the machine
 (``enable_external_access=false`` with ``allowed_directories``, then the
 configuration is locked), so the same connection serves internal queries and
-user SQL. A query runs on its own cursor with TEMP views named like the tables,
-each the union of the snapshot's committed Parquet files and the acknowledged rows
-still in the write-ahead log.
+user SQL. Every setting a cursor must inherit is given when the database is opened
+(a ``SET`` on the base connection does not reach the cursors). A query runs on its
+own cursor with TEMP views named like the tables, each the union of the snapshot's
+committed Parquet files and the acknowledged rows still in the write-ahead log.
+DuckDB spills to a folder of its own under the store's state root, bounded in size.
+User SQL (``sandboxed``) is checked twice (``store.sandbox``) and runs under a
+``QueryGuard`` until its result is read.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import shutil
+import tempfile
 import threading
 import weakref
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import orjson
 import pyarrow as pa
 
-from store.errors import InvalidQuery, QueryTimeout, StoreError
+from store.errors import InvalidQuery, StoreError
+from store.guard import QueryGuard
+from store.sandbox import check_plan, check_tables
 from store.schema import SQL_VIEWS, TableSpec
 
 MAX_RESULT_BYTES = 256 << 20
+# Memory the process may gain outside DuckDB's tracked memory while a user query runs.
+MAX_UNTRACKED_BYTES = 1 << 30
 
 
 def _quote(name: str) -> str:
@@ -86,6 +97,22 @@ class Snapshot:
         return {name: t.version for name, t in self.tables.items()}
 
 
+@dataclass
+class Result:
+    """A running query's rows as Arrow batches (at most ``max_rows``), read once.
+    ``truncated`` is known once the batches are exhausted; ``check()`` raises when the
+    query's deadline or memory ceiling was crossed, for code that works on the rows."""
+
+    schema: pa.Schema
+    batches: Iterator[pa.RecordBatch]
+    guard: QueryGuard
+    truncated: bool = False
+    rows: int = 0
+
+    def check(self) -> None:
+        self.guard.check()
+
+
 def _readable(d: str | Path) -> str:
     """An ``allowed_directories`` entry: a resolved local folder, or a URL prefix."""
     text = str(d)
@@ -102,23 +129,36 @@ class Duck:
         filesystem: Any = None,
         memory_limit: str = "2GB",
         threads: int = 2,
+        temp_dir: str | Path | None = None,
+        temp_limit: str = "4GB",
+        max_untracked_bytes: int = MAX_UNTRACKED_BYTES,
     ) -> None:
+        self.temp_dir = _own_temp_dir(temp_dir)
+        self.max_untracked_bytes = max_untracked_bytes
         self._db = duckdb.connect(
             config={
                 "autoload_known_extensions": False,
                 "autoinstall_known_extensions": False,
                 "memory_limit": memory_limit,
                 "threads": threads,
+                # Given here (or SET GLOBAL), not SET: a cursor starts from the
+                # database's settings, not from the base connection's session.
+                "python_enable_replacements": False,
+                "temp_directory": str(self.temp_dir),
+                "max_temp_directory_size": temp_limit,
             }
         )
         if filesystem is not None:  # object storage, read through pyarrow (fsspec)
             self._db.register_filesystem(filesystem)
         dirs = ", ".join(sql_str(_readable(d)) for d in readable_dirs)
+        self._scrub = _scrubber(
+            [*(_readable(d) for d in readable_dirs), *(str(d) for d in readable_dirs),
+             str(self.temp_dir), str(self.temp_dir.resolve())]
+        )  # fmt: skip
         for macro in MACROS:
             self._db.execute(macro)
         self._db.execute("SET GLOBAL TimeZone = 'UTC'")
-        self._db.execute("SET python_enable_replacements = false")
-        self._db.execute("SET parquet_metadata_cache = true")
+        self._db.execute("SET GLOBAL parquet_metadata_cache = true")
         self._db.execute(f"SET allowed_directories = [{dirs}]")
         self._db.execute("SET enable_external_access = false")
         self._db.execute("SET lock_configuration = true")
@@ -271,58 +311,82 @@ class Duck:
         max_rows: int | None = None,
         views: bool = True,
         use_cases: Sequence[str] | None = None,
+        sandboxed: bool = False,
     ) -> pa.Table:
-        cur = self.cursor(snapshot, views, use_cases, sql)
-        timer = None
-        timed_out = threading.Event()
-        if timeout_s:
-
-            def _stop() -> None:
-                timed_out.set()
-                cur.interrupt()
-
-            timer = threading.Timer(timeout_s, _stop)
-            timer.daemon = True
-            timer.start()
-        try:
-            rel = cur.sql(sql, params=list(params) if params else None)
-            if max_rows is None:
-                return rel.to_arrow_table()
-            reader = rel.to_arrow_reader(min(max_rows + 1, 100_000))
-            batches, n, size = [], 0, 0
-            for b in reader:
+        """The whole result as one table (``max_rows`` + 1 rows at most, so callers
+        see that there were more). ``sandboxed``: user SQL, checked and guarded."""
+        peek = None if max_rows is None else max_rows + 1
+        with self.stream(
+            snapshot, sql, params, timeout_s=timeout_s, max_rows=peek, views=views,
+            use_cases=use_cases, sandboxed=sandboxed,
+            batch_rows=1_000_000 if peek is None else min(peek, 100_000),
+        ) as result:  # fmt: skip
+            batches, size = [], 0
+            for b in result.batches:
                 batches.append(b)
-                n += b.num_rows
                 size += b.nbytes
-                if size > MAX_RESULT_BYTES:
+                if max_rows is not None and size > MAX_RESULT_BYTES:
                     raise InvalidQuery(
                         f"the result is larger than {MAX_RESULT_BYTES >> 20} MiB; "
                         "select fewer rows or columns",
                         param="sql",
                     )
-                if n > max_rows:
-                    break
-            table = pa.Table.from_batches(batches, schema=reader.schema)
-            return table.slice(0, max_rows + 1)
-        except duckdb.InterruptException as exc:
-            if timed_out.is_set():
-                raise QueryTimeout(f"the query ran longer than {timeout_s:g} s") from exc
-            raise StoreError(str(exc)) from exc
-        except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException) as exc:
-            raise InvalidQuery(str(exc), param="sql") from exc
-        except duckdb.PermissionException as exc:
-            raise InvalidQuery(
-                f"not allowed: {exc}. SQL may read the views " + ", ".join(SQL_VIEWS) + " only",
-                param="sql",
-            ) from exc
-        except duckdb.OutOfMemoryException as exc:
-            raise InvalidQuery(f"the query needs more memory than allowed: {exc}") from exc
-        except duckdb.Error as exc:
-            raise InvalidQuery(str(exc), param="sql") from exc
+            return pa.Table.from_batches(batches, schema=result.schema)
+
+    @contextlib.contextmanager
+    def stream(
+        self,
+        snapshot: Snapshot,
+        sql: str,
+        params: Sequence[Any] | None = None,
+        *,
+        timeout_s: float | None = None,
+        max_rows: int | None = None,
+        views: bool = True,
+        use_cases: Sequence[str] | None = None,
+        sandboxed: bool = False,
+        batch_rows: int = 2048,
+    ) -> Iterator[Result]:
+        """Run ``sql`` and hand out its rows batch by batch while the query's guard
+        (deadline; with ``sandboxed`` also the memory ceiling) keeps watching: the
+        caller's work on the rows (encoding) counts against the same limits. After
+        ``max_rows`` rows the batches stop and ``truncated`` tells whether more
+        followed."""
+        cur = self.cursor(snapshot, views, use_cases, sql)
+        probe_cur, tracked = self._tracked_probe() if sandboxed else (None, None)
+        guard = QueryGuard(
+            cur,
+            timeout_s=timeout_s,
+            tracked_bytes=tracked,
+            max_untracked_bytes=self.max_untracked_bytes if sandboxed else None,
+        )
+        try:
+            guard.start()
+            with _mapped(guard, self._scrub):
+                if sandboxed:
+                    check_plan(cur, sql)
+                reader = cur.sql(sql, params=list(params) if params else None).to_arrow_reader(
+                    batch_rows
+                )
+            result = Result(reader.schema, iter(()), guard)
+            result.batches = _limited(reader, result, max_rows, self._scrub)
+            yield result
         finally:
-            if timer is not None:
-                timer.cancel()
+            guard.close()
             cur.close()
+            if probe_cur is not None:
+                probe_cur.close()
+
+    def _tracked_probe(self) -> tuple[duckdb.DuckDBPyConnection, Callable[[], int]]:
+        cur = self._db.cursor()
+
+        def tracked() -> int:
+            row = cur.execute(
+                "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory()"
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+        return cur, tracked
 
     def check_tables(self, sql: str, allowed: Iterable[str]) -> None:
         cur = self._db.cursor()
@@ -333,6 +397,109 @@ class Duck:
 
     def close(self) -> None:
         self._db.close()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _mapped(guard: QueryGuard, scrub: Callable[[str], str]) -> Iterator[None]:
+    """DuckDB's and Arrow's errors as the store's: the guard's own when it stopped the
+    query, otherwise a 400 with what DuckDB said (about the user's SQL), the store's
+    file paths scrubbed out (a path names other use cases' partitions). DuckDB's
+    errors reach us through Arrow's C stream as plain ``OSError``s."""
+    try:
+        yield
+    except (duckdb.Error, pa.ArrowException, OSError, RecursionError) as exc:
+        if guard.reason is not None:
+            raise guard.error() from exc
+        text = scrub(str(exc))
+        if isinstance(exc, duckdb.InterruptException):
+            raise StoreError(text) from exc
+        if isinstance(exc, duckdb.PermissionException):
+            raise InvalidQuery(
+                f"not allowed: {text}. SQL may read the views " + ", ".join(SQL_VIEWS) + " only",
+                param="sql",
+            ) from exc
+        if isinstance(exc, duckdb.OutOfMemoryException):  # not DuckDB's advice to SET …
+            raise InvalidQuery(
+                "the query needs more memory or spill space than allowed "
+                "(ISTORE_QUERY_MEMORY_LIMIT, ISTORE_QUERY_TEMP_LIMIT): " + text.split("\n")[0],
+                param="sql",
+            ) from exc
+        if isinstance(exc, RecursionError):
+            raise InvalidQuery("the query or its result is nested too deeply", param="sql") from exc
+        raise InvalidQuery(text, param="sql") from exc
+
+
+def _scrubber(paths: Iterable[str]) -> Callable[[str], str]:
+    """Replaces every path under ``paths`` in a message with ``<a file of the store>``."""
+    roots = sorted({p.rstrip("/") for p in paths if p.strip("/")}, key=len, reverse=True)
+    if not roots:
+        return lambda text: text
+    pattern = re.compile("(?:" + "|".join(re.escape(r) for r in roots) + r")[^\s'\"\],)]*")
+    return lambda text: pattern.sub("<a file of the store>", text)
+
+
+def _limited(
+    reader: pa.RecordBatchReader, result: Result, limit: int | None, scrub: Callable[[str], str]
+) -> Iterator[pa.RecordBatch]:
+    """``reader``'s batches up to ``limit`` rows; then sets ``result.truncated``."""
+    while True:
+        with _mapped(result.guard, scrub):
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return
+        if limit is not None and result.rows + batch.num_rows >= limit:
+            keep = limit - result.rows
+            more = batch.num_rows > keep or _more(reader, result.guard, scrub)
+            if keep:
+                result.rows += keep
+                yield batch.slice(0, keep)
+            result.truncated = more
+            return
+        if batch.num_rows:
+            result.rows += batch.num_rows
+            yield batch
+
+
+def _more(reader: pa.RecordBatchReader, guard: QueryGuard, scrub: Callable[[str], str]) -> bool:
+    """Whether ``reader`` holds another row."""
+    while True:
+        with _mapped(guard, scrub):
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return False
+        if batch.num_rows:
+            return True
+
+
+def _own_temp_dir(parent: str | Path | None) -> Path:
+    """A spill folder only this process uses (``duckdb-<pid>-…``) under ``parent``,
+    after removing those of processes that are gone; the system's temporary folder
+    when ``parent`` cannot be written (a read-only handle)."""
+    if parent is not None:
+        base = Path(parent)
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            for old in base.glob("duckdb-*"):
+                pid = old.name.split("-")[1] if old.name.count("-") >= 2 else ""
+                if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                    shutil.rmtree(old, ignore_errors=True)
+            return Path(tempfile.mkdtemp(prefix=f"duckdb-{os.getpid()}-", dir=base))
+        except OSError:
+            pass
+    return Path(tempfile.mkdtemp(prefix=f"istore-duckdb-{os.getpid()}-"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _named_tables(snapshot: Snapshot, sql: str | None) -> set[str]:
@@ -400,82 +567,3 @@ def effective(snapshot: Snapshot, table: str, relation: str) -> str:
     refs = ("completion_id",) if table == "feedback" else ("preferred_id", "other_id")
     keep = " AND ".join(f"(_r.{c} IS NULL OR _r.{c} NOT IN {gone})" for c in refs)
     return f"(SELECT * FROM {relation} AS _r WHERE {keep})"
-
-
-_IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
-# Scalar functions that would show server configuration.
-DENIED_FUNCTIONS = frozenset({"current_setting", "getvariable", "getenv"})
-# Table functions that compute rows and touch nothing outside the query.
-SAFE_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest", "json_each", "json_tree"})
-
-
-def check_tables(db: duckdb.DuckDBPyConnection, sql: str, allowed: Iterable[str]) -> None:
-    """Every table the query reads is one of ``allowed`` (or a CTE of the query): no
-    table functions (read_parquet, glob, read_text …), no file paths, no other tables.
-    Checked on DuckDB's own syntax tree (``json_serialize_sql``)."""
-    row = db.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
-    tree = orjson.loads(row[0]) if row else {"error": True, "error_message": "no result"}
-    if tree.get("error"):
-        raise InvalidQuery(f"SQL does not parse: {tree.get('error_message')}", param="sql")
-    names = {a.lower() for a in allowed}
-    try:
-        _check_node(tree, frozenset(), names)
-    except RecursionError:
-        raise InvalidQuery("the query is nested too deeply", param="sql") from None
-
-
-def _check_node(node: Any, ctes: frozenset[str], names: set[str]) -> None:
-    """Walk the syntax tree; a CTE name counts only inside the query that declares it
-    (a CTE in a subquery does not make the same name elsewhere read a real table)."""
-    if isinstance(node, list):
-        for v in node:
-            _check_node(v, ctes, names)
-        return
-    if not isinstance(node, dict):
-        return
-    cte_map = node.get("cte_map")
-    if isinstance(cte_map, dict) and cte_map.get("map"):
-        ctes = ctes | {str(e["key"]).lower() for e in cte_map["map"]}
-    fn_name = str(node.get("function_name", "")).lower()
-    if node.get("class") == "FUNCTION" and fn_name in DENIED_FUNCTIONS:
-        raise InvalidQuery(f"function {fn_name}() is not allowed", param="sql")
-    kind = node.get("type")
-    if kind == "TABLE_FUNCTION":
-        fn = str((node.get("function") or {}).get("function_name", "?"))
-        if fn.lower() not in SAFE_TABLE_FUNCTIONS:
-            raise InvalidQuery(
-                f"table function {fn}() is not allowed; SQL may read the views "
-                f"{', '.join(sorted(names))} only",
-                param="sql",
-            )
-    if kind == "BASE_TABLE":
-        name = str(node.get("table_name", "")).lower()
-        qualified = node.get("schema_name") or node.get("catalog_name")
-        # Plain identifiers only: no paths or globs, and no internal (_…) views,
-        # whatever CTE a query names after them.
-        plain = _IDENT.match(name) is not None and not name.startswith("_")
-        if qualified or not plain or (name not in names and name not in ctes):
-            raise InvalidQuery(
-                f"unknown table {node.get('table_name')!r}; SQL may read the views "
-                f"{', '.join(sorted(names))} only",
-                param="sql",
-            )
-    for v in node.values():
-        _check_node(v, ctes, names)
-
-
-def check_select(sql: str) -> str:
-    """Exactly one SELECT (or WITH … SELECT) statement, by DuckDB's own parser."""
-    try:
-        statements = duckdb.extract_statements(sql)
-    except duckdb.Error as exc:
-        raise InvalidQuery(f"SQL does not parse: {exc}", param="sql") from exc
-    if len(statements) != 1:
-        raise InvalidQuery(f"exactly one statement is allowed, got {len(statements)}", param="sql")
-    stmt = statements[0]
-    if stmt.type != duckdb.StatementType.SELECT:
-        kind = str(stmt.type).rsplit(".", 1)[-1]
-        raise InvalidQuery(
-            f"only SELECT (or WITH … SELECT) statements are allowed, got {kind}", param="sql"
-        )
-    return stmt.query.strip().rstrip(";")

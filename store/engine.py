@@ -26,6 +26,7 @@ from typing import Any
 
 import pyarrow as pa
 from deltalake import (
+    ColumnProperties,
     CommitProperties,
     DeltaTable,
     Transaction,
@@ -62,8 +63,20 @@ COMMIT_RETRIES = 100  # appends never conflict logically: retry a lost commit ra
 ROW_GROUP_ROWS = 2048
 
 
+# Columns of free text (messages, completions, reasons …): no min/max statistics in the
+# Parquet footers. Nothing prunes on them, and parquet-rs would copy whole values (KBs
+# of conversation) into every row group's metadata, which every query then parses.
+TEXT_COLUMNS = ("messages", "completion", "completion_message", "params", "error", "reason",
+                "details", "preferred_text", "other_text")  # fmt: skip
+
+
 def writer_properties() -> WriterProperties:
-    return WriterProperties(max_row_group_size=ROW_GROUP_ROWS, compression="ZSTD")
+    no_stats = ColumnProperties(statistics_enabled="NONE")
+    return WriterProperties(
+        max_row_group_size=ROW_GROUP_ROWS,
+        compression="ZSTD",
+        column_properties={c: no_stats for c in TEXT_COLUMNS},
+    )
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,7 @@ class StoreOptions:
     wal_segment_bytes: int = 64 << 20
     query_memory_limit: str = "2GB"
     query_threads: int = 2
+    query_temp_limit: str = "4GB"  # DuckDB's spill files, under <state root>/tmp
 
 
 @dataclass(frozen=True)
@@ -281,6 +295,10 @@ class Store:
             filesystem=self.location.duckdb_filesystem(),
             memory_limit=self.options.query_memory_limit,
             threads=self.options.query_threads,
+            # DuckDB's spill folder: under the state root; a read-only handle on object
+            # storage without a local folder uses the system's temporary folder.
+            temp_dir=self.root / "tmp" if self.writable or not self.location.remote else None,
+            temp_limit=self.options.query_temp_limit,
         )
         self.index = self._open_index()
         for spec in TABLES.values():
@@ -362,19 +380,25 @@ class Store:
         return self.duck.query(Snapshot({}), sql.format(scan=scan))
 
     def _index_files(self, fv: FilesView, new: list[str]) -> None:
-        """Bring the index up to ``fv``: retire what left the table, index ``new``
-        files (a flush's, a compaction's, another writer's), and start the builder
-        for anything else not indexed (a first start on an existing table)."""
+        """Bring the index toward ``fv`` before it becomes the current view: retire
+        what left the table, index ``new`` files (a flush's, a compaction's, another
+        writer's). ``_index_rest`` deals with the others once it is current."""
         if self.index is None or self.index.readonly:
             return
-        paths = [f.path for f in fv.files]
         try:
-            self.index.retire(paths)
+            self.index.retire(f.path for f in fv.files)
             if new:
                 self.index.add(new, self._read_files)
         except Exception as exc:  # the files stay unindexed: reads scan them meanwhile
             log.error("could not index %d new data files (will retry): %s", len(new), exc)
-        if self.index.unindexed(paths):
+
+    def _index_rest(self) -> None:
+        """After a view became current: record that the index covers it, or start the
+        builder for the files it does not cover (a first start on an existing table)."""
+        if self.index is None or self.index.readonly:
+            return
+        fv = self._current(INTERACTIONS_TABLE)
+        if self.index.unindexed(f.path for f in fv.files):
             self._start_index_builder()
         elif self.index.version() != fv.version:
             self.index.mark(fv.version)
@@ -438,6 +462,8 @@ class Store:
             self._index_files(prepared, new if current.version >= 0 else [])
         with self._lock:
             self._install_view(spec, dt, prepared)
+        if spec is INTERACTIONS_TABLE and self.writable:
+            self._index_rest()
 
     def _current(self, spec: TableSpec) -> FilesView:
         return self._files_views.get(spec.name, NO_FILES)
@@ -817,6 +843,8 @@ class Store:
                 self._index_gen += 1
                 for id_ in flushed_ids:
                     self._pending_meta.pop(id_, None)
+        if tables and spec is INTERACTIONS_TABLE:
+            self._index_rest()
         return sum(e.nrows for e in todo if not e.quarantined)
 
     def _sync_commit(self, spec: TableSpec, dt: DeltaTable, new_files: list[str]) -> None:
@@ -838,9 +866,19 @@ class Store:
         """Pick up commits made by other processes (other writers, `istore compact`).
         Not during a flush: a view installed between a flush's commit and its trimming
         of the unflushed rows would show those rows twice."""
+        deltas = {name: self.delta(spec) for name, spec in TABLES.items()}
+        dt = deltas[INTERACTIONS_TABLE.name]
+        if dt is not None and self.index is not None and not self.index.readonly:
+            # A compaction's rewrite can be large: index it before the flush lock, so
+            # ingest never waits for it (the files are indexed before they are read).
+            files = [f.path for f in data_files(self.location, dt, INTERACTIONS_TABLE)]
+            if not self.index.unindexed(f.path for f in self._current(INTERACTIONS_TABLE).files):
+                new = self.index.unindexed(files)
+                if new:
+                    self.index.add(new, self._read_files)
         with self._flush_lock:
-            for spec in TABLES.values():
-                self._refresh_files_view(spec, self.delta(spec))
+            for name, spec in TABLES.items():
+                self._refresh_files_view(spec, deltas[name])
 
     # -- reading ------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -1029,6 +1067,8 @@ class Store:
                 self._index_files(prepared, new)
         with self._lock:
             self._install_view(spec, dt, prepared)
+        if spec is INTERACTIONS_TABLE:
+            self._index_rest()
         n = int(m.get("num_deleted_rows") or 0)
         self.metrics.deleted(spec.name, why, n)
         self.metrics.timer("delete").observe(time.perf_counter() - started)
@@ -1057,6 +1097,10 @@ class Store:
                 "versions": {n: v.version for n, v in self._files_views.items()},
                 "index": self._index_status(),
             }
+
+    def sweep_index(self) -> dict[str, int]:
+        """Drop what the index holds of data files that left the table (maintenance)."""
+        return self.index.sweep() if self.index is not None else {}
 
     def _index_status(self) -> dict[str, Any] | None:
         if self.index is None:

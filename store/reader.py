@@ -4,6 +4,8 @@ completion as it was sent)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -12,13 +14,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from store.duck import (
-    Duck,
-    Snapshot,
-    TableSnapshot,
-    check_select,
-    effective,
-)
+from store.duck import Duck, Result, Snapshot, TableSnapshot, effective
 from store.engine import Store
 from store.errors import NotFound, ValidationFailed
 from store.filters import (
@@ -31,6 +27,7 @@ from store.filters import (
     restrict,
 )
 from store.jsonutil import loads
+from store.sandbox import check_select
 from store.schema import INTERACTIONS_TABLE, SQL_VIEWS
 
 MAX_LIMIT = 1000
@@ -370,6 +367,11 @@ class Reader:
             parts.append(f"SELECT {_LIST_COLUMNS} FROM {scan} "
                          f"WHERE file_row_number = {int(loc.rn)} AND id = ?{only}")  # fmt: skip
             args += [id_, *extra]
+        elif loc is not None:  # moved to files this snapshot does not read yet: scan
+            return self.store.query(
+                f"SELECT {_LIST_COLUMNS} FROM interactions WHERE id = ? LIMIT 1", [id_],
+                snapshot=snap, use_cases=use_cases,
+            ).to_pylist()  # fmt: skip
         else:
             unindexed = index.unindexed(files)
             if unindexed:
@@ -423,13 +425,38 @@ class Reader:
     ) -> tuple[pa.Table, bool]:
         """Run one read-only SELECT. Returns the rows and whether they were cut at
         max_rows. ``use_cases``: the views hold only these use cases' rows."""
-        query = check_select(sql)
-        self.store.duck.check_tables(query, SQL_VIEWS)
-        table = self.store.query(query, timeout_s=timeout_s, max_rows=max_rows, use_cases=use_cases)
+        query = self._checked(sql)
+        table = self.store.duck.query(
+            self.store.snapshot(), query, timeout_s=timeout_s, max_rows=max_rows,
+            use_cases=use_cases, sandboxed=True,
+        )  # fmt: skip
         truncated = max_rows is not None and table.num_rows > max_rows
         if truncated:
             table = table.slice(0, max_rows)
         return table, truncated
+
+    @contextlib.contextmanager
+    def sql_result(
+        self,
+        sql: str,
+        *,
+        timeout_s: float | None = 30.0,
+        max_rows: int | None = 100_000,
+        use_cases: tuple[str, ...] | None = None,
+    ) -> Iterator[Result]:
+        """One read-only SELECT whose rows are read batch by batch while its time and
+        memory limits still hold (for encoding them: ``store.output``)."""
+        query = self._checked(sql)
+        with self.store.duck.stream(
+            self.store.snapshot(), query, timeout_s=timeout_s, max_rows=max_rows,
+            use_cases=use_cases, sandboxed=True,
+        ) as result:  # fmt: skip
+            yield result
+
+    def _checked(self, sql: str) -> str:
+        query = check_select(sql)
+        self.store.duck.check_tables(query, SQL_VIEWS)
+        return query
 
     # -- notebook API (SPEC: Python API) --------------------------------------------------
     def sql(self, sql: str, *, timeout_s: float | None = None) -> pl.DataFrame:

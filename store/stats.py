@@ -30,7 +30,9 @@ _SIMPLE = {
 for _q in (50, 90, 95, 99):
     _SIMPLE[f"p{_q}_latency_ms"] = f"quantile_cont(b.latency_ms, {_q / 100})"
     _SIMPLE[f"p{_q}_ttft_ms"] = f"quantile_cont(b.ttft_ms, {_q / 100})"
-METRICS = tuple(_SIMPLE) + ("avg_feedback:<metric>", "count_feedback:<metric>")
+METRICS = tuple(_SIMPLE) + (
+    "avg_feedback:<metric>", "count_feedback:<metric>", "std_feedback:<metric>",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -109,12 +111,18 @@ def stats(
         kind, _, metric = m.partition(":")
         if m in _SIMPLE:
             select.append(f'{_SIMPLE[m]} AS "m{i}"')
-        elif kind in ("avg_feedback", "count_feedback") and metric:
+        elif kind in ("avg_feedback", "count_feedback", "std_feedback") and metric:
             if metric not in feedback:
                 feedback.append(metric)
             j = feedback.index(metric)
             if kind == "avg_feedback":
                 select.append(f'sum(f.s{j}) / nullif(sum(f.c{j}), 0) AS "m{i}"')
+            elif kind == "std_feedback":  # sample standard deviation of the values
+                n, s_, q = f"sum(f.c{j})", f"sum(f.s{j})", f"sum(f.q{j})"
+                select.append(
+                    f"sqrt(greatest(({q} - {s_} * {s_} / nullif({n}, 0)) / nullif({n} - 1, 0),"
+                    f' 0)) AS "m{i}"'
+                )
             else:
                 select.append(f'coalesce(sum(f.c{j}), 0) AS "m{i}"')
         else:
@@ -129,7 +137,8 @@ def stats(
     if feedback:
         cols = ", ".join(
             f"sum(value) FILTER (WHERE metric = {sql_str(m)}) AS s{j}, "
-            f"count(*) FILTER (WHERE metric = {sql_str(m)}) AS c{j}"
+            f"count(*) FILTER (WHERE metric = {sql_str(m)}) AS c{j}, "
+            f"sum(value * value) FILTER (WHERE metric = {sql_str(m)}) AS q{j}"
             for j, m in enumerate(feedback)
         )
         sql += (

@@ -22,7 +22,7 @@ from sample_data.generate import dumps
 from sample_data.sample import build, load
 from service.settings import Settings
 from store.engine import Store
-from tests.conftest import ROOT, in_process
+from tests.conftest import ROOT, in_process, interaction
 
 README = (ROOT / "README.md").read_text()
 
@@ -205,3 +205,68 @@ def test_quickstart_has_exactly_the_two_commands() -> None:
         ["make", "serve"],
         ["make", "test"],
     ]
+
+
+OTLP_DOC = (ROOT / "docs" / "otlp.md").read_text()
+
+
+def test_otlp_doc_snippets_log_to_a_live_server(server_factory: type, tmp_path: Path) -> None:
+    """Each client section of docs/otlp.md: its `export` lines and its Python snippet,
+    run as an application would (own process, the environment the doc says), log a
+    call that the server then holds, in the use case the section implies."""
+    import subprocess
+    import sys
+    import time
+
+    from service.keys import KeyRing
+    from tests.upstream import Upstream
+
+    data = tmp_path / "data"
+    _, key = KeyRing(data).create(["ingest", "read"], name="docs")
+    server = server_factory(data).start()
+    sections = [s for s in OTLP_DOC.split("\n## ")[1:] if "```python" in s]
+    assert len(sections) == 3
+    want = {"support-bot": 0, "support-oi": 0, "support-lf": 0}
+    with Upstream() as up:
+        for section in sections:
+            (env_block,) = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+            (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "LANGFUSE"))}
+            env.update(OPENAI_BASE_URL=up.base_url, OPENAI_API_KEY="sk-test", ISTORE_KEY=key)
+            for line in env_block.strip().splitlines():
+                name, _, value = shlex.split(line.removeprefix("export "))[0].partition("=")
+                value = value.replace("$ISTORE_KEY", key).replace("http://127.0.0.1:8080",
+                                                                  server.url)  # fmt: skip
+                env[name] = value
+            run = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
+                                 capture_output=True, timeout=120)  # fmt: skip
+            assert run.returncode == 0, run.stderr.decode()[-2000:]
+            assert b"Failed to export" not in run.stderr, run.stderr.decode()[-2000:]
+    h = {"Authorization": f"Bearer {key}"}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        rows = httpx.get(server.url + "/api/v1/interactions", params={"source": "otlp"},
+                         headers=h).json()["data"]  # fmt: skip
+        if len(rows) >= 3:
+            break
+        time.sleep(0.1)
+    for row in rows:
+        want[row["use_case"]] += 1
+        assert row["messages"][-1] == {"role": "user", "content": "Where is my order?"}
+        assert row["completion"] == "echo: Where is my order?"
+    assert want == {"support-bot": 1, "support-oi": 1, "support-lf": 1}
+
+
+async def test_readme_curation_bodies_work(client: httpx.AsyncClient) -> None:
+    r = await client.post("/api/v1/interactions", json=interaction(1, labels={"draft": "1"}))
+    iid = r.json()["completion_id"]
+    section = README.split("### Curation: labels and replays", 1)[1].split("###", 1)[0]
+    bodies = re.findall(r"-d '(.*?)'", section)
+    assert len(bodies) == 3
+    r = await client.patch(f"/api/v1/interactions/{iid}", json=orjson.loads(bodies[0]))
+    assert r.status_code == 200 and r.json()["labels"] == {"dataset": "sft-v2"}, r.text
+    await client.patch(f"/api/v1/interactions/{iid}", json={"labels": {"topic": "billing"}})
+    r = await client.post("/api/v1/interactions/labels", json=orjson.loads(bodies[1]))
+    assert r.status_code == 200 and r.json() == {"updated": 0, "matched": 1}, r.text
+    r = await client.post(f"/api/v1/interactions/{iid}/replay", json=orjson.loads(bodies[2]))
+    assert r.status_code == 503, r.text  # the body is right; this server has no gateway

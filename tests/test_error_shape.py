@@ -75,8 +75,17 @@ def _walk(routes: Any, prefix: str = "") -> list[Route]:
     return out
 
 
+def is_console(path: str) -> bool:
+    """The web console's HTML pages (``console/``): their errors are pages, not JSON."""
+    return path == "/" or path == "/ui" or path.startswith("/ui/")
+
+
 def api_routes(app: FastAPI) -> list[Route]:
-    return _walk(app.routes)
+    return [r for r in _walk(app.routes) if not is_console(r.path)]
+
+
+def console_routes(app: FastAPI) -> list[Route]:
+    return [r for r in _walk(app.routes) if is_console(r.path)]
 
 
 def fill(path: str, value: str) -> str:
@@ -166,6 +175,31 @@ async def test_every_route_answers_bad_requests_in_the_error_shape(
             failures.append(f"{route.path}: no bad request produced a 4xx")
     assert failures == []
     assert {400, 404, 405, 422} <= set(statuses)  # the walk did reach the handlers
+
+
+async def test_every_console_route_answers_bad_requests_with_a_page(
+    app_client: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
+    """The console's routes, walked the same way: never a 5xx; a 4xx is an HTML page
+    with the console's Content-Security-Policy (or a redirect to one)."""
+    app, client = app_client
+    routes = console_routes(app)
+    assert {"/ui/", "/ui/interactions", "/ui/interactions/{interaction_id}/labels"} <= {
+        r.path for r in routes
+    }
+    failures: list[str] = []
+    for route in routes:
+        for method, path, kw in bad_requests(app, route):
+            r = await client.request(method, path, **kw)
+            where = f"{method} {path} {kw} → {r.status_code} {r.text[:120]}"
+            if r.status_code >= 500:
+                failures.append(where)
+            elif r.status_code >= 400:
+                if not r.headers.get("content-type", "").startswith("text/html"):
+                    failures.append(f"{where}: not HTML")
+                elif "default-src 'self'" not in r.headers.get("content-security-policy", ""):
+                    failures.append(f"{where}: no CSP")
+    assert failures == [], "\n".join(f[:300] for f in failures)
 
 
 async def test_unknown_paths_are_404_in_the_error_shape(

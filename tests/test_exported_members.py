@@ -6,9 +6,10 @@ import store
 def test_store_exports() -> None:
     exported = {name for name in dir(store) if not name.startswith("_")}
     expected = set(store.__all__)
-    modules = {"ack", "duck", "engine", "errors", "export", "filters", "ids", "index", "jsonutil",
-               "lifecycle", "location", "metrics",
-               "maintenance", "output", "reader", "rows", "schema", "stats", "wal"}  # fmt: skip
+    modules = {"ack", "duck", "engine", "errors", "export", "filters", "guard", "ids",
+               "index", "jsonutil", "lifecycle", "location", "metrics", "maintenance",
+               "output", "reader", "rows", "sandbox", "schema", "sql_functions", "stats",
+               "wal"}  # fmt: skip
     assert exported - modules == expected
     assert expected == {
         "InvalidQuery", "InvalidRequest", "NotFound", "PayloadTooLarge", "Reader", "Store",

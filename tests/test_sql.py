@@ -275,3 +275,39 @@ def test_cli_sql_formats(tmp_path: Path) -> None:
     assert pq.read_table(out).column("id").to_pylist() == ["c0", "c1", "c2"]
     r = runner.invoke(main, ["sql", "--data", str(data), "--format", "parquet", sql])
     assert r.exit_code == 2  # binary formats need -o
+
+
+def test_the_deadline_covers_work_on_the_rows(tmp_path: Path) -> None:
+    """The time limit does not end when DuckDB hands over the first batch: whoever
+    encodes the rows checks the same deadline (issue 16, finding 5)."""
+    from store.duck import Duck, Snapshot
+    from store.errors import QueryTimeout
+    from store.output import encode
+
+    duck = Duck([tmp_path], temp_dir=tmp_path / "tmp")
+    try:
+        with duck.stream(Snapshot({}), "SELECT * FROM range(100000) t(x)", timeout_s=0.2) as res:
+            time.sleep(0.4)  # the consumer is slow, not DuckDB
+            with pytest.raises(QueryTimeout):
+                for _ in encode(res.schema, res.batches, "ndjson", check=res.check):
+                    pass
+    finally:
+        duck.close()
+
+
+def test_rows_are_converted_in_bounded_pieces() -> None:
+    """A piece of rows makes at most about PIECE_WEIGHT Python objects, whatever the
+    Arrow size: 1,000 one-byte structs per row are 1,000 dicts per row."""
+    from store.errors import InvalidQuery
+    from store.output import MAX_ROW_WEIGHT, PIECE_WEIGHT, pieces
+
+    structs = pa.array([[{"a": 1}] * 1000] * 100)
+    batch = pa.RecordBatch.from_arrays([structs, pa.array(range(100))], names=["l", "n"])
+    got = list(pieces(batch))
+    assert sum(p.num_rows for p in got) == 100 and len(got) > 1
+    assert all(p.num_rows * 2002 <= PIECE_WEIGHT for p in got)
+    text = pa.array(["x" * 3_000_000] * 4)  # strings count their bytes
+    assert len(list(pieces(pa.RecordBatch.from_arrays([text], names=["s"])))) == 4
+    huge = pa.array([[0] * (MAX_ROW_WEIGHT + 1)])
+    with pytest.raises(InvalidQuery):
+        list(pieces(pa.RecordBatch.from_arrays([huge], names=["l"])))

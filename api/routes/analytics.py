@@ -77,7 +77,7 @@ async def interaction_stats(
             description="count (default), sum_prompt_tokens, sum_completion_tokens, "
             "sum_tokens, avg_latency_ms, p50|p90|p95|p99_latency_ms, avg_ttft_ms, "
             "p50|p90|p95|p99_ttft_ms, error_rate, avg_feedback:<metric>, "
-            "count_feedback:<metric>"
+            "count_feedback:<metric>, std_feedback:<metric>"
         ),
     ] = None,
 ) -> JSONResponse:

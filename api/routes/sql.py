@@ -1,4 +1,10 @@
-"""``POST /api/v1/sql``: one read-only SELECT over the views, in several formats."""
+"""``POST /api/v1/sql``: one read-only SELECT over the views, in several formats.
+
+The query, the encoding of its rows and the collection of the encoded bytes all run in
+the thread pool (a sync route) under the query's time limit, memory ceiling and
+``ISTORE_SQL_MAX_RESULT_BYTES``; only a whole result is sent, so every failure is a 4xx
+in the error shape, never a cut-off 200.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.auth import Read
-from store.output import MEDIA_TYPES, encode
+from store.output import MEDIA_TYPES, encode, spool
 from store.reader import Reader
 
 router = APIRouter(tags=["sql"])
@@ -49,20 +55,22 @@ def run_sql(
 ) -> Response:
     settings = request.app.state.settings
     reader: Reader = request.app.state.reader
-    table, truncated = reader.run_sql(
+    with reader.sql_result(
         body.sql,
         timeout_s=settings.sql_timeout_s,
         max_rows=settings.sql_max_rows,
         use_cases=principal.visible(None),
-    )
-    headers = {"X-Istore-Truncated": "true" if truncated else "false"}
-    if format == "json":  # one document: errors (e.g. a value with no JSON form) stay 400s
-        return Response(b"".join(encode(table, "json", truncated=truncated)),
-                        media_type=MEDIA_TYPES["json"], headers=headers)  # fmt: skip
-    if format == "ndjson":
-        from store.output import rows
-
-        rows(table)  # fail before the first byte is sent if a value has no JSON form
+    ) as result:
+        chunks = encode(result.schema, result.batches, format,
+                        truncated=lambda: result.truncated, check=result.check)  # fmt: skip
+        out = spool(chunks, max_bytes=settings.sql_max_result_bytes, check=result.check,
+                    directory=reader.store.duck.temp_dir)  # fmt: skip
+    headers = {"X-Istore-Truncated": "true" if result.truncated else "false"}
     if format == "parquet":
         headers["Content-Disposition"] = 'attachment; filename="result.parquet"'
-    return StreamingResponse(encode(table, format), media_type=MEDIA_TYPES[format], headers=headers)
+    whole = out.in_memory()
+    if whole is not None:
+        out.close()
+        return Response(whole, media_type=MEDIA_TYPES[format], headers=headers)
+    headers["Content-Length"] = str(out.size)
+    return StreamingResponse(out.chunks(), media_type=MEDIA_TYPES[format], headers=headers)
