@@ -212,16 +212,13 @@ class Exporter:
         ):
             out.append(f"metric {self.o.metric!r}: no feedback with this metric, so nothing "
                        "is scored by it")  # fmt: skip
-        if self.o.format in PAIR_FORMATS and self.o.comparisons:
+        compared = self.o.format in PAIR_FORMATS and has("comparisons", "tied IS NULL", [], allowed)
+        if compared and self.o.comparisons:  # (reads the compared prompts: only if any)
             mixed = self._mixed_comparisons(allowed)
             if mixed:
                 out.append(f"{mixed} comparison{'s' if mixed != 1 else ''} left out: the two "
                            "sides answer different prompts")  # fmt: skip
-        if (
-            self.o.format in PAIR_FORMATS
-            and self.o.metric is None
-            and not has("comparisons", "tied IS NULL", [], allowed)
-        ):
+        if self.o.format in PAIR_FORMATS and self.o.metric is None and not compared:
             out.append("no comparisons to pair: log some (POST /api/v1/comparison) or give "
                        "metric=<a feedback metric> to pair answers to the same prompt")  # fmt: skip
         return out
