@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 
 import console
-from api import errors, metrics
+from api import docs, errors, metrics
 from api.body import JSONResponse
 from api.fastlane import FastLaneApp
 from api.guard import Gate
@@ -92,6 +92,8 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         description="Self-hosted interaction store for LLM applications.",
         lifespan=lifespan,
         default_response_class=JSONResponse,
+        docs_url=None,  # api.docs serves /docs from our own origin (no CDN)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.gateway = RoutingFile(settings.gateway_config)
@@ -100,6 +102,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.state.request_metrics = metrics.RequestMetrics()
     app.state.started = time.monotonic()
     errors.install(app)
+    docs.install(app)
     app.include_router(health.router)
     # Before interactions: /interactions/stats and /query are not interaction ids.
     app.include_router(analytics.router, prefix="/api/v1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 from typing import Any
 
@@ -140,20 +141,62 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     loc = tuple(first.get("loc", ()))
     if loc and loc[0] in ("query", "path", "header"):
         loc = loc[1:]
+    msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    field, sep, rest = msg.partition(": ")
+    if sep and field.isidentifier():  # a model-level check names its own field
+        loc, msg = (*loc, field), rest
+    given = first.get("input")
+    if first.get("type") in _SAYS_WHAT_WAS_GIVEN and isinstance(given, str) and len(given) < 80:
+        msg += f", got {given!r}"
     param = loc_path(loc) or None
     more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
-    msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
     return error_response(
         422, f"{param}: {msg}{more}" if param else msg + more, param=param, code="validation_error"
     )
+
+
+# Errors whose message lists what is allowed: adding what was sent makes the fix obvious.
+_SAYS_WHAT_WAS_GIVEN = frozenset({"literal_error", "enum", "string_pattern_mismatch"})
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     message = exc.detail if isinstance(exc.detail, str) else "error"
     if exc.status_code == 404 and message == "Not Found":
-        message = f"no route {request.method} {request.url.path}"
+        message = f"no route {request.method} {request.url.path}" + _route_hint(request)
     return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+
+# Plural paths people guess for reading what this API stores in its SQL views.
+_VIEWS = {"feedback": "feedback", "feedbacks": "feedback", "comparison": "comparisons",
+          "comparisons": "comparisons", "outcome": "outcomes", "outcomes": "outcomes"}  # fmt: skip
+
+
+def _route_hint(request: Request) -> str:
+    """``; did you mean POST /api/v1/feedback?`` for a near miss of a documented route
+    (a plural, a typo), from the OpenAPI document; "" when nothing is close."""
+    path, method = request.url.path.rstrip("/") or "/", request.method
+    try:
+        paths: dict[str, Any] = request.app.openapi().get("paths", {})
+    except Exception:  # a hint is never worth an error of its own
+        return ""
+    ops = [(m.upper(), p) for p, item in paths.items() for m in item]
+    same = [p for m, p in ops if m == method]
+    last = path.rsplit("/", 1)[-1]
+    stem = path[: len(path) - len(last)]
+    for guess in (stem + last.removesuffix("s"), stem + last + "s"):
+        if guess != path and guess in same:
+            return f"; did you mean {method} {guess}?"
+    if method == "GET" and last in _VIEWS and path.startswith("/api/v1/"):
+        view = _VIEWS[last]
+        return (f'; to read {view}, use POST /api/v1/sql with {{"sql": "SELECT * FROM {view}"}}'
+                ", or GET /api/v1/interactions/{id}, which includes an interaction's feedback "
+                "and comparisons")  # fmt: skip
+    close = difflib.get_close_matches(path, same, n=1, cutoff=0.85)
+    if close:
+        return f"; did you mean {method} {close[0]}?"
+    other = [f"{m} {p}" for m, p in ops if p == path or p in (stem + last.removesuffix("s"),)]
+    return f"; this path answers {', '.join(sorted(other))}" if other else ""
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -2,7 +2,8 @@
 
     python bench/validate.py [--rows 3000] [--repeat 5]
 
-Parses and validates the sample NDJSON (realistic rows, ~1.8 KB each) three ways:
+Parses and validates the sample's rows (``sample_data/generate.py``, seed 7; realistic,
+~1.8 KB each) as NDJSON three ways:
 ``parse_interactions`` as the server runs it (fast path, pydantic only for what it
 does not accept), the same with the fast path switched off (pydantic for every row),
 and the same rows as gateway log records (``{"request", "response"}``). Prints the
@@ -13,14 +14,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import orjson
 
 import ingest.parse as parse
-
-SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "interactions.ndjson"
+from sample_data.generate import dumps, generate
 
 
 def _gateway(row: dict[str, Any], i: int) -> dict[str, Any]:
@@ -53,7 +52,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=3000)
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
-    lines = SAMPLE.read_bytes().splitlines()[: args.rows]
+    lines = [dumps(x).encode() for x in generate(args.rows, seed=7)]  # the sample's rows
     native = b"\n".join(lines)
     rows = [orjson.loads(x) for x in lines]
     gateway = b"\n".join(orjson.dumps(_gateway(r, i)) for i, r in enumerate(rows))

@@ -11,6 +11,12 @@ The answer is the upstream's ``ChatCompletion`` (or its chunks), plus what the
 the first choice's completion id, so ``client.chat.completions.retrieve(resp.id)``
 finds the stored completion.
 
+What answered is logged with it: ``model`` is the model key of the routing file (what
+the call asked for), the label ``upstream_model`` the model the upstream says answered
+(its response's ``model``), and the label ``finish_reason`` each choice's (``stop``,
+``length``, ``tool_calls`` …). These two labels are the gateway's: a client's labels of
+those names are replaced, and a call may carry at most 62 labels of its own.
+
 Logging never blocks or fails the call: the interactions go to the write-ahead log
 after the answer is ready and the answer does not wait for the fsync; a log that cannot
 be written is counted (``/readyz``) and logged, and the call still succeeds. Once the
@@ -35,11 +41,12 @@ from gateway.asgi import send_json
 from gateway.config import Route, RoutingFile
 from gateway.errors import UpstreamError
 from ingest import pipeline
-from ingest.formats import completion_of
+from ingest.formats import GATEWAY_LABELS, completion_of
 from ingest.parse import Limits, check_limits, validate
 from store.engine import Store
 from store.errors import InvalidRequest, StoreError, ValidationFailed, require_use_case
 from store.ids import uuid7_many
+from store.schema import MAX_LABEL_VALUE, MAX_LABELS
 
 log = logging.getLogger("istore.gateway")
 
@@ -157,14 +164,34 @@ def prepare(
         "ab_campaign": body.get("ab_campaign"),
     }
     if probe["messages"] is None:
-        raise ValidationFailed("messages: required", param="messages")
+        hint = (
+            '; this is the chat endpoint: send messages: [{"role": "user", "content": "…"}] '
+            "instead of prompt"
+            if "prompt" in body
+            else ""
+        )
+        raise ValidationFailed(f"messages: required{hint}", param="messages")
     canon = validate(probe)
     check_limits(canon, limits, "")
+    own = set(canon["labels"] or ()) - set(GATEWAY_LABELS)
+    if len(own) > MAX_LABELS - len(GATEWAY_LABELS):
+        raise ValidationFailed(
+            f"labels: at most {MAX_LABELS - len(GATEWAY_LABELS)} labels on a gateway call "
+            f"(with metadata), got {len(own)}: the gateway adds {' and '.join(GATEWAY_LABELS)}",
+            param="labels",
+        )
 
     sticky = session_id or user
     # Authorised on the use case asked for before routing, so a limited key learns
     # nothing of other use cases' routes (no 404-versus-403 oracle).
-    require_use_case(use_cases, requested.split("/", 1)[0], "model")
+    asked = requested.split("/", 1)[0]
+    if use_cases is not None and asked not in use_cases and "/" not in requested:
+        mine = sorted(use_cases)[0] if use_cases else "use_case"
+        require_use_case(use_cases, asked, "model", hint=(
+            f"; {asked!r} is read as a use case (the form is 'use_case/model_key', e.g. "
+            f"'{mine}/{asked}', or 'use_case')"
+        ))  # fmt: skip
+    require_use_case(use_cases, asked, "model")
     route = routing.current().route(requested, sticky)
     require_use_case(use_cases, route.use_case, "model")
 
@@ -192,7 +219,15 @@ def prepare(
 
 
 # -- logging ----------------------------------------------------------------------------
-def _item(call: Call, index: int, completion: Any, **extra: Any) -> dict[str, Any]:
+def _item(
+    call: Call, index: int, completion: Any, *, upstream_model: Any = None,
+    finish_reason: Any = None, **extra: Any,
+) -> dict[str, Any]:  # fmt: skip
+    labels = {**(call.metadata or {}), **(call.labels or {})}
+    for key, value in (("upstream_model", upstream_model), ("finish_reason", finish_reason)):
+        labels.pop(key, None)  # the gateway's own: a client's are replaced
+        if isinstance(value, str) and value:
+            labels[key] = value[:MAX_LABEL_VALUE]
     item = {
         "id": call.completion_id(index),
         "created_at": call.created,
@@ -200,8 +235,7 @@ def _item(call: Call, index: int, completion: Any, **extra: Any) -> dict[str, An
         "model": call.route.model.key,
         "messages": call.messages,
         "completion": completion,
-        "labels": call.labels,
-        "metadata": call.metadata,
+        "labels": labels or None,
         "session_id": call.session_id,
         "user": call.user,
         "ab_campaign": call.ab_campaign,
@@ -283,6 +317,8 @@ def finish_completion(call: Call, answer: dict[str, Any]) -> list[dict[str, Any]
                 completion_of({k: v for k, v in message.items() if k != "id"}),
                 usage=_usage(usage) if i == 0 else None,
                 latency_ms=latency,
+                upstream_model=answer.get("model"),
+                finish_reason=choice.get("finish_reason"),
             )
         )
         message["id"] = cid
@@ -335,10 +371,13 @@ class Assembly:
         self.choices: dict[int, dict[str, Any]] = {}
         self.usage: dict[str, Any] | None = None
         self.first_token: float | None = None
+        self.model: str | None = None  # what the upstream says answered
 
     def add(self, chunk: dict[str, Any], now: float) -> None:
         if isinstance(chunk.get("usage"), dict):
             self.usage = chunk["usage"]
+        if self.model is None and isinstance(chunk.get("model"), str) and chunk["model"]:
+            self.model = chunk["model"]
         for c in chunk.get("choices") or ():
             if not isinstance(c, dict):
                 continue
@@ -386,6 +425,9 @@ class Assembly:
 
     def complete(self) -> bool:
         return bool(self.choices) and all(c["finish"] is not None for c in self.choices.values())
+
+    def finish_reasons(self) -> dict[int, Any]:
+        return {index: st["finish"] for index, st in self.choices.items()}
 
     def completions(self) -> dict[int, Any]:
         out = {}
@@ -575,6 +617,7 @@ async def stream(
     ttft = (
         round((asm.first_token - call.started) * 1000, 3) if asm.first_token is not None else None
     )
+    finish = asm.finish_reasons()
     if error is None:
         items = [
             _item(
@@ -584,6 +627,8 @@ async def stream(
                 usage=_usage(asm.usage) if j == 0 else None,
                 latency_ms=call.elapsed_ms(),
                 ttft_ms=ttft,
+                upstream_model=asm.model,
+                finish_reason=finish.get(i),
             )  # fmt: skip
             for j, (i, completion) in enumerate(asm.completions().items())
         ]
@@ -594,7 +639,7 @@ async def stream(
         stats.upstream_errors += 1
     record(store, stats, call,
            failed_item(call, error, asm.completions() or None, ttft_ms=ttft,
-                       usage=_usage(asm.usage)), limits)  # fmt: skip
+                       usage=_usage(asm.usage), upstream_model=asm.model), limits)  # fmt: skip
     if not started:
         raise error
     if error.code != "client_disconnected":  # tell the client, in the stream

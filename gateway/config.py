@@ -98,8 +98,20 @@ class Routing:
             raise ValidationFailed(f"model: {exc}", param="model") from None
         uc = self.use_cases.get(use_case) or self.use_cases.get(WILDCARD)
         if uc is None:
+            if not key and use_case in self.models:  # "small": a model key, no use case
+                raise NotFound(
+                    f"model: {use_case!r} is a model key of the routing file, not a use "
+                    f"case: give 'use_case/{use_case}', e.g. "
+                    f"{self.example(use_case)!r} (the form is 'use_case/model_key', or "
+                    "'use_case' for its default model or split)",
+                    param="model",
+                    code="use_case_not_found",
+                )
+            listed = ", ".join(sorted(u for u in self.use_cases if u != WILDCARD)[:10])
             raise NotFound(
-                f"model: use case {use_case!r} is not in the gateway's routing file",
+                f"model: use case {use_case!r} is not in the gateway's routing file "
+                f"(its use cases: {listed or 'none'}; the form is 'use_case/model_key' "
+                "or 'use_case')",
                 param="model",
                 code="use_case_not_found",
             )
@@ -107,7 +119,8 @@ class Routing:
             model = self.models.get(key)
             if model is None:
                 raise NotFound(
-                    f"model: no model {key!r} in the gateway's routing file",
+                    f"model: no model {key!r} in the gateway's routing file (its model "
+                    f"keys: {', '.join(sorted(self.models)[:20])})",
                     param="model",
                     code="model_not_found",
                 )
@@ -123,6 +136,14 @@ class Routing:
                 code="model_not_found",
             )
         return Route(use_case, self.models[uc.default_model])
+
+    def example(self, model_key: str) -> str:
+        """``use_case/model_key`` with a use case that routes to ``model_key`` (else any)."""
+        named = [u for u in self.use_cases.values() if u.key != WILDCARD]
+        for uc in named:
+            if uc.default_model == model_key or any(arm == model_key for arm, _ in uc.split):
+                return f"{uc.key}/{model_key}"
+        return f"{named[0].key if named else 'support'}/{model_key}"
 
 
 def _pick(split: tuple[tuple[str, float], ...], sticky: str | None) -> str:
@@ -288,11 +309,7 @@ class RoutingFile:
                 code="gateway_not_configured",
                 retry_after=60,
             )
-        now = time.monotonic()
-        if now - self._checked >= self.CHECK_EVERY_S:
-            self._checked = now
-            if self._stat() != self._stamp:
-                self.reload()
+        self._check()
         if self._routing is None:
             raise Unavailable(
                 f"the gateway's routing file {self.path} could not be loaded: {self.error}",
@@ -301,8 +318,19 @@ class RoutingFile:
             )
         return self._routing
 
+    def _check(self, force: bool = False) -> None:
+        """Reload when the file changed (looked at once a second, or now with ``force``)."""
+        now = time.monotonic()
+        if force or now - self._checked >= self.CHECK_EVERY_S:
+            self._checked = now
+            if self._stat() != self._stamp:
+                self.reload()
+
     def status(self) -> dict[str, Any]:
-        """For ``/readyz`` (no key needed): counts, not the names of models or use cases."""
+        """For ``/readyz`` (no key needed): counts, not the names of models or use cases.
+        The file is looked at now, so a broken edit shows here without waiting for a call."""
+        if self.path is not None:
+            self._check(force=True)
         r = self._routing
         return {
             "configured": self.path is not None,

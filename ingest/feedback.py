@@ -62,7 +62,19 @@ class _UseCase(BaseModel):
 class FeedbackIn(FeedbackItem):
     """A metric on one stored interaction (bool values are stored as 1.0 / 0.0)."""
 
-    completion_id: str = Field(description="The interaction's id.")
+    completion_id: str = Field(description="The interaction's id (alias: interaction_id).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _interaction_id(cls, data: Any) -> Any:
+        """``interaction_id`` is what many callers call it: an alias."""
+        if isinstance(data, dict) and "interaction_id" in data:
+            data = dict(data)
+            given = data.pop("interaction_id")
+            if "completion_id" in data and data["completion_id"] != given:
+                raise ValueError("interaction_id: differs from completion_id, its alias")
+            data["completion_id"] = given
+        return data
 
     @field_validator("completion_id")
     @classmethod

@@ -12,10 +12,15 @@
   request parameter (temperature, tools, response_format …) into ``params``. A
   response with several choices gives one interaction per choice. The response's
   ``id`` becomes the interaction id (``<id>:<i>`` for choice i > 0), so logging the
-  same call twice stores it once. No response and an ``error``: a failed call.
+  same call twice stores it once. No response and an ``error``: a failed call. What
+  answered is kept as labels, as the gateway does: ``upstream_model`` (the response's
+  ``model``) and ``finish_reason`` (the choice's); a client's labels of those names
+  are replaced.
 - **OpenAI fine-tuning JSONL** (``istore import``): ``{"messages": [..., assistant]}``;
   the last assistant message is the completion; ``tools``/``parallel_tool_calls`` go
-  to ``params``.
+  to ``params``. Without an ``id`` the example gets one from a hash of its content
+  (use case, messages, completion, params, labels): importing a file twice stores it
+  once, and so does an example repeated in a file.
 - **Adaptive dataset JSONL** (``istore import``): ``{"messages", "completion",
   "feedbacks"?: {metric: value}}``.
 
@@ -23,10 +28,14 @@ Errors name fields as the client sent them (``request.messages[2].role``)."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
+
+import orjson
 
 from store.errors import ValidationFailed
 from store.jsonutil import dumps
+from store.schema import MAX_LABEL_VALUE
 
 GATEWAY_KEYS = frozenset(
     {
@@ -34,6 +43,8 @@ GATEWAY_KEYS = frozenset(
         "session_id", "user", "ab_campaign", "created_at", "error", "status", "feedbacks",
     }
 )  # fmt: skip
+# Labels that say what answered a logged call (the gateway sets the same ones).
+GATEWAY_LABELS = ("upstream_model", "finish_reason")
 # Request fields the store keeps elsewhere; everything else is a parameter.
 _NOT_PARAMS = frozenset({"model", "messages", "metadata", "user", "store"})
 # Keys of a response message that carry nothing when null or empty.
@@ -140,10 +151,26 @@ def from_gateway_log(
             raise _fail(where + ".message", "must be an assistant message object")
         item = dict(base)
         item["completion"] = completion_of(choice["message"])
+        _what_answered(item, response.get("model"), choice.get("finish_reason"))
         if rid is not None:
             item["id"] = rid if i == 0 or not isinstance(rid, str) else f"{rid}:{i}"
         out.append((item, {**sources, "completion": f"response.choices[{i}].message"}))
     return out
+
+
+def _what_answered(item: dict[str, Any], model: Any, finish_reason: Any) -> None:
+    """Set the ``GATEWAY_LABELS`` on ``item`` (replacing the client's of those names)."""
+    labels, metadata = item.get("labels"), item.get("metadata")
+    if not isinstance(labels, dict | None) or not isinstance(metadata, dict | None):
+        return  # not labels at all: validation says so
+    labels = dict(labels or {})
+    if metadata:
+        item["metadata"] = {k: v for k, v in metadata.items() if k not in GATEWAY_LABELS}
+    for key, value in zip(GATEWAY_LABELS, (model, finish_reason), strict=True):
+        labels.pop(key, None)
+        if isinstance(value, str) and value:
+            labels[key] = value[:MAX_LABEL_VALUE]
+    item["labels"] = labels or None
 
 
 def completion_of(message: dict[str, Any]) -> str | dict[str, Any] | None:
@@ -200,7 +227,19 @@ def from_openai_finetune(
             out[key] = raw[key]
     if out["use_case"] is None:
         raise _fail(_at(prefix, "use_case"), "required: pass --use-case for fine-tuning files")
+    if "id" not in raw:
+        out["id"] = content_id(out)
     return out
+
+
+def content_id(item: dict[str, Any]) -> str:
+    """``ft-`` and a hash of what makes an example the same example (not its time, which
+    a fine-tuning file does not have): the same content gets the same id, so it is
+    stored once. The use case is part of it, since an id names one interaction in the
+    whole store."""
+    keys = ("use_case", "messages", "completion", "params", "labels", "metadata")
+    canon = orjson.dumps({k: item.get(k) for k in keys}, option=orjson.OPT_SORT_KEYS)
+    return "ft-" + hashlib.sha256(canon).hexdigest()[:40]
 
 
 def from_adaptive_dataset(raw: dict[str, Any], use_case: str | None) -> dict[str, Any]:

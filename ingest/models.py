@@ -273,5 +273,10 @@ class IngestAck(BaseModel):
 
 
 class BatchAck(BaseModel):
-    accepted: int
+    accepted: int = Field(description="Interactions in the body (new + repeats).")
+    new: int = Field(description="Stored by this request.")
+    repeats: int = Field(
+        description="Already stored (their id was sent before, or twice in this body): "
+        "nothing new was stored for them."
+    )
     completion_ids: list[str]

@@ -52,6 +52,7 @@ class Batch:
         # Reversed, so pop() hands ids out in increasing order: rows of a batch sort by
         # (created_at, id) in the order they were sent.
         self._fresh = (fresh_ids or [])[::-1]
+        self._received = 0
         self.ids: list[str] = []
         self.session_ids: list[str | None] = []
         self.feedback_ids: list[list[str]] = []
@@ -61,7 +62,10 @@ class Batch:
     def add(self, item: dict[str, Any], *, source: str, now: int, new_session: bool) -> None:
         c = self._cols
         id_ = item["id"] or self._new_id()
-        created = _micros(item["created_at"], now)
+        # Rows without a time get the time of receipt, a microsecond apart in the order
+        # sent, so that (created_at, id) keeps a batch's order whatever its ids are.
+        created = _micros(item["created_at"], now + self._received)
+        self._received += item["created_at"] is None
         session = item["session_id"] or (self._new_id() if new_session else None)
         completion = item["completion"]
         completion_message = None

@@ -14,6 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from ingest.fastpath import canonical
 from ingest.formats import (
+    completion_of,
     from_adaptive_dataset,
     from_gateway_log,
     from_openai_finetune,
@@ -84,6 +85,21 @@ def parse_ndjson(body: bytes) -> list[tuple[int, Any]]:
     return items
 
 
+# Fields of other APIs' shapes sent here, and what this one calls them.
+_ANSWER = "the answer goes in completion (a string, or an assistant message)"
+MISNAMED = {
+    "prompt": 'send the conversation as messages: [{"role": "user", "content": "…"}] '
+    "(a prompt string is not a chat); " + _ANSWER,
+    "input": 'send the conversation as messages: [{"role": "user", "content": "…"}]; ' + _ANSWER,
+    "output": _ANSWER,
+    "answer": _ANSWER,
+    "response": _ANSWER + '; a whole call is logged as {"request": …, "response": …}',
+    "interaction_id": "an interaction's own id is id (an idempotency key)",
+    "completion_id": "an interaction's own id is id (an idempotency key)",
+    "tags": 'labels are a map of strings: labels: {"key": "value"}',
+}
+
+
 def validate(raw: Any, prefix: str = "") -> dict[str, Any]:
     """One interaction object → its canonical dict, or ValidationFailed naming the field."""
     fast = canonical(raw)
@@ -92,8 +108,20 @@ def validate(raw: Any, prefix: str = "") -> dict[str, Any]:
     try:
         return _ONE.validate_python(raw).canonical()
     except ValidationError as exc:
+        misnamed(raw, prefix, "an interaction")
         _raise(exc, prefix)
     raise AssertionError("unreachable")
+
+
+def misnamed(raw: Any, prefix: str, what: str) -> None:
+    """ValidationFailed saying how to fix a field of another API's shape, if ``raw``
+    (which did not validate) has one."""
+    if not isinstance(raw, dict):
+        return
+    for name, fix in MISNAMED.items():
+        if name in raw:
+            where = f"{prefix}.{name}" if prefix else name
+            raise ValidationFailed(f"{where}: not a field of {what}; {fix}", param=where)
 
 
 def split_body(
@@ -108,7 +136,9 @@ def split_body(
         try:
             raw = loads(body)
         except (orjson.JSONDecodeError, ValueError, UnicodeError) as exc:
-            raise InvalidRequest(f"the body is not valid JSON: {exc}", param="body") from None
+            raise InvalidRequest(
+                f"the body is not valid JSON: {exc}{_ndjson_hint(body)}", param="body"
+            ) from None
         if isinstance(raw, dict):
             return [(0, raw)], True
         if not isinstance(raw, list):
@@ -119,6 +149,21 @@ def split_body(
     if not numbered:
         raise ValidationFailed(f"the body holds no {what}", param="body")
     return numbered, False
+
+
+def _ndjson_hint(body: bytes) -> str:
+    """A hint when a body sent as JSON is NDJSON (one object per line)."""
+    first, _, rest = body.lstrip().partition(b"\n")
+    if not rest.strip():
+        return ""
+    try:
+        loads(first)
+    except (orjson.JSONDecodeError, ValueError, UnicodeError):
+        return ""
+    return (
+        "; it looks like NDJSON (one JSON object per line): send it with "
+        "Content-Type: application/x-ndjson"
+    )
 
 
 def validate_model(adapter: TypeAdapter[T], raw: Any, prefix: str = "") -> T:
@@ -158,10 +203,34 @@ def expand(
             raw = from_openai_finetune(raw, use_case, prefix)
         elif isinstance(raw, dict):
             raw = from_adaptive_dataset(raw, use_case)
+    else:
+        raw = split_last_answer(raw)
     canon = validate(raw, prefix)
     if limits is not None:
         check_limits(canon, limits, prefix)
     return [canon]
+
+
+def split_last_answer(raw: Any) -> Any:
+    """An interaction whose messages end with the assistant's answer and that has no
+    completion (OpenAI's fine-tuning shape) → the prompt in ``messages`` and that answer
+    in ``completion``, as ``istore import`` does: else the answer would be part of the
+    prompt, and exports would train on an empty completion. Not for a failed call
+    (``status: error``), and not when the answer is the only message."""
+    if not isinstance(raw, dict) or raw.get("completion") is not None:
+        return raw
+    if raw.get("status") == "error":
+        return raw
+    messages = raw.get("messages")
+    if not isinstance(messages, list) or len(messages) < 2:
+        return raw
+    last = messages[-1]
+    if not isinstance(last, dict) or last.get("role") != "assistant":
+        return raw
+    answer = completion_of(last)
+    if answer is None:  # an empty assistant turn: nothing to move
+        return raw
+    return {**raw, "messages": messages[:-1], "completion": answer}
 
 
 @dataclass(frozen=True)

@@ -69,4 +69,7 @@ def answer(batch: Batch, result: WriteResult, *, single: bool) -> dict[str, Any]
                     "feedback_ids": []}  # fmt: skip
         return {"completion_id": id_, "session_id": batch.session_ids[0],
                 "feedback_ids": batch.feedback_ids[0]}  # fmt: skip
-    return {"accepted": len(batch.ids), "completion_ids": batch.ids}
+    # accepted = new + repeats: a repeat (an id already stored, or twice in the body)
+    # stores nothing, and the answer says so rather than hiding it in "accepted".
+    return {"accepted": len(batch.ids), "new": result.stored,
+            "repeats": len(result.duplicate_ids), "completion_ids": batch.ids}  # fmt: skip

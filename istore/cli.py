@@ -1,4 +1,7 @@
-"""``istore``: a thin shell over the store, the same functions the HTTP routes call."""
+"""``istore``: a thin shell over the store, the same functions the HTTP routes call.
+
+This module holds the group and ``serve``, ``sql`` and ``keys``; ``istore.transfer``
+has ``import``/``export`` and ``istore.upkeep`` the maintenance commands."""
 
 from __future__ import annotations
 
@@ -9,28 +12,15 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import click
 import orjson
 
-from service.settings import Settings
-from store.errors import InvalidRequest, StoreError, StoreLocked
+from istore.common import data_option, settings_for
+from store.errors import StoreError
 from store.location import Location
 from store.version import VERSION
-
-SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "interactions.ndjson"
-
-
-def _settings(**overrides: Any) -> Settings:
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
-
-
-data_option = click.option(
-    "--data", "data", default=None, help="Data root (default: $ISTORE_DATA or ./data)."
-)
 
 
 class _Shell(click.Group):
@@ -60,7 +50,8 @@ def main() -> None:
 @click.option(
     "--load-sample-if-empty",
     is_flag=True,
-    help="Load sample_data/ into an empty store first (what `make serve` does).",
+    help="Load the sample (sample_data/sample.py, the last 14 days) into an empty store "
+    "first (what `make serve` does).",
 )
 @click.option(
     "--insecure-no-auth",
@@ -96,7 +87,7 @@ def serve(
     from api.app import create_app
     from service.keys import KeyRing
 
-    settings = _settings(
+    settings = settings_for(
         data=data,
         host=host,
         port=port,
@@ -206,9 +197,15 @@ def serve(
 
 
 def _load_sample(store: Any) -> None:
-    if _is_empty(store) and SAMPLE.exists():
-        n, _ = _import_files(store, [SAMPLE], progress=False)
-        click.echo(f"Loaded {n} sample interactions from {SAMPLE.name} into {store.root}")
+    """The sample (``sample_data/sample.py``: dated up to today), into an empty store."""
+    if not _is_empty(store):
+        return
+    from sample_data.sample import load
+
+    n = load(store)
+    click.echo(f"Loaded the sample ({n['interactions']} interactions, {n['feedback']} feedback, "
+               f"{n['comparisons']} comparisons, {n['outcomes']} outcomes, the last 14 days) "
+               f"into {store.root}")  # fmt: skip
 
 
 def _is_loopback(host: str) -> bool:
@@ -224,49 +221,6 @@ def _is_empty(store: Any) -> bool:
     return int(store.query("SELECT count(*) AS n FROM interactions").column("n")[0].as_py()) == 0
 
 
-# -- import ------------------------------------------------------------------------------
-def _import_files(
-    store: Any, paths: list[Path], *, progress: bool, use_case: str | None = None
-) -> tuple[int, int]:
-    from ingest.importer import import_files
-
-    size = sum(p.stat().st_size for p in paths)
-    out = sys.stderr if progress else _Null()
-    with click.progressbar(length=size, label="Importing", file=out) as bar:  # type: ignore[arg-type]
-        return import_files(store, paths, use_case=use_case, progress=bar.update)
-
-
-class _Null:
-    def write(self, _: str) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False
-
-
-@main.command("import")
-@data_option
-@click.option(
-    "--use-case",
-    default=None,
-    help="Use case for lines without one (OpenAI fine-tuning and Adaptive dataset files).",
-)
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-def import_(data: str | None, use_case: str | None, files: tuple[str, ...]) -> None:
-    """Import JSONL files, one record per line: interactions, gateway logs
-    ({"request", "response"}), OpenAI fine-tuning examples ({"messages"} ending with
-    the assistant's) or Adaptive dataset lines ({"messages", "completion"})."""
-
-    settings = _settings(data=data)
-    with settings.open_store() as store:
-        n, new = _import_files(store, [Path(f) for f in files], progress=True, use_case=use_case)
-    dup = f" ({n - new} were already stored)" if n != new else ""
-    click.echo(f"Imported {new} of {n} interactions into {store.root}{dup}")
-
-
 # -- sql ---------------------------------------------------------------------------------
 @main.command()
 @data_option
@@ -274,9 +228,11 @@ def import_(data: str | None, use_case: str | None, files: tuple[str, ...]) -> N
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["table", "json", "ndjson", "csv", "parquet", "arrow"]),
+    type=click.Choice(["table", "vertical", "json", "ndjson", "csv", "parquet", "arrow"]),
     default="table",
     show_default=True,
+    help="table: one line per row, or a block per row when wider than the terminal; "
+    "vertical: always a block per row.",
 )
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to this file.")
 @click.option("--max-rows", type=int, default=None, help="Most rows to return.")
@@ -284,15 +240,14 @@ def sql(data: str | None, query: str, fmt: str, output: str | None, max_rows: in
     """Run one read-only SELECT over the views interactions, feedback, comparisons and
     outcomes (helpers: label(labels, key), message_text(messages),
     last_user_message(messages))."""
-    import polars as pl
     import pyarrow as pa
 
-    from store.output import encode, rows
+    from store.output import JSON_OPTIONS, encode, rows
     from store.reader import open as open_store
 
     if fmt in ("parquet", "arrow") and output is None:
         raise click.UsageError(f"--format {fmt} is binary: give an output file with -o")
-    settings = _settings(data=data)
+    settings = settings_for(data=data)
     out = open(output, "wb") if output is not None else sys.stdout.buffer
     try:
         with (
@@ -301,17 +256,15 @@ def sql(data: str | None, query: str, fmt: str, output: str | None, max_rows: in
                 query, timeout_s=settings.sql_timeout_s, max_rows=max_rows or settings.sql_max_rows
             ) as result,
         ):
-            if fmt in ("table", "json"):  # whole tables: the row limit bounds them
+            if fmt in ("table", "vertical", "json"):  # whole tables: the row limit bounds them
                 table = pa.Table.from_batches(list(result.batches), schema=result.schema)
-                if fmt == "table":
-                    df = pl.from_arrow(table)
-                    assert isinstance(df, pl.DataFrame)
-                    with pl.Config(tbl_rows=50, tbl_cols=20, fmt_str_lengths=60,
-                                   tbl_hide_dataframe_shape=True):  # fmt: skip
-                        n = table.num_rows
-                        out.write(f"{df}\n{n} row{'s' if n != 1 else ''}\n".encode())
+                if fmt in ("table", "vertical"):
+                    from istore.render import render
+
+                    out.write(render(table, vertical=True if fmt == "vertical" else None).encode())
                 else:  # a plain array of rows on the command line
-                    out.write(orjson.dumps(rows(table), default=str, option=orjson.OPT_INDENT_2)
+                    out.write(orjson.dumps(rows(table), default=str,
+                                           option=JSON_OPTIONS | orjson.OPT_INDENT_2)
                               + b"\n")  # fmt: skip
             else:  # streamed: written as they are encoded, within the time limit
                 for chunk in encode(result.schema, result.batches, fmt, check=result.check):
@@ -323,398 +276,6 @@ def sql(data: str | None, query: str, fmt: str, output: str | None, max_rows: in
             out.flush()
     if result.truncated:
         click.echo(f"(cut at {result.rows} rows)", err=True)
-
-
-# -- export ------------------------------------------------------------------------------
-@main.command()
-@data_option
-@click.option(
-    "--format",
-    "fmt",
-    default="openai",
-    show_default=True,
-    type=click.Choice(
-        ["openai", "adaptive", "parquet", "dpo", "openai-dpo", "adaptive-preference", "preference"]
-    ),  # fmt: skip
-)
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Output file; with --split NAME.train.EXT and NAME.validation.EXT.")  # fmt: skip
-@click.option("--filter", "filters", multiple=True, metavar="NAME=VALUE",
-              help="A filter as in the API, e.g. use_case=support or label=topic:x "
-                   "(repeatable).")  # fmt: skip
-@click.option("--include-errors", is_flag=True, help="Keep status=error interactions.")
-@click.option("--include-feedback", is_flag=True, help="adaptive: add {metric: value} feedbacks.")
-@click.option("--metric", default=None, help="Feedback metric that scores (pairs, dedupe).")
-@click.option("--min-margin", type=float, default=0.0, show_default=True)
-@click.option("--no-comparisons", is_flag=True, help="No pairs from explicit comparisons.")
-@click.option("--dedupe", is_flag=True, help="One example per prompt (best-scored, else newest).")
-@click.option("--max-examples", type=int, default=None)
-@click.option("--split", type=float, default=None, help="Train share, e.g. 0.9 (by prompt hash).")
-@click.option("--min-turns", type=int, default=None, help="At least this many user messages.")
-@click.option("--max-chars", type=int, default=None)
-@click.option("--manifest", "manifest_in", type=click.Path(exists=True, dir_okay=False),
-              default=None,
-              help="Repeat the export a manifest describes (same versions, filters, options) "
-                   "and check the files come out identical.")  # fmt: skip
-def export(
-    data: str | None, fmt: str, output: str, filters: tuple[str, ...], include_errors: bool,
-    include_feedback: bool, metric: str | None, min_margin: float, no_comparisons: bool,
-    dedupe: bool, max_examples: int | None, split: float | None, min_turns: int | None,
-    max_chars: int | None, manifest_in: str | None,
-) -> None:  # fmt: skip
-    """Export a fine-tuning dataset; writes OUTPUT and OUTPUT.manifest.json (versions,
-    filters, options, rows, sha256 of each file)."""
-    import hashlib
-
-    from store.export import PAIR_FORMATS, Exporter, ExportOptions, manifest
-    from store.filters import filter_from_kwargs
-    from store.reader import open as open_store
-
-    versions = None
-    expected: dict[str, str] | None = None
-    if manifest_in is not None:
-        if Path(f"{output}.manifest.json").resolve() == Path(manifest_in).resolve():
-            raise click.UsageError("-o would overwrite the manifest being checked; choose another")
-        old = orjson.loads(Path(manifest_in).read_bytes())
-        expected = old.get("sides")
-        versions = old["versions"]
-        options = ExportOptions(**{**old["options"], "filters": old["filters"]})
-    else:
-        parsed = _filter_options(filters)
-        options = ExportOptions(
-            format=fmt, include_errors=include_errors, include_feedback=include_feedback,
-            metric=metric, min_margin=min_margin, comparisons=not no_comparisons, dedupe=dedupe,
-            max_examples=max_examples, split=split, min_turns=min_turns, max_chars=max_chars,
-            filters={k: v if len(v) > 1 or k not in ("from", "to") else v[0]
-                     for k, v in parsed.items()},
-        )  # fmt: skip
-    flt = filter_from_kwargs(options.filters)
-    settings = _settings(data=data)
-    out = Path(output)
-    digests: dict[str, str] = {}
-    rows: dict[str, int] = {}
-    with open_store(settings.data) as reader:
-        exporter = Exporter(reader.store, reader.store.snapshot_at(versions), flt, options)
-        if options.format == "parquet":
-            digest = hashlib.sha256()
-            with open(out, "wb") as f:
-                for chunk in exporter.parquet():
-                    f.write(chunk)
-                    digest.update(chunk)
-            digests[out.name], rows[out.name] = digest.hexdigest(), exporter.rows
-        else:
-            sides = ("train", "validation") if options.split is not None else ("all",)
-            names = {s: out.name if s == "all" else f"{out.stem}.{s}{out.suffix}" for s in sides}
-            files = {s: open(out.parent / names[s], "wb") for s in sides}
-            hashes = {s: hashlib.sha256() for s in sides}
-            examples = exporter.pairs() if options.format in PAIR_FORMATS else exporter.sft()
-            try:
-                pending: dict[str, list[bytes]] = {s: [] for s in sides}
-
-                def drain(side: str) -> None:
-                    chunk = b"".join(pending[side])
-                    files[side].write(chunk)
-                    hashes[side].update(chunk)
-                    rows[names[side]] = rows.get(names[side], 0) + len(pending[side])
-                    pending[side].clear()
-
-                # A bar of examples written (their total is not known ahead).
-                with click.progressbar(length=0, label="Exporting", file=sys.stderr) as bar:
-                    for side, line in examples:
-                        pending[side].append(line)
-                        if len(pending[side]) >= 4096:
-                            drain(side)
-                            bar.update(4096)
-                    for side in sides:
-                        drain(side)
-            finally:
-                for f in files.values():
-                    f.close()
-            for side in sides:
-                digests[names[side]] = hashes[side].hexdigest()
-                rows.setdefault(names[side], 0)
-    by_side = {  # what --manifest compares: the content of each side, whatever its name
-        ("all" if name == out.name else name.removeprefix(f"{out.stem}.").split(".")[0]): d
-        for name, d in digests.items()
-    }
-    result = manifest(options, exporter.versions, digests, rows)
-    result["sides"] = by_side
-    target = out.parent / f"{out.name}.manifest.json"
-    target.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
-    for name, n in rows.items():
-        click.echo(f"{name}: {n} rows, sha256 {digests[name]}")
-    click.echo(f"versions {orjson.dumps(exporter.versions).decode()}; manifest {target.name}")
-    if manifest_in is not None:
-        if expected != by_side:
-            click.echo("the files differ from the manifest's", err=True)
-            sys.exit(1)
-        click.echo("identical to the manifest")
-
-
-# -- maintenance -------------------------------------------------------------------------
-def _filter_options(filters: tuple[str, ...]) -> dict[str, list[str]]:
-    """``--filter NAME=VALUE`` options (repeatable) → {name: [values]}."""
-    parsed: dict[str, list[str]] = {}
-    for item in filters:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--filter")
-        parsed.setdefault(name, []).append(value)
-    return parsed
-
-
-@contextlib.contextmanager
-def _writer(data: str, why: str) -> Iterator[Any]:
-    """The data root's writer (``Store``), or None when a server holds it (then the
-    server's maintenance job does ``why``)."""
-    from store.engine import Store
-
-    if Location.parse(data).remote:
-        click.echo(
-            f"{data} is object storage: the servers writing to it do {why} on their "
-            "maintenance schedule (one at a time); this command did the rest.",
-            err=True,
-        )
-        yield None
-        return
-    try:
-        store = Store(data)
-    except StoreLocked:
-        click.echo(
-            f"A server is running on {data}: it does {why} on its maintenance schedule "
-            "(ISTORE_MAINTENANCE_INTERVAL_S); this command did the rest.",
-            err=True,
-        )
-        yield None
-        return
-    try:
-        yield store
-    finally:
-        store.close()
-
-
-def _purge(data: str) -> None:
-    from store.lifecycle import purge
-
-    with _writer(data, "the physical removal of deleted interactions") as store:
-        if store is not None:
-            removed = {k: v for k, v in purge(store).items() if v}
-            click.echo("deleted rows removed from the files: "
-                       + (", ".join(f"{k} {v}" for k, v in removed.items()) or "none"))  # fmt: skip
-
-
-@main.command()
-@data_option
-def compact(data: str | None) -> None:
-    """Remove deleted interactions from the files (rewrite), then rewrite small
-    Parquet files into large ones, per partition."""
-    from store.maintenance import compact as do_compact
-
-    settings = _settings(data=data)
-    _purge(settings.data)
-    for name, m in do_compact(settings.data).items():
-        click.echo(
-            f"{name}: {m['files_removed']} files → {m['files_added']} "
-            f"({m['partitions_optimized']} partitions)"
-        )
-
-
-@main.command()
-@data_option
-@click.option(
-    "--retention-hours",
-    type=float,
-    default=168.0,
-    show_default=True,
-    help="Keep files removed from the table for this long (readers of older snapshots).",
-)
-@click.option("--dry-run", is_flag=True, help="List what would be deleted.")
-@click.option(
-    "--force",
-    is_flag=True,
-    help="Allow a window under 1 hour (a query or export still reading an older "
-    "version may then fail).",
-)
-def vacuum(data: str | None, retention_hours: float, dry_run: bool, force: bool) -> None:
-    """Remove deleted interactions from the files, then delete files no longer in the
-    table and older than the retention window."""
-    from store.maintenance import MIN_RETENTION_HOURS, check_retention
-    from store.maintenance import vacuum as do_vacuum
-
-    settings = _settings(data=data)
-    if 0 <= retention_hours < MIN_RETENTION_HOURS and not force:
-        raise InvalidRequest(
-            f"--retention-hours {retention_hours:g} is under the {MIN_RETENTION_HOURS:g}-hour "
-            "minimum, which keeps replaced files that a query or export reading an older "
-            "snapshot may still need. To delete them anyway (say, so that no byte of a "
-            "deleted interaction is left), add --force: "
-            f"istore vacuum --retention-hours {retention_hours:g} --force",
-            param="retention_hours",
-        )
-    check_retention(retention_hours, force)
-    if not dry_run:
-        _purge(settings.data)
-    files = do_vacuum(settings.data, retention_hours, dry_run=dry_run, force=force)
-    for name, removed in files.items():
-        verb = "would delete" if dry_run else "deleted"
-        click.echo(f"{name}: {verb} {len(removed)} files")
-
-
-@main.command()
-@data_option
-@click.option("--id", "ids", multiple=True, help="An interaction id (repeatable).")
-@click.option(
-    "--filter",
-    "filters",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="A filter of the API (user=…, session_id=…, label=k:v, to=…); all must hold.",
-)
-@click.option("--all", "everything", is_flag=True, help="Delete every interaction.")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def delete(
-    data: str | None, ids: tuple[str, ...], filters: tuple[str, ...], everything: bool, yes: bool
-) -> None:
-    """Delete interactions (and their feedback and comparisons): hidden at once,
-    physically removed by the next `istore compact` or `vacuum`."""
-    from store.filters import filter_from_kwargs
-    from store.lifecycle import chunks, matching, tombstones
-    from store.schema import AMENDMENTS_TABLE
-
-    kw = _filter_options(filters)
-    if ids:
-        kw["id"] = list(ids)
-    if not kw and not everything:
-        raise click.UsageError("give --id, --filter or --all")
-    expr = filter_from_kwargs({k: v[0] if len(v) == 1 else v for k, v in kw.items()})
-    settings = _settings(data=data)
-    from store.engine import Store
-
-    try:
-        store = Store(settings.data)
-    except StoreLocked:
-        raise StoreError(
-            f"a server is running on {settings.data}: delete through it "
-            "(DELETE /api/v1/interactions/ID or POST /api/v1/interactions/delete)"
-        ) from None
-    try:
-        pairs = matching(store, expr, None)
-        if pairs and not yes:
-            click.confirm(f"Delete {len(pairs)} interactions?", abort=True)
-        for chunk in chunks(pairs):
-            store.write(AMENDMENTS_TABLE, tombstones(chunk)).result(60)
-    finally:
-        store.close()
-    click.echo(f"deleted {len(pairs)} interactions (physically removed by istore compact/vacuum)")
-
-
-@main.command()
-@data_option
-def doctor(data: str | None) -> None:
-    """Check the tables, the write-ahead log, key file permissions, free disk and the
-    configuration, and say what to do (exit 1 on a failure)."""
-    from istore.doctor import check
-
-    settings = _settings(data=data)
-    failed = False
-    for f in check(settings.data, settings.gateway_config, settings.wal_dir):
-        failed |= f.level == "FAIL"
-        color = {"ok": "green", "warn": "yellow", "FAIL": "red"}[f.level]
-        line = click.style(f"{f.level:<5}", fg=color) + f"{f.check}: {f.detail}"
-        click.echo(line + (f"\n      → {f.advice}" if f.advice else ""))
-    if failed:
-        sys.exit(1)
-
-
-@main.group()
-def retention() -> None:
-    """How long each use case keeps its data (retention.json in the data root)."""
-
-
-@retention.command("set")
-@data_option
-@click.argument("args", nargs=-1, metavar="USE_CASE DAYS | --default DAYS")
-@click.option("--default", "is_default", is_flag=True, help="Set the default for other use cases.")
-def retention_set(data: str | None, args: tuple[str, ...], is_default: bool) -> None:
-    """Keep USE_CASE's data DAYS days (or, with --default, every other use case's)."""
-    if len(args) != (1 if is_default else 2):
-        raise click.UsageError("give USE_CASE DAYS, or --default DAYS")
-    use_case = None if is_default else args[0]
-    try:
-        days = float(args[-1])
-    except ValueError:
-        raise click.BadParameter(f"{args[-1]!r} is not a number of days") from None
-    _set_retention(data, use_case, days)
-
-
-@retention.command("unset")
-@data_option
-@click.argument("use_case", required=False)
-@click.option("--default", "is_default", is_flag=True, help="Remove the default.")
-def retention_unset(data: str | None, use_case: str | None, is_default: bool) -> None:
-    """Keep USE_CASE's data forever (or remove the default)."""
-    if (use_case is None) != is_default:
-        raise click.UsageError("give USE_CASE, or --default")
-    _set_retention(data, use_case, None)
-
-
-def _set_retention(data: str | None, use_case: str | None, days: float | None) -> None:
-    from store.lifecycle import Retention
-
-    settings = _settings(data=data)
-    rules = settings.shared_state().document("retention.json")
-    policy = Retention.load(rules)
-    policy.set(use_case, days)
-    policy.save(rules)
-    kept = "forever" if days is None else f"{days:g} days"
-    click.echo(f"retention of {use_case or 'every other use case'}: {kept}")
-
-
-@retention.command("show")
-@data_option
-def retention_show(data: str | None) -> None:
-    """The retention rules."""
-    from store.lifecycle import Retention, retention_summary
-
-    settings = _settings(data=data)
-    policy = Retention.load(settings.shared_state().document("retention.json"))
-    click.echo(orjson.dumps(retention_summary(policy), option=orjson.OPT_INDENT_2).decode())
-
-
-@retention.command("apply")
-@data_option
-def retention_apply(data: str | None) -> None:
-    """Delete what is older than the rules now (a running server does it on its own)."""
-    from store.lifecycle import Retention, apply_retention
-
-    settings = _settings(data=data)
-    with _writer(settings.data, "retention") as store:
-        if store is not None:
-            rules = settings.shared_state().document("retention.json")
-            removed = apply_retention(store, Retention.load(rules))
-            click.echo("deleted rows: " + (", ".join(f"{k} {v}" for k, v in removed.items())
-                                           or "none (no rules)"))  # fmt: skip
-
-
-@main.command()
-@data_option
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def stats(data: str | None, as_json: bool) -> None:
-    """Rows, files, bytes and table version per use case."""
-    from store.maintenance import table_stats
-
-    settings = _settings(data=data)
-    rows = table_stats(settings.data)
-    if as_json:
-        click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
-        return
-    header = f"{'table':<13}{'use_case':<24}{'rows':>10}{'files':>8}{'bytes':>14}{'version':>9}"
-    click.echo(header)
-    for r in rows:
-        click.echo(
-            f"{r['table']:<13}{r['use_case']:<24}{r['rows']:>10}{r['files']:>8}"
-            f"{r['bytes']:>14}{r['version']:>9}"
-        )
 
 
 # -- keys --------------------------------------------------------------------------------
@@ -750,7 +311,7 @@ def keys_create(
     for uc in use_cases:
         if not USE_CASE_RE.match(uc):
             raise click.BadParameter(f"{uc!r} is not a valid use case key", param_hint="--use-case")
-    settings = _settings(data=data)
+    settings = settings_for(data=data)
     ring = KeyRing(settings.shared_state().document("keys.json"))
     record, secret = ring.create(list(scopes), list(use_cases), name)
     limit = ", ".join(record["use_cases"]) if record["use_cases"] else "all use cases"
@@ -770,7 +331,7 @@ def keys_list(data: str | None, as_json: bool) -> None:
     """Every key's id, name, scopes, use cases and times (never secrets)."""
     from service.keys import KeyRing
 
-    rows = KeyRing(_settings(data=data).shared_state().document("keys.json")).describe()
+    rows = KeyRing(settings_for(data=data).shared_state().document("keys.json")).describe()
     if as_json:
         click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
         return
@@ -797,9 +358,19 @@ def keys_revoke(data: str | None, key: str) -> None:
     (on object storage, every server within ISTORE_STATE_REFRESH_S)."""
     from service.keys import KeyRing
 
-    record = KeyRing(_settings(data=data).shared_state().document("keys.json")).revoke(key)
+    record = KeyRing(settings_for(data=data).shared_state().document("keys.json")).revoke(key)
     click.echo(f"Revoked key {record['id']} at {record['revoked_at']}")
 
+
+def _register() -> None:
+    from istore import transfer, upkeep
+
+    for command in (transfer.import_, transfer.export, upkeep.compact, upkeep.vacuum,
+                    upkeep.delete, upkeep.doctor, upkeep.retention, upkeep.stats):  # fmt: skip
+        main.add_command(command)
+
+
+_register()
 
 if __name__ == "__main__":
     main()

@@ -33,7 +33,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -618,7 +618,7 @@ SESSION_SIZE_WEIGHTS = [0, 60, 18, 10, 7, 5]  # index = number of interactions i
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _cum(weights: list[float]) -> list[float]:
+def _cum(weights: Sequence[float]) -> list[float]:
     out, s = [], 0.0
     for w in weights:
         s += w
@@ -671,8 +671,9 @@ class _Gen:
         self.pools: dict[str, tuple[list[str], list[float]]] = {}
         for uc in USE_CASES:
             words = FUNCTION_WORDS + GENERAL_WORDS + DOMAINS[uc]
-            w = [6.0] * len(FUNCTION_WORDS) + [1.0] * len(GENERAL_WORDS) + [2.2] * len(DOMAINS[uc])
-            self.pools[uc] = (words, _cum(w))
+            pool_w = [6.0] * len(FUNCTION_WORDS) + [1.0] * len(GENERAL_WORDS)
+            pool_w += [2.2] * len(DOMAINS[uc])
+            self.pools[uc] = (words, _cum(pool_w))
         self.lang_cum = _cum(LANG_WEIGHTS)
         self.err_cum = _cum([w for _, w in ERRORS])
         self.turn_cum = _cum(TURN_WEIGHTS)

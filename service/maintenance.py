@@ -13,12 +13,15 @@ from typing import Any
 
 from store.delta import writer_properties
 from store.engine import Store
-from store.lifecycle import Retention, apply_retention, purge
+from store.lifecycle import Retention, apply_retention, plan_purge, purge
 from store.maintenance import MIN_RETENTION_HOURS, TARGET_FILE_BYTES
 from store.schema import TABLES
 from store.state import Lease
 
 log = logging.getLogger("istore.maintenance")
+
+# The steps of a pass, in order; ``POST /api/v1/maintenance?steps=…`` runs some of them.
+STEPS = ("retention", "purge", "compact", "vacuum")
 
 
 class MaintenanceJob:
@@ -54,17 +57,21 @@ class MaintenanceJob:
             except Exception:  # never let the thread die: the next interval tries again
                 log.exception("maintenance run failed")
 
-    def run_once(self) -> dict[str, Any]:
-        """One pass; errors are logged and counted, never raised. Among several
-        writers of the same tables, one runs it at a time (``Lease``); the others skip."""
+    def run_once(self, steps: tuple[str, ...] = STEPS, *, dry_run: bool = False) -> dict[str, Any]:
+        """One pass (``steps`` of it); errors are logged and counted, never raised.
+        Among several writers of the same tables, one runs it at a time (``Lease``);
+        the others skip. ``dry_run``: what retention, the purge and vacuum would
+        delete, deleting nothing (compaction is left out)."""
         with self._run_lock:
+            if dry_run:
+                return self._plan(steps)
             if not self.store.shared:
-                return self._run()
+                return self._run(steps)
             lease = Lease(self.store.location, "maintenance", self.store.app_id)
             try:
                 with lease as held:
                     if held:
-                        return self._run()
+                        return self._run(steps)
             except Exception as exc:  # the lease itself (object store, lock file)
                 self.failures += 1
                 self.last_error = f"lease: {type(exc).__name__}: {exc}"
@@ -74,7 +81,20 @@ class MaintenanceJob:
             log.info("maintenance skipped: another writer of these tables runs it")
             return {"skipped": "another writer runs maintenance"}
 
-    def _run(self) -> dict[str, Any]:
+    def _plan(self, steps: tuple[str, ...]) -> dict[str, Any]:
+        store = self.store
+        plan: dict[str, Any] = {"dry_run": True}
+        if "retention" in steps:
+            plan["retention"] = apply_retention(
+                store, Retention.load(store.retention_rules()), dry_run=True
+            )
+        if "purge" in steps:
+            plan["purged"] = plan_purge(store)
+        if "vacuum" in steps:
+            plan["vacuumed"] = self._vacuum(dry_run=True)
+        return plan
+
+    def _run(self, steps: tuple[str, ...] = STEPS) -> dict[str, Any]:
         started = time.perf_counter()
         result: dict[str, Any] = {}
         store = self.store
@@ -88,6 +108,10 @@ class MaintenanceJob:
             ("index", store.sweep_index),  # what the index holds of files gone
             ("vacuumed", self._vacuum),
         ):
+            wanted = {"purged": "purge", "compacted": "compact", "vacuumed": "vacuum",
+                      "refresh": "compact"}.get(name, name)  # fmt: skip
+            if wanted not in steps:
+                continue
             try:
                 result[name] = step()
             except Exception as exc:  # the next run tries again
@@ -95,6 +119,7 @@ class MaintenanceJob:
                 log.exception("maintenance step %s failed", name)
         result.pop("refresh", None)
         if errors:
+            result["errors"] = errors
             self.failures += 1
         self.last_error = "; ".join(errors) or None
         self.runs += 1
@@ -122,7 +147,7 @@ class MaintenanceJob:
                 dt.cleanup_metadata()
         return out
 
-    def _vacuum(self) -> dict[str, int]:
+    def _vacuum(self, dry_run: bool = False) -> dict[str, int]:
         out = {}
         for name in TABLES:
             dt = self.store.location.open_if_exists(name)
@@ -134,7 +159,7 @@ class MaintenanceJob:
                     hours = max(hours, MIN_RETENTION_HOURS)
                 removed = dt.vacuum(
                     retention_hours=math.ceil(hours),
-                    dry_run=False,
+                    dry_run=dry_run,
                     enforce_retention_duration=False,
                 )
                 out[name] = len(removed)

@@ -111,12 +111,12 @@ class Forbidden(StoreError):
 
 
 def require_use_case(
-    allowed: frozenset[str] | None, use_case: str, param: str = "use_case"
+    allowed: frozenset[str] | None, use_case: str, param: str = "use_case", hint: str = ""
 ) -> None:
     """Forbidden unless ``use_case`` is among ``allowed`` (None: every use case)."""
     if allowed is not None and use_case not in allowed:
         raise Forbidden(
-            f"{param}: this API key may not use use case {use_case!r}",
+            f"{param}: this API key may not use use case {use_case!r}{hint}",
             param=param,
             code="use_case_forbidden",
         )

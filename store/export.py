@@ -88,6 +88,12 @@ class ExportOptions:
                     )
         if fmt in PAIR_FORMATS and self.dedupe:
             raise ValidationFailed("dedupe: for SFT formats only", param="dedupe")
+        if fmt in PAIR_FORMATS and not self.comparisons and self.metric is None:
+            raise ValidationFailed(
+                "metric: without comparisons, pairs can only come from feedback: give "
+                "metric=<a feedback metric>",
+                param="metric",
+            )
 
 
 def prompt_key(messages_json: str) -> str:
@@ -185,6 +191,69 @@ class Exporter:
     @property
     def versions(self) -> dict[str, int]:
         return {n: t.version for n, t in self.snap.tables.items()}
+
+    def warnings(
+        self, use_cases: tuple[str, ...] | None = None, allowed: tuple[str, ...] | None = None
+    ) -> list[str]:
+        """Why the export may well come out empty, said before it starts (the API's
+        ``X-Istore-Warning``, the CLI's standard error): use cases with no interaction,
+        a scoring metric with no feedback, pairs asked for with nothing to pair.
+        ``use_cases``: the ones asked for by name; ``allowed``: all the caller may see
+        (None: every use case), the only ones looked at."""
+        out = []
+        known = self._use_cases_stored(allowed)
+        missing = [u for u in use_cases or () if u not in known]
+        if missing:
+            listed = ", ".join(sorted(known)[:10]) or "none yet"
+            out.append(f"no interaction in use case {', '.join(map(repr, missing))} "
+                       f"(use cases with data: {listed})")  # fmt: skip
+        has = self._has
+        if self.o.metric is not None and not has(
+            "feedback", "metric = ?", [self.o.metric], allowed
+        ):
+            out.append(f"metric {self.o.metric!r}: no feedback with this metric, so nothing "
+                       "is scored by it")  # fmt: skip
+        compared = self.o.format in PAIR_FORMATS and has("comparisons", "tied IS NULL", [], allowed)
+        if compared and self.o.comparisons:  # (reads the compared prompts: only if any)
+            mixed = self._mixed_comparisons(allowed)
+            if mixed:
+                out.append(f"{mixed} comparison{'s' if mixed != 1 else ''} left out: the two "
+                           "sides answer different prompts")  # fmt: skip
+        if self.o.format in PAIR_FORMATS and self.o.metric is None and not compared:
+            out.append("no comparisons to pair: log some (POST /api/v1/comparison) or give "
+                       "metric=<a feedback metric> to pair answers to the same prompt")  # fmt: skip
+        return out
+
+    def _mixed_comparisons(self, allowed: tuple[str, ...] | None) -> int:
+        """Comparisons (logged before ``POST /comparison`` checked it) whose sides answer
+        different prompts."""
+        t = self.store.query(
+            "SELECT c.messages AS c, p.messages AS p, o.messages AS o FROM comparisons c "
+            "LEFT JOIN interactions p ON p.id = c.preferred_id "
+            "LEFT JOIN interactions o ON o.id = c.other_id WHERE c.tied IS NULL AND "
+            "(c.messages <> p.messages OR c.messages <> o.messages OR p.messages <> o.messages)",
+            snapshot=self.snap,
+            use_cases=allowed,
+        )
+        return sum(1 for r in t.to_pylist() if not one_prompt(r["c"], r["p"], r["o"]))
+
+    def _use_cases_stored(self, allowed: tuple[str, ...] | None) -> set[str]:
+        t = self.snap.tables["interactions"]
+        found = {str(f.partition.get("use_case")) for f in t.files}
+        if t.pending.num_rows:
+            found.update(str(u) for u in t.pending.column("use_case").to_pylist())
+        return found if allowed is None else found & set(allowed)
+
+    def _has(
+        self, table: str, where: str, params: list[Any], allowed: tuple[str, ...] | None
+    ) -> bool:
+        got = self.store.query(
+            f"SELECT 1 AS x FROM {table} WHERE {where} LIMIT 1",
+            params,
+            snapshot=self.snap,
+            use_cases=allowed,
+        )
+        return got.num_rows > 0
 
     # -- selection ----------------------------------------------------------------------
     def _selected(self, source: str = "interactions") -> tuple[str, list[Any]]:
@@ -391,7 +460,7 @@ class Exporter:
             "p.id AS p_id, p.messages AS p_messages, p.completion AS p_completion, "
             "p.completion_message AS p_message, p.params AS p_params, "
             "o.id AS o_id, o.completion AS o_completion, o.completion_message AS o_message, "
-            "c.preferred_id, c.other_id "
+            "o.messages AS o_messages, c.preferred_id, c.other_id "
             f"FROM comparisons c LEFT JOIN {selected} p ON p.id = c.preferred_id "
             f"LEFT JOIN {selected} o ON o.id = c.other_id "
             f"WHERE c.tied IS NULL {only} ORDER BY c.created_at, c.id"
@@ -404,9 +473,11 @@ class Exporter:
                     continue
                 if r["other_id"] is not None and r["o_id"] is None:
                     continue
-                messages_json = r["c_messages"] or r["p_messages"]
+                messages_json = r["c_messages"] or r["p_messages"] or r["o_messages"]
                 if messages_json is None:
                     continue
+                if not one_prompt(r["c_messages"], r["p_messages"], r["o_messages"]):
+                    continue  # answers to different prompts: no pair (warnings() says so)
                 better = (
                     _assistant({"completion": r["p_completion"],
                                 "completion_message": r["p_message"]})
@@ -456,6 +527,16 @@ class Exporter:
                     group.append(r)
         flush()
         yield from out  # grouped by prompt, prompts in the order of their stored messages
+
+
+def one_prompt(*messages_json: str | None) -> bool:
+    """Whether the prompts given (stored messages JSON, None for absent) are one: the
+    same messages, whatever the order of their keys."""
+    present = [m for m in messages_json if m is not None]
+    if len(set(present)) <= 1:
+        return True
+    first = loads(present[0])
+    return all(loads(m) == first for m in present[1:])
 
 
 def _inline_conditions(expr: Expr) -> tuple[Any, Any] | None:

@@ -30,6 +30,10 @@ _MIN_TIME = datetime(1900, 1, 1, tzinfo=UTC)
 _MAX_TIME = datetime(9999, 12, 30, tzinfo=UTC)
 
 
+def _z(ts: datetime) -> str:
+    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def parse_time(value: str | float | int | datetime, param: str) -> datetime:
     """ISO-8601 (naive = UTC), unix seconds, or unix milliseconds (past 2e10), within
     the years 1900 to 9999 (what the store keeps)."""
@@ -358,14 +362,22 @@ def filter_from_kwargs(kw: dict[str, Any], prefix: str = "") -> Filter:
     search = values("search")
     if any(not s for s in search):
         raise ValidationFailed(f"{at('search')}: must not be empty", param=at("search"))
+    since, until = one_time("from", "since"), one_time("to", "until")
+    if since is not None and until is not None and until <= since:
+        # An empty range matches nothing: a mistake (the two swapped), never a question.
+        raise ValidationFailed(
+            f"{at('to')}: must be after from ({_z(since)}), got "
+            f"{_z(until)}; from is inclusive, to exclusive",
+            param=at("to"),
+        )
     return Filter(
         use_case=values("use_case"),
         model=values("model"),
         labels=tuple(parse_label(x, at("label")) for x in values("label")),
         has_label=values("has_label"),
         no_label=values("no_label"),
-        since=one_time("from", "since"),
-        until=one_time("to", "until"),
+        since=since,
+        until=until,
         session_id=values("session_id"),
         user=values("user"),
         source=values("source"),

@@ -129,6 +129,22 @@ def purge(store: Store) -> dict[str, int]:
     return removed
 
 
+def plan_purge(store: Store) -> dict[str, int]:
+    """The rows per table ``purge`` would remove now (deleted interactions and what
+    names them, still in the files), removing nothing."""
+    store.flush()
+    counts: dict[str, int] = {}
+    with store.current_view(AMENDMENTS_TABLE) as tomb:
+        if tomb is None:
+            return counts
+        dead = f"(SELECT completion_id FROM \"{tomb}\" WHERE action = 'delete')"
+        for spec, cols, extra in _LINKED:
+            cond = "(" + " OR ".join(f"{c} IN {dead}" for c in cols) + ")"
+            t = store.committed(spec, "count(*) AS n", cond + (f" AND {extra}" if extra else ""))
+            counts[spec.name] = int(t.column("n")[0].as_py() or 0) if t.num_columns else 0
+    return counts
+
+
 _LINKED = (
     (INTERACTIONS_TABLE, ("id",), ""),
     (FEEDBACK_TABLE, ("completion_id",), ""),
@@ -241,13 +257,18 @@ def _ts(t: datetime) -> str:
     return "'" + t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") + "'"
 
 
-def apply_retention(store: Store, policy: Retention, now: datetime | None = None) -> dict[str, int]:
-    """Delete every row older than its use case's window, in every table; rows per table."""
+def apply_retention(
+    store: Store, policy: Retention, now: datetime | None = None, *, dry_run: bool = False
+) -> dict[str, int]:
+    """Delete every row older than its use case's window, in every table; rows per table.
+    ``dry_run``: count them and delete nothing (``plan_retention``)."""
     rules = policy.conditions(now or datetime.now(UTC))
     removed: dict[str, int] = {}
     if not rules:
         return removed
     store.flush()
+    if dry_run:
+        return plan_retention(store, rules)
     with store.maintenance():
         for _, cond in rules:
             # The interactions past the window, and what names them (whatever its age).
@@ -263,6 +284,36 @@ def apply_retention(store: Store, policy: Retention, now: datetime | None = None
     if any(removed.values()):
         log.info("retention deleted %s", removed)
     return removed
+
+
+def plan_retention(store: Store, rules: list[tuple[str, str]]) -> dict[str, int]:
+    """The rows per table ``apply_retention`` would delete under ``rules``, deleting
+    nothing: per table, its rows past the window or naming an interaction that is (the
+    two sets counted once). Rules are per use case and disjoint, so their counts add."""
+    counts: dict[str, int] = {}
+    with store.current_view(INTERACTIONS_TABLE) as view:
+        for _, cond in rules:
+            old = f'(SELECT id FROM "{view}" WHERE {cond})' if view is not None else "(NULL)"
+            for spec in TABLES.values():
+                if spec is INTERACTIONS_TABLE:
+                    where = cond
+                else:
+                    own = [cond] if "use_case" in spec.columns else []
+                    linked = [
+                        "("
+                        + " OR ".join(f"{c} IN {old}" for c in cols)
+                        + ")"
+                        + (f" AND {extra}" if extra else "")
+                        for linked_spec, cols, extra in _LINKED
+                        if linked_spec is spec
+                    ]
+                    if not own and not linked:
+                        continue
+                    where = " OR ".join(f"({w})" for w in own + linked)
+                t = store.committed(spec, "count(*) AS n", where)
+                n = int(t.column("n")[0].as_py() or 0) if t.num_columns else 0
+                counts[spec.name] = counts.get(spec.name, 0) + n
+    return counts
 
 
 def retention_summary(policy: Retention) -> dict[str, Any]:

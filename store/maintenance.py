@@ -12,15 +12,15 @@ import math
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 from deltalake import DeltaTable
 
-from store.delta import APP_ID, writer_properties
+from store.delta import writer_properties
+from store.engine import Store
 from store.errors import InvalidRequest, StoreError
 from store.location import Location
-from store.rows import decode_tables, num_rows
 from store.schema import TABLES
-from store.wal import scan
 
 TARGET_FILE_BYTES = 128 << 20
 MIN_RETENTION_HOURS = 1.0
@@ -38,7 +38,9 @@ def _tables(root: str | Path) -> dict[str, DeltaTable]:
 
 
 def compact(root: str | Path, target_size: int = TARGET_FILE_BYTES) -> dict[str, dict[str, Any]]:
-    """Bin-pack each partition's small files into files of about ``target_size``."""
+    """Bin-pack each partition's small files into files of about ``target_size``; per
+    table what was done: files and bytes replaced and written, partitions rewritten,
+    and the files left as they were (alone in their partition, or large enough)."""
     out = {}
     for name, dt in _tables(root).items():
         metrics = dt.optimize.compact(
@@ -48,8 +50,21 @@ def compact(root: str | Path, target_size: int = TARGET_FILE_BYTES) -> dict[str,
             "files_removed": int(metrics.get("numFilesRemoved", 0)),
             "files_added": int(metrics.get("numFilesAdded", 0)),
             "partitions_optimized": int(metrics.get("partitionsOptimized", 0)),
+            "bytes_removed": _total_size(metrics.get("filesRemoved")),
+            "bytes_added": _total_size(metrics.get("filesAdded")),
+            "files_kept": int(metrics.get("totalFilesSkipped", 0)),
         }
     return out
+
+
+def _total_size(stats: Any) -> int:
+    """``totalSize`` of delta-rs's file statistics (a JSON string or a dict)."""
+    if isinstance(stats, str):
+        try:
+            stats = orjson.loads(stats)
+        except orjson.JSONDecodeError:
+            return 0
+    return int(stats.get("totalSize", 0)) if isinstance(stats, dict) else 0
 
 
 def check_retention(retention_hours: float, force: bool = False) -> None:
@@ -80,53 +95,48 @@ def vacuum(
 
 
 def table_stats(root: str | Path) -> list[dict[str, Any]]:
-    """Per table and use case: rows, files, bytes, Delta version; plus rows still in
-    the write-ahead log (acknowledged, not yet flushed)."""
-    rows: list[dict[str, Any]] = []
+    """Per table and use case: ``rows``, what queries see (deleted rows left out, rows
+    still in the write-ahead log included); ``deleted``, rows deleted but still in the
+    files until the next purge (``istore compact``, maintenance); ``unflushed``, rows
+    still in the log; the ``files`` and ``bytes`` of the table's current version.
+    Tables not partitioned by use case have one line, ``use_case`` "-"."""
     tables = _tables(root)
-    location = Location.parse(root)
-    wal_records = [] if location.remote else scan(location.path / "wal", repair=False)[0]
-    for name, dt in tables.items():
-        version = dt.version()
-        actions = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
-        per: dict[str, dict[str, Any]] = {}
-        for a in actions:
-            uc = a.get("partition.use_case") or "-"
-            r = per.setdefault(
-                uc, {"table": name, "use_case": uc, "rows": 0, "files": 0, "bytes": 0}
-            )
-            r["rows"] += int(a.get("num_records") or 0)
-            r["files"] += 1
-            r["bytes"] += int(a.get("size_bytes") or 0)
-        applied = dt.transaction_version(APP_ID) or 0
-        pending = sum(
-            num_rows(decode_tables(rec.payload).get(name, {}))
-            for rec in wal_records
-            if rec.lsn > applied
-        )
-        for r in sorted(per.values(), key=lambda r: r["use_case"]):
-            r["version"] = version
-            rows.append(r)
-        if pending:
-            rows.append(
-                {
-                    "table": name,
-                    "use_case": "(unflushed)",
-                    "rows": pending,
-                    "files": 0,
-                    "bytes": 0,
-                    "version": version,
-                }  # fmt: skip
-            )
-        if not per and not pending:
-            rows.append(
-                {
-                    "table": name,
-                    "use_case": "-",
-                    "rows": 0,
-                    "files": 0,
-                    "bytes": 0,
-                    "version": version,
-                }  # fmt: skip
-            )
-    return rows
+    out: list[dict[str, Any]] = []
+    with Store(root, writable=False) as store:
+        snap = store.snapshot()
+        for name, dt in tables.items():
+            out.extend(_one_table(store, snap, name, dt))
+    return out
+
+
+def _one_table(store: Store, snap: Any, name: str, dt: DeltaTable) -> list[dict[str, Any]]:
+    split = "use_case" in TABLES[name].partition_by
+    per: dict[str, dict[str, Any]] = {}
+    stored: dict[str, int] = {}  # rows in the files and the log, deleted ones included
+
+    def row(uc: str | None) -> dict[str, Any]:
+        key = (uc or "-") if split else "-"
+        return per.setdefault(key, {"table": name, "use_case": key, "rows": 0, "deleted": 0,
+                                    "unflushed": 0, "files": 0, "bytes": 0})  # fmt: skip
+
+    for a in pa.table(dt.get_add_actions(flatten=True)).to_pylist():
+        r = row(a.get("partition.use_case"))
+        stored[r["use_case"]] = stored.get(r["use_case"], 0) + int(a.get("num_records") or 0)
+        r["files"] += 1
+        r["bytes"] += int(a.get("size_bytes") or 0)
+    for uc in snap.tables[name].pending.column("use_case").to_pylist():
+        r = row(uc)
+        r["unflushed"] += 1
+        stored[r["use_case"]] = stored.get(r["use_case"], 0) + 1
+    seen = store.query(
+        f"SELECT use_case, count(*) AS n FROM {name} GROUP BY use_case", snapshot=snap
+    ).to_pylist()
+    for x in seen:
+        row(x["use_case"])["rows"] += int(x["n"])
+    if not per:
+        row(None)
+    version = dt.version()
+    for key, r in per.items():  # what the files and the log hold beyond what reads see
+        r["deleted"] = max(stored.get(key, 0) - r["rows"], 0)
+        r["version"] = version
+    return sorted(per.values(), key=lambda r: r["use_case"])

@@ -11,6 +11,11 @@ ceiling keep counting while we encode) and the GIL is let go, so other requests 
 ``spool`` collects the chunks up to a byte budget in a temporary file (memory up to a
 few MiB, then disk), so a result is either whole and its size known, or a clean 400
 before the first byte is sent.
+
+In the text formats values read as the rest of the API writes them: a map (``labels``)
+is a JSON object, and a timestamp is ISO-8601 in UTC with ``Z``, microseconds only when
+there are some (``2026-11-25T10:00:05Z``, ``2026-11-25T10:00:05.250000Z``); a
+timestamp without a time zone is UTC (the SQL session's zone).
 """
 
 from __future__ import annotations
@@ -51,14 +56,17 @@ _ROW_GROUP_BYTES = 32 << 20
 SPOOL_MEMORY_BYTES = 8 << 20
 
 
+JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+
+
 def _dumps(value: Any) -> bytes:
-    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+    return orjson.dumps(value, default=str, option=JSON_OPTIONS)
 
 
 def rows(table: pa.Table | pa.RecordBatch) -> list[dict[str, Any]]:
-    """Python rows, or InvalidQuery when a value has no JSON form."""
+    """Python rows (maps as dicts), or InvalidQuery when a value has no JSON form."""
     try:
-        return table.to_pylist()
+        return table.to_pylist(maps_as_pydicts="lossy")  # DuckDB maps have unique keys
     except (OverflowError, ValueError, pa.ArrowException) as exc:
         raise InvalidQuery(
             f"a value in the result cannot be returned as JSON ({exc}); cast it to VARCHAR",
@@ -151,15 +159,30 @@ def pieces(batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
 
 
 def _flat(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """Nested columns (maps, structs, lists) as JSON text, for CSV."""
+    """Nested columns (maps, structs, lists) as JSON text and timestamps as ISO-8601
+    text with ``Z``, for CSV."""
     cols = []
     for field, col in zip(batch.schema, batch.columns, strict=True):
         t = field.type
         if pa.types.is_nested(t) or pa.types.is_map(t):
-            values = [None if v is None else _dumps(v).decode() for v in col.to_pylist()]
+            values = [None if v is None else _dumps(v).decode()
+                      for v in col.to_pylist(maps_as_pydicts="lossy")]  # fmt: skip
             col = pa.array(values, pa.string())
+        elif pa.types.is_timestamp(t):
+            col = iso_z(col)
         cols.append(col)
     return pa.RecordBatch.from_arrays(cols, names=batch.schema.names)
+
+
+def iso_z(col: Any) -> Any:
+    """Timestamps → ``2026-11-25T10:00:05Z`` (``.250000`` when there is a fraction): the
+    form of ``datetime.isoformat`` that the API writes, in UTC."""
+    if col.type.tz not in (None, "UTC", "Etc/UTC", "+00:00"):
+        col = pc.cast(col, pa.timestamp(col.type.unit, tz="UTC"))
+    text = pc.strftime(col, format="%Y-%m-%dT%H:%M:%S")
+    return pc.binary_join_element_wise(
+        pc.replace_substring_regex(text, pattern=r"\.0+$", replacement=""), "Z", ""
+    )
 
 
 class _Sink(io.RawIOBase):

@@ -93,8 +93,8 @@ async def test_array_ack(client: httpx.AsyncClient) -> None:
     r = await client.post(URL, json=body)
     assert r.status_code == 201, r.text
     ack = r.json()
-    assert set(ack) == {"accepted", "completion_ids"}
-    assert ack["accepted"] == 4
+    assert set(ack) == {"accepted", "new", "repeats", "completion_ids"}
+    assert (ack["accepted"], ack["new"], ack["repeats"]) == (4, 4, 0)
     assert ack["completion_ids"][:3] == ids  # in the order sent
     assert is_uuid7(ack["completion_ids"][3])
     for i, cid in enumerate(ack["completion_ids"]):
@@ -114,7 +114,7 @@ async def test_ndjson_ack(client: httpx.AsyncClient, ctype: str) -> None:
     content = (lines[0] + "\n" + lines[1] + "\r\n" + lines[2] + "\n").encode()
     r = await client.post(URL, content=content, headers={"content-type": ctype})
     assert r.status_code == 201, r.text
-    assert r.json() == {"accepted": 3, "completion_ids": ids}
+    assert r.json() == {"accepted": 3, "new": 3, "repeats": 0, "completion_ids": ids}
     for i, id_ in enumerate(ids):
         got = (await client.get(f"{URL}/{id_}")).json()
         assert got["messages"][1]["content"] == f"question {i}"
@@ -123,7 +123,7 @@ async def test_ndjson_ack(client: httpx.AsyncClient, ctype: str) -> None:
 async def test_ndjson_single_line_is_a_batch(client: httpx.AsyncClient) -> None:
     r = await client.post(URL, content=json.dumps(interaction(0)).encode(), headers=NDJSON)
     assert r.status_code == 201, r.text
-    assert set(r.json()) == {"accepted", "completion_ids"}
+    assert set(r.json()) == {"accepted", "new", "repeats", "completion_ids"}
     assert r.json()["accepted"] == 1
 
 
@@ -146,7 +146,26 @@ async def test_gzip_ndjson_body(client: httpx.AsyncClient) -> None:
         URL, content=gzip.compress(raw), headers={**NDJSON, "content-encoding": "gzip"}
     )
     assert r.status_code == 201, r.text
-    assert r.json() == {"accepted": 2, "completion_ids": ids}
+    assert r.json() == {"accepted": 2, "new": 2, "repeats": 0, "completion_ids": ids}
+
+
+async def test_a_batch_says_how_many_were_new_and_how_many_repeats(
+    client: httpx.AsyncClient,
+) -> None:
+    ids = [uid("rep") for _ in range(3)]
+    first = [interaction(i, id=ids[i]) for i in range(2)]
+    r = await client.post(URL, json=first)
+    assert r.json() == {"accepted": 2, "new": 2, "repeats": 0, "completion_ids": ids[:2]}
+    # All repeats: nothing new stored, and the answer says so.
+    r = await client.post(URL, json=first)
+    assert r.status_code == 201, r.text
+    assert r.json() == {"accepted": 2, "new": 0, "repeats": 2, "completion_ids": ids[:2]}
+    # Mixed, with one id twice in the same body.
+    body = [interaction(0, id=ids[0]), interaction(2, id=ids[2]), interaction(2, id=ids[2])]
+    r = await client.post(URL, content="\n".join(json.dumps(b) for b in body), headers=NDJSON)
+    assert r.json() == {"accepted": 3, "new": 1, "repeats": 2,
+                        "completion_ids": [ids[0], ids[2], ids[2]]}  # fmt: skip
+    assert await counts(client) == (3, 0)
 
 
 # -- aliases ---------------------------------------------------------------------------------

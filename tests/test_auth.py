@@ -65,7 +65,7 @@ def _routes(env: Env, uc: str) -> list[tuple[str, str, str, dict[str, object] | 
         ("ingest", "POST", "/api/v1/feedback", {"completion_id": iid, "metric": "m", "value": 1}),
         ("ingest", "POST", "/api/v1/comparison",
          {"metric": "m", "preferred_completion": iid, "other_completion": {"text": "x"},
-          "messages": [{"role": "user", "content": "q"}]}),
+          "messages": interaction()["messages"]}),
         ("ingest", "POST", "/api/v1/outcome", {"session_id": f"s-{uc}", "metric": "m", "value": 1}),
         ("read", "GET", f"/api/v1/interactions?use_case={uc}", None),
         ("read", "GET", f"/api/v1/interactions/{iid}", None),
@@ -73,6 +73,9 @@ def _routes(env: Env, uc: str) -> list[tuple[str, str, str, dict[str, object] | 
         ("ingest", "PATCH", f"/api/v1/interactions/{iid}", {"labels": {"seen": "1"}}),
         ("ingest", "POST", "/api/v1/interactions/labels",
          {"filter": {"use_case": uc}, "set": {"bulk": "1"}}),
+        ("admin", "POST", "/api/v1/interactions/delete?dry_run=true",
+         {"filter": {"use_case": uc}}),
+        ("admin", "POST", "/api/v1/maintenance?dry_run=true", None),
     ]  # fmt: skip
 
 
@@ -81,8 +84,8 @@ def _expected(kind: str, scope: str, uc: str) -> int:
         return 401
     if kind == "admin":
         return 0
-    if kind == "limited":
-        return 0 if uc == "alpha" else 403
+    if kind == "limited":  # ingest and read, on alpha only
+        return 0 if uc == "alpha" and scope != "admin" else 403
     return 0 if kind == scope else 403
 
 
@@ -97,7 +100,7 @@ async def test_auth_matrix(env: Env, kind: str) -> None:
             refers = (path.startswith("/api/v1/interactions/") and not bulk) or path in (
                 "/api/v1/feedback", "/api/v1/comparison", "/api/v1/outcome"
             )  # fmt: skip
-            if kind == "limited" and uc == "beta" and refers:
+            if kind == "limited" and uc == "beta" and refers and scope != "admin":
                 want = 404  # what it names is not visible at all (not even its use case)
             if kind == "limited" and path == "/api/v1/sql":
                 want = 0  # SQL is allowed; what it sees is limited (below)
@@ -141,6 +144,16 @@ async def test_limited_key_sees_only_its_use_cases(env: Env) -> None:
     assert_error(r, 403, "body[1].use_case")
     r = await env.client.get("/api/v1/interactions/ok-1", headers=env.headers("admin"))
     assert r.status_code == 404
+
+
+@pytest.mark.asyncio
+async def test_maintenance_needs_an_admin_key_for_every_use_case(env: Env, data_dir: Path) -> None:
+    secret = KeyRing(data_dir).create(["admin"], ["alpha"], name="alpha-admin")[1]
+    r = await env.client.post("/api/v1/maintenance?dry_run=true",
+                              headers={"Authorization": f"Bearer {secret}"})  # fmt: skip
+    assert_error(r, 403)
+    r = await env.client.post("/api/v1/maintenance?dry_run=true", headers=env.headers("admin"))
+    assert r.status_code == 200 and r.json()["dry_run"] is True
 
 
 @pytest.mark.asyncio

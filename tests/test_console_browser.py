@@ -21,22 +21,22 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from ingest.importer import import_files
 from service.keys import KeyRing
 from store.engine import Store
 from tests.browser import ARGS, SHOTS, Watch, chromium_path, run_axe, serious
-from tests.conftest import ROOT, Server
+from tests.conftest import Server
 from tests.test_gateway import routing_toml
 from tests.upstream import Upstream
 
 pytestmark = pytest.mark.slow  # live servers, a real browser: `make test` only
-SAMPLE = ROOT / "sample_data" / "interactions.ndjson"
 AXE_RESULTS: dict[str, list[dict[str, Any]]] = {}
 
 
 def _load_sample(data: Path) -> None:
+    from sample_data.sample import load
+
     with Store(data) as s:
-        import_files(s, [SAMPLE])
+        load(s)
 
 
 @pytest.fixture(scope="module")

@@ -193,7 +193,7 @@ async def test_replay_logs_a_new_interaction_on_the_other_model(
     assert r.status_code == 201, r.text
     new = r.json()
     assert new["id"] != iid
-    assert new["labels"] == {"replay_of": iid}
+    assert new["labels"] == {"replay_of": iid, "upstream_model": "plain", "finish_reason": "stop"}
     assert (new["model"], new["use_case"], new["source"], new["status"]) == (
         "large",
         "support",

@@ -1,5 +1,7 @@
-"""The README cannot drift: its settings table, SQL examples, curl bodies and Python
-snippets are checked against the real thing."""
+"""The README cannot drift: its settings table, SQL examples, curl bodies, CLI exports
+and Python snippets are checked against the real thing, on the data `make serve` loads
+(the sample, dated up to today): every read returns rows, and where the README shows
+an answer, that answer."""
 
 from __future__ import annotations
 
@@ -7,15 +9,20 @@ import os
 import re
 import shlex
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
+import polars as pl
 import pytest
 from click.testing import CliRunner
 
 from istore.cli import main
+from sample_data.generate import dumps
+from sample_data.sample import build, load
 from service.settings import Settings
-from tests.conftest import ROOT, interaction
+from store.engine import Store
+from tests.conftest import ROOT, in_process, interaction
 
 README = (ROOT / "README.md").read_text()
 
@@ -32,14 +39,29 @@ def test_every_setting_is_documented() -> None:
         assert field.description and field.description in row
 
 
-@pytest.fixture
-def sample_store(tmp_path: Path) -> Path:
-    data = tmp_path / "data"
-    src = tmp_path / "in.ndjson"
-    rows = [interaction(i, model=("a", "b")[i % 2], latency_ms=100.0 + i) for i in range(30)]
-    src.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
-    assert CliRunner().invoke(main, ["import", "--data", str(data), str(src)]).exit_code == 0
+@pytest.fixture(scope="module")
+def sample_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What `make serve` loads into an empty ./data (sample_data/sample.py, today's)."""
+    data = tmp_path_factory.mktemp("readme") / "data"
+    with Store(data) as s:
+        assert load(s)["interactions"] == 3040
     return data
+
+
+def _shown(block: str, after: int) -> Any:
+    """The JSON the README shows after a command (``# 201 {…}`` or ``# → {…}``)."""
+    m = re.compile(r"\n# (?:201 |→ )(\{.*?\})(?:\s|$)").search(block, after)
+    return orjson.loads(m.group(1).replace("[…]", "[]")) if m else None
+
+
+def _non_empty(r: httpx.Response, where: str) -> None:
+    assert r.status_code == 200, f"{where}: {r.text}"
+    if r.headers["content-type"].startswith("application/json"):
+        data = r.json()["data"]
+        assert data, f"{where}: no rows on the sample"
+    else:
+        assert r.content.strip(), f"{where}: nothing on the sample"
+    assert "x-istore-warning" not in r.headers, (where, r.headers["x-istore-warning"])
 
 
 def test_readme_sql_examples_run(sample_store: Path) -> None:
@@ -50,8 +72,9 @@ def test_readme_sql_examples_run(sample_store: Path) -> None:
                 commands.append(cmd.replace("\\$", "$"))
     assert len(commands) >= 4
     for sql in commands:
-        r = CliRunner().invoke(main, ["sql", "--data", str(sample_store), sql])
+        r = CliRunner().invoke(main, ["sql", "--data", str(sample_store), "--format", "json", sql])
         assert r.exit_code == 0, f"{sql}\n{r.output}"
+        assert orjson.loads(r.stdout), f"no rows on the sample: {sql}"
 
 
 def test_readme_python_snippets_run(sample_store: Path) -> None:
@@ -60,13 +83,62 @@ def test_readme_python_snippets_run(sample_store: Path) -> None:
     cwd = os.getcwd()
     os.chdir(sample_store.parent)
     try:
+        frames = 0
         for code in snippets:
-            exec(compile(code, "README.md", "exec"), {})  # noqa: S102
+            scope: dict[str, Any] = {}
+            exec(compile(code, "README.md", "exec"), scope)  # noqa: S102
+            for name in ("df", "lf"):  # the frames the snippets build hold rows
+                frame = scope.get(name)
+                if isinstance(frame, pl.LazyFrame):
+                    frame = frame.collect()
+                if isinstance(frame, pl.DataFrame):
+                    assert frame.height > 0, f"{name} is empty on the sample:\n{code}"
+                    frames += 1
+        assert frames >= 2
     finally:
         os.chdir(cwd)
 
 
-async def test_readme_curl_bodies_are_accepted(client: httpx.AsyncClient) -> None:
+def test_readme_cli_exports_run(sample_store: Path, tmp_path: Path) -> None:
+    commands = []
+    for block in blocks("bash"):
+        for line in block.splitlines():
+            if line.startswith("istore export ") and "…" not in line:
+                commands.append(shlex.split(line.split("#")[0].split("|")[0]))
+    assert len(commands) >= 3
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        for args in commands:
+            r = CliRunner().invoke(main, [*args[1:], "--data", str(sample_store)])
+            assert r.exit_code == 0, f"{args}: {r.output}"
+            assert "warning:" not in r.stderr, r.stderr
+            out = args[args.index("-o") + 1]
+            if "--manifest" in args:  # the same export again, checked against the first
+                assert "identical to the manifest" in r.stdout, r.output
+            elif out == "-":
+                assert r.stdout.strip(), args
+            elif "--split" in args:
+                for side in ("train", "validation"):
+                    assert Path(out.replace(".jsonl", f".{side}.jsonl")).stat().st_size, side
+            else:
+                assert Path(out).stat().st_size, args
+    finally:
+        os.chdir(cwd)
+
+
+async def test_readme_curl_bodies_are_accepted(sample_store: Path) -> None:
+    """Every curl example against `make serve`'s data: writes are accepted, reads return
+    rows, and where the README shows an answer, that is the answer."""
+    store = Store(sample_store)
+    try:
+        async with in_process(store) as client:
+            await _curls(client)
+    finally:
+        store.close()
+
+
+async def _curls(client: httpx.AsyncClient) -> None:
     bodies = []
     for block in blocks("bash"):
         for m in re.finditer(
@@ -80,22 +152,50 @@ async def test_readme_curl_bodies_are_accepted(client: httpx.AsyncClient) -> Non
         assert set(r.json()) == {"completion_id", "session_id", "feedback_ids"}
     for block in blocks("bash"):
         for m in re.finditer(r"-d '(\{\"sql\".*?\})'", block, re.S):
-            r = await client.post("/api/v1/sql", json=orjson.loads(m.group(1)))
-            assert r.status_code == 200, r.text
+            _non_empty(await client.post("/api/v1/sql", json=orjson.loads(m.group(1))), m[1])
     gets = 0
     for block in blocks("bash"):
         for m in re.finditer(r"curl -s '(http://127\.0\.0\.1:8080)?(/api/v1/[^']*)'( -H)?", block):
             url = m.group(2)
             if "<" not in url and not m.group(3):
-                r = await client.get(url)
-                assert r.status_code == 200, r.text
+                _non_empty(await client.get(url), url)
                 gets += 1
-    assert gets >= 5
+    assert gets >= 7
     for block in blocks("bash"):
         for m in re.finditer(r"interactions/query -H 'content-type: application/json' -d '(.*?)'",
                              block, re.S):  # fmt: skip
-            r = await client.post("/api/v1/interactions/query", json=orjson.loads(m.group(1)))
+            body = orjson.loads(m.group(1))
+            _non_empty(await client.post("/api/v1/interactions/query", json=body), "query")
+    shown = 0
+    for block in blocks("bash"):
+        if "python3 -m sample_data.sample | curl" in block:  # the batch answer shown
+            lines = "".join(dumps(x) + "\n" for x in build().interactions)
+            r = await client.post("/api/v1/interactions", content=lines,
+                                  headers={"content-type": "application/x-ndjson"})  # fmt: skip
+            want = _shown(block, block.index("sample_data.sample"))
+            assert {k: r.json()[k] for k in ("accepted", "new", "repeats")} == {
+                k: want[k] for k in ("accepted", "new", "repeats")
+            }
+            shown += 1
+        for m in re.finditer(
+            r"-X POST '?(http://127\.0\.0\.1:8080)?(/api/v1/interactions/delete[^' ]*)'?.*?"
+            r"-d '(.*?)'", block, re.S,
+        ):  # fmt: skip
+            r = await client.post(m.group(2), json=orjson.loads(m.group(3)))
+            assert r.json() == _shown(block, m.end()), m.group(0)
+            shown += 1
+        for m in re.finditer(r"-X POST '(http://127\.0\.0\.1:8080)?(/api/v1/maintenance[^']*)'",
+                             block):  # fmt: skip
+            r = await client.post(m.group(2))
             assert r.status_code == 200, r.text
+            steps = re.search(r"steps=([\w,]+)", m.group(2))
+            assert r.json()["steps"] == (steps.group(1).split(",") if steps else ["retention"])
+    assert shown >= 3
+    # The stored-completions example (the openai client's list with metadata).
+    for code in blocks("py"):
+        for m in re.finditer(r'list\(model="([^"]+)", metadata=\{"(\w+)": "([^"]+)"\}\)', code):
+            params = {"model": m.group(1), f"metadata[{m.group(2)}]": m.group(3)}
+            _non_empty(await client.get("/v1/chat/completions", params=params), m.group(0))
 
 
 def test_quickstart_has_exactly_the_two_commands() -> None:

@@ -238,7 +238,7 @@ async def test_feedback_tables_replay_from_the_log_after_a_crash(tmp_path: Path)
                         ("feedback", {"completion_id": cid, "metric": "m", "value": 1}),
                         ("comparison", {"metric": "m", "preferred_completion": cid,
                                         "other_completion": {"text": "t"},
-                                        "messages": [{"role": "user", "content": "q"}]}),
+                                        "messages": interaction()["messages"]}),
                         ("outcome", {"session_id": "s", "metric": "m", "value": 1}),
                     ):  # fmt: skip
                         assert (await c.post(f"/api/v1/{path}", json=body)).status_code == 201

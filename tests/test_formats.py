@@ -80,7 +80,9 @@ async def test_gateway_log_is_mapped_to_an_interaction(client: httpx.AsyncClient
     assert got["use_case"] == "support" and got["model"] == "small"
     assert got["messages"] == openai_request()["messages"]
     assert got["completion"] == {"role": "assistant", "content": None, "tool_calls": [CALL]}
-    assert got["labels"] == {"project": "RAG Bot", "topic": "Industrial Tools", "env": "prod"}
+    assert got["labels"] == {"project": "RAG Bot", "topic": "Industrial Tools", "env": "prod",
+                             "upstream_model": "llama-3.1-8b-instruct",
+                             "finish_reason": "tool_calls"}  # fmt: skip
     assert got["usage"] == {"prompt_tokens": 41, "completion_tokens": 17, "total_tokens": 58}
     assert got["params"] == {"tools": TOOLS, "tool_choice": "auto", "temperature": 0.2,
                              "max_tokens": 256}  # fmt: skip
@@ -115,6 +117,10 @@ async def test_gateway_log_variants(client: httpx.AsyncClient) -> None:
     assert r.json()["completion_ids"] == ["chatcmpl-two", "chatcmpl-two:1", "failed-1"]
     a = (await client.get("/api/v1/interactions/chatcmpl-two:1")).json()
     assert (a["use_case"], a["model"], a["completion"]) == ("sales", "gpt-4o-mini", "answer 1")
+    # The request's model in model, what the response says answered in labels.
+    assert a["labels"] == {"project": "RAG Bot", "topic": "Industrial Tools",
+                           "upstream_model": "llama-3.1-8b-instruct",
+                           "finish_reason": "stop"}  # fmt: skip
     f = (await client.get("/api/v1/interactions/failed-1")).json()
     assert (f["status"], f["error"], f["completion"]) == ("error", "upstream 502", None)
 
@@ -197,7 +203,9 @@ def test_import_gateway_finetune_and_adaptive_files(tmp_path: Path) -> None:
     assert orjson.loads(calls[0]["completion_message"])["tool_calls"] == [CALL]
     gw = next(r for r in rows if r["use_case"] == "support")
     assert gw["id"] == "chatcmpl-9xYz"
-    assert dict(gw["labels"]) == {"project": "RAG Bot", "topic": "Industrial Tools"}
+    assert dict(gw["labels"]) == {"project": "RAG Bot", "topic": "Industrial Tools",
+                                  "upstream_model": "llama-3.1-8b-instruct",
+                                  "finish_reason": "tool_calls"}  # fmt: skip
     assert fb == [{"metric": "accuracy", "value": 0.9}, {"metric": "thumbs_up", "value": 1.0}]
 
 

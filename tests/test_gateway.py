@@ -223,7 +223,14 @@ async def test_call_is_forwarded_answered_and_logged(
     item = (await gw.get(f"/api/v1/interactions/{body['id']}")).json()
     assert item["use_case"] == "support" and item["model"] == "small"
     assert item["source"] == "gateway" and item["status"] == "ok"
-    assert item["labels"] == {"project": "RAG Bot", "topic": "Tools"}
+    # What answered: the model key in model, the upstream's own name and finish reason
+    # as labels.
+    assert item["labels"] == {
+        "project": "RAG Bot",
+        "topic": "Tools",
+        "upstream_model": "plain",
+        "finish_reason": "stop",
+    }
     assert item["messages"] == MESSAGES and item["completion"] == "echo: Hello model!"
     assert item["user"] == "alice" and item["session_id"] == "s-1"
     assert item["usage"] == body["usage"] and item["latency_ms"] > 0
@@ -380,7 +387,8 @@ async def test_stream_is_rewritten_and_assembled(gw: httpx.AsyncClient, upstream
     assert item["completion"] == text and item["status"] == "ok"
     assert item["usage"]["total_tokens"] == 16  # asked of the upstream either way
     assert item["ttft_ms"] is not None and 0 <= item["ttft_ms"] <= item["latency_ms"]
-    assert item["labels"] == {"k": "v"} and item["params"]["stream"] is True
+    assert item["labels"] == {"k": "v", "upstream_model": "plain", "finish_reason": "stop"}
+    assert item["params"]["stream"] is True
 
 
 async def test_streamed_tool_calls_are_assembled(gw: httpx.AsyncClient) -> None:
@@ -463,6 +471,50 @@ async def test_routing_file_reloads_when_it_changes(gw: httpx.AsyncClient, confi
     assert "TOML" in ready["error"]
 
 
+async def test_readyz_shows_a_broken_routing_file_without_a_call(
+    gw: httpx.AsyncClient, config: Path, upstream: Upstream
+) -> None:
+    ready = (await gw.get("/readyz")).json()["gateway"]
+    assert ready["error"] is None and ready["models"] > 1
+    good = config.read_text()
+    config.write_text("[models.a]\nbase_url = 'ftp://x'\n")
+    ready = (await gw.get("/readyz")).json()["gateway"]  # no chat call in between
+    assert "models.a.base_url" in ready["error"]
+    config.write_text(good + "\n")
+    assert (await gw.get("/readyz")).json()["gateway"]["error"] is None
+    assert upstream.requests == []
+
+
+# -- what answered ---------------------------------------------------------------------------
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_what_answered_is_logged_per_choice(gw: httpx.AsyncClient, streamed: bool) -> None:
+    r = await chat(gw, model="support/tools", stream=streamed,
+                   labels={"finish_reason": "forged", "k": "v"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    cid = sse(r.text)[0]["id"] if streamed else r.json()["id"]
+    item = (await gw.get(f"/api/v1/interactions/{cid}")).json()
+    assert item["model"] == "tools"  # the routing file's model key, as asked
+    assert item["labels"] == {"k": "v", "upstream_model": "tools", "finish_reason": "tool_calls"}
+    stored = (await gw.get(f"/v1/chat/completions/{cid}")).json()
+    assert stored["choices"][0]["finish_reason"] == "tool_calls"
+    plain = (await chat(gw, model="support")).json()  # model key "small", upstream "plain"
+    item = (await gw.get(f"/api/v1/interactions/{plain['id']}")).json()
+    assert item["model"] == "small" and item["labels"]["upstream_model"] == "plain"
+    listed = await gw.get("/api/v1/interactions", params={"label": "upstream_model:plain"})
+    assert [x["id"] for x in listed.json()["data"]] == [plain["id"]]
+
+
+async def test_a_call_keeps_room_for_the_gateway_labels(
+    gw: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    labels = {f"k{i}": "v" for i in range(63)}
+    err = assert_error(await chat(gw, model="support", labels=labels), 422, "labels")
+    assert "at most 62" in err["message"] and "upstream_model" in err["message"]
+    assert upstream.requests == []
+    labels.pop("k0")
+    assert (await chat(gw, model="support", labels=labels)).status_code == 200
+
+
 # -- real server: incremental streams, disconnects, SIGHUP ---------------------------------
 @pytest.fixture
 def live(server_factory: type[Server], tmp_path: Path, config: Path) -> Server:
@@ -543,7 +595,12 @@ async def test_fastapi_route_answers_like_the_fast_lane(store: Store, config: Pa
             assert_error(await chat(c, model="support/fail500"), 502)
             assert_error(await chat(c, model="nowhere"), 404, param="model")
             item = (await c.get(f"/api/v1/interactions/{plain.json()['id']}")).json()
-            assert item["labels"] == {"via": "route"} and item["source"] == "gateway"
+            assert item["labels"] == {
+                "via": "route",
+                "upstream_model": "plain",
+                "finish_reason": "stop",
+            }
+            assert item["source"] == "gateway"
 
 
 def test_documented_routing_files_parse() -> None:

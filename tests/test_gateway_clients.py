@@ -73,7 +73,7 @@ def check(server: Server, key: str, cid: str, label: str, completion: str,
     assert item["source"] == "gateway" and item["status"] == "ok"
     assert item["completion"] == completion and item["messages"] == MESSAGES
     k, v = label.split(":")
-    assert item["labels"] == {k: v}
+    assert item["labels"] == {k: v, "upstream_model": "plain", "finish_reason": "stop"}
     assert [x["id"] for x in listed(server, key, label)] == [cid]
 
 
@@ -88,7 +88,9 @@ def test_openai_sync_with_metadata(live: tuple[Server, str]) -> None:
     assert response.usage is not None and response.usage.total_tokens == 16
     check(server, key, response.id, "label_key:openai-sync", ECHO)
     stored = client.chat.completions.retrieve(response.id)  # OpenAI stored completions
-    assert stored.metadata == {"label_key": "openai-sync"}
+    assert stored.metadata == {"label_key": "openai-sync", "upstream_model": "plain",
+                               "finish_reason": "stop"}  # fmt: skip
+    assert stored.choices[0].finish_reason == "stop"
     client.close()
 
 

@@ -63,7 +63,9 @@ async def test_erasure_hides_at_once_and_leaves_no_byte(tmp_path: Path) -> None:
                                                        "value": 4, "reason": MARK})  # fmt: skip
             assert r.status_code == 201
             r = await c.post("/api/v1/comparison", json={
-                "metric": "pref", "preferred_completion": ids[1], "other_completion": keep[0],
+                "metric": "pref", "preferred_completion": ids[1],
+                "other_completion": {"text": f"another answer {MARK}"},
+                "messages": [{"role": "user", "content": f"my secret {MARK}"}],
                 "project": "support"})  # fmt: skip
             assert r.status_code == 201
             r = await c.post(f"/v1/chat/completions/{ids[2]}", json={"metadata": {"x": MARK}})
@@ -141,7 +143,7 @@ def test_retention_deletes_exactly_what_is_past_the_window(tmp_path: Path) -> No
         CliRunner().invoke(main, ["retention", "show", "--data", str(root)]).stdout
     )
     assert shown == {"default_days": 60.0, "use_cases": {"a": 30.0, "b": 10.0}}
-    r = CliRunner().invoke(main, ["retention", "apply", "--data", str(root)])
+    r = CliRunner().invoke(main, ["retention", "apply", "--data", str(root), "--yes"])
     assert r.exit_code == 0, r.output
     table = DeltaTable(str(root / "interactions")).to_pyarrow_table().to_pylist()
     got = {uc: sum(1 for x in table if x["use_case"] == uc) for uc in oracle}

@@ -57,8 +57,8 @@ def _create_and_check(client: Adaptive, server: Server, key: str) -> None:
         user=user,
         created_at="2026-03-01T12:00:00Z",
     )
-    second = client.interactions.create(
-        messages=[{"role": "user", "content": "What is this?"}],
+    second = client.interactions.create(  # another answer to the same prompt
+        messages=messages,  # type: ignore[arg-type]
         completion="A tool.",
         model="large",
         project="support",

@@ -67,6 +67,72 @@ async def test_sql_formats_agree(seeded: httpx.AsyncClient) -> None:
     assert_error(await post("xml"), 422, "format")
 
 
+async def test_labels_are_objects_and_times_end_in_z_everywhere(client: httpx.AsyncClient) -> None:
+    """One shape of a value across the list, SQL (json, ndjson, csv) and the CLI."""
+    for i, created in enumerate(("2026-11-20T10:00:00Z", "2026-11-20T10:00:00.25+01:00")):
+        body = interaction(i, id=f"t{i}", created_at=created)
+        assert (await client.post("/api/v1/interactions", json=body)).status_code == 201
+    listed = {x["id"]: x for x in (await client.get("/api/v1/interactions")).json()["data"]}
+    want = {"t0": "2026-11-20T10:00:00Z", "t1": "2026-11-20T09:00:00.250000Z"}
+    assert {k: v["created_at"] for k, v in listed.items()} == want
+    labels = {"project": "RAG Bot", "topic": "Industrial Tools"}
+    sql = {
+        "sql": "SELECT id, created_at, labels, {'l': labels} AS nested, "
+        "TIMESTAMP '2026-01-02 03:04:05' AS naive FROM interactions ORDER BY id"
+    }
+    expected = [
+        {"id": "t0", "created_at": want["t0"], "labels": labels, "nested": {"l": labels},
+         "naive": "2026-01-02T03:04:05Z"},
+        {"id": "t1", "created_at": want["t1"], "labels": labels, "nested": {"l": labels},
+         "naive": "2026-01-02T03:04:05Z"},
+    ]  # fmt: skip
+    r = await client.post("/api/v1/sql", json=sql)
+    assert r.json()["data"] == expected
+    r = await client.post("/api/v1/sql?format=ndjson", json=sql)
+    assert [orjson.loads(x) for x in r.content.splitlines()] == expected
+    r = await client.post("/api/v1/sql?format=csv", json=sql)
+    got = list(csv.DictReader(io.StringIO(r.text)))
+    assert [x["created_at"] for x in got] == [want["t0"], want["t1"]]
+    assert [x["naive"] for x in got] == ["2026-01-02T03:04:05Z"] * 2
+    assert [orjson.loads(x["labels"]) for x in got] == [labels, labels]  # an object, as JSON text
+    assert orjson.loads(got[0]["nested"]) == {"l": labels}
+
+
+def test_cli_sql_prints_wide_results_readably(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, src = tmp_path / "data", tmp_path / "in.ndjson"
+    long = "word " * 100
+    rows = [interaction(i, id=f"w{i}", created_at="2026-11-20T10:00:00Z",
+                        messages=[{"role": "user", "content": f"{long}\nline two"}])
+            for i in range(2)]  # fmt: skip
+    src.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    assert CliRunner().invoke(main, ["import", "--data", str(data), str(src)]).exit_code == 0
+    monkeypatch.setenv("COLUMNS", "80")
+    r = CliRunner().invoke(main, ["sql", "--data", str(data), "SELECT * FROM interactions"])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0] == "-[ row 1 ]" + "-" * 70  # wider than 80 columns: a block per row
+    assert all(len(x) <= 80 for x in lines), lines
+    assert 'labels             | {"project":"RAG Bot","topic":"Industrial Tools"}' in lines
+    assert "created_at         | 2026-11-20T10:00:00Z" in lines
+    assert any(x.startswith("messages ") and x.endswith("…") for x in lines)
+    assert lines[-1] == "2 rows"
+    q = "SELECT id, labels['topic'] AS topic FROM interactions ORDER BY id"
+    r = CliRunner().invoke(main, ["sql", "--data", str(data), q])
+    assert r.stdout == (
+        "id | topic\n---+-----------------\nw0 | Industrial Tools\nw1 | Industrial Tools\n2 rows\n"
+    )
+    r = CliRunner().invoke(main, ["sql", "--data", str(data), "--format", "vertical", q])
+    assert r.stdout.splitlines()[:3] == ["-[ row 1 ]" + "-" * 70, "id    | w0",
+                                         "topic | Industrial Tools"]  # fmt: skip
+    q = "SELECT labels, created_at FROM interactions LIMIT 1"
+    r = CliRunner().invoke(main, ["sql", "--data", str(data), "--format", "json", q])
+    assert orjson.loads(r.stdout) == [{"labels": {"project": "RAG Bot",
+                                                  "topic": "Industrial Tools"},
+                                       "created_at": "2026-11-20T10:00:00Z"}]  # fmt: skip
+
+
 async def test_sql_helper_macros(seeded: httpx.AsyncClient) -> None:
     sql = (
         "SELECT label(labels, 'topic') AS topic, message_text(messages) AS text, "

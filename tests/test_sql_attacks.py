@@ -91,7 +91,9 @@ def _seed(url: str, admin: str, part: int) -> None:
         post("/api/v1/comparison", {
             "metric": f"{MARK}-c", "preferred_completion": f"{MARK}-{part}0",
             "other_completion": {"text": f"{MARK} other", "model": f"m-{MARK}"},
-            "messages": [{"role": "user", "content": f"{MARK} q"}], "user_id": f"{MARK}-u",
+            "messages": [{"role": "system", "content": f"{MARK} system"},  # the same prompt
+                         {"role": "user", "content": f"{MARK} secret {part}0"}],
+            "user_id": f"{MARK}-u",
         })  # fmt: skip
         post("/api/v1/outcome", {"session_id": f"{MARK}-s{part}0", "metric": f"{MARK}-o",
                                  "value": 1, "use_case": OTHER, "reason": MARK})  # fmt: skip

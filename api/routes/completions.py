@@ -43,7 +43,9 @@ def to_chat_completion(item: dict[str, Any]) -> dict[str, Any]:
         message = {"role": "assistant", "content": None, "refusal": None, **completion}
     else:
         message = {"role": "assistant", "content": completion, "refusal": None}
-    finish = "tool_calls" if message.get("tool_calls") else "stop"
+    labels = item.get("labels") or {}
+    # What the upstream said, when the gateway (or a gateway log) recorded it.
+    finish = labels.get("finish_reason") or ("tool_calls" if message.get("tool_calls") else "stop")
     usage = item.get("usage") or None
     if usage is not None:
         usage = {k: usage.get(k) or 0 for k in ("prompt_tokens", "completion_tokens",

@@ -76,12 +76,22 @@ async def export(
     )  # fmt: skip
     if split is not None and part is None:
         raise ValidationFailed("part: give train or validation with split", param="part")
+    if part is not None and split is None:
+        raise ValidationFailed(
+            f"split: part={part} needs split too (the train share, e.g. split=0.9&part={part})",
+            param="split",
+        )
+
     versions = parse_as_of(as_of)
     if versions is None and store.writable:
         await run_in_threadpool(store.flush)  # everything acknowledged so far is in
     snap = await run_in_threadpool(store.snapshot_at, versions)
     exporter = Exporter(store, snap, flt, options, principal.visible(flt.use_case))
     headers = {"X-Istore-Versions": orjson.dumps(exporter.versions).decode()}
+    warnings = await run_in_threadpool(exporter.warnings, flt.use_case, principal.visible(None))
+    if warnings:  # header values are latin-1: anything else is escaped
+        text = "; ".join(warnings).encode("latin-1", "backslashreplace").decode("latin-1")
+        headers["X-Istore-Warning"] = text
     if options.format == "parquet":
         headers["Content-Disposition"] = 'attachment; filename="export.parquet"'
         return StreamingResponse(exporter.parquet(), media_type="application/vnd.apache.parquet",

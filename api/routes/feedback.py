@@ -130,6 +130,8 @@ async def add_comparison(request: Request, principal: Ingest) -> JSONResponse:
             )
     assert use_case is not None  # ComparisonIn requires a use case when no id is given
     principal.check_use_case(use_case, named)
+    if c.ids:
+        await run_in_threadpool(_one_prompt, reader, c, visible)
     cols, id_ = comparison_rows(c, use_case)
     await wait(state.store.write(COMPARISONS_TABLE, cols))
     return JSONResponse({"comparison_id": id_}, status_code=201)
@@ -160,6 +162,32 @@ async def add_outcome(request: Request, principal: Ingest) -> JSONResponse:
     cols, id_ = outcome_rows(o)
     await wait(state.store.write(OUTCOMES_TABLE, cols))
     return JSONResponse({"outcome_id": id_}, status_code=201)
+
+
+def _one_prompt(reader: Reader, c: ComparisonIn, visible: tuple[str, ...] | None) -> None:
+    """A preference is between two answers to one prompt: the compared interactions
+    (and the comparison's own ``messages``, when given) must have the same messages,
+    else a preference-pair export would pair an answer with another prompt's."""
+    prompts: dict[str, Any] = {}
+    for field in ("preferred_completion", "other_completion"):
+        ref = getattr(c, field)
+        if isinstance(ref, str):
+            prompts[field] = reader.get(ref, use_cases=visible)["messages"]
+    if c.messages:
+        given = [m.model_dump(mode="json", exclude_unset=True) for m in c.messages]
+        for field, messages in prompts.items():
+            if messages != given:
+                raise ValidationFailed(
+                    f"{field}: that interaction answers another prompt than this "
+                    "comparison's messages; compare two answers to the same messages",
+                    param=field,
+                )
+    elif len(prompts) == 2 and prompts["preferred_completion"] != prompts["other_completion"]:
+        raise ValidationFailed(
+            "other_completion: answers another prompt than preferred_completion (their "
+            "messages differ); a comparison is between two answers to the same messages",
+            param="other_completion",
+        )
 
 
 def _check_sizes(c: ComparisonIn, limit: int) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -85,7 +85,9 @@ def list_interactions(
     principal: Read,
     flt: Annotated[Filter, Depends(query_filter("limit", "order", "after"))],
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
+    order: Annotated[
+        Literal["asc", "desc"], Query(description="desc: newest first (default); asc: oldest first")
+    ] = "desc",
     after: Annotated[str | None, Query(description="Cursor from next_cursor")] = None,
 ) -> JSONResponse:
     reader: Reader = request.app.state.reader

@@ -8,11 +8,11 @@ in the error shape, never a cut-off 200.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.auth import Read
 from store.output import MEDIA_TYPES, encode, spool
@@ -24,6 +24,19 @@ router = APIRouter(tags=["sql"])
 class SqlRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sql: str = Field(..., min_length=1, max_length=100_000, description="One SELECT or WITH.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _misnamed(cls, data: Any) -> Any:
+        """Other SQL APIs call the statement ``query`` or ``q``: say what ours is called."""
+        if isinstance(data, dict) and "sql" not in data:
+            for name in ("query", "q", "statement"):
+                if name in data:
+                    raise ValueError(
+                        f'{name}: not a field here; the statement goes in "sql": '
+                        '{"sql": "SELECT …"}'
+                    )
+        return data
 
 
 @router.post(
