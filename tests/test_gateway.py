@@ -610,9 +610,9 @@ def test_documented_routing_files_parse() -> None:
     example = load(root / "gateway.example.toml")
     assert example.route("support", "s-1").arm in ("small", "large")
     assert example.route("anything-else").model.key == "small"  # the "*" use case
-    readme = (root / "README.md").read_text()
-    blocks = [b.split("```")[0] for b in readme.split("```toml\n")[1:]]
-    assert blocks, "the README shows no routing file"
+    doc = (root / "docs" / "gateway.md").read_text()
+    blocks = [b.split("```")[0] for b in doc.split("```toml\n")[1:]]
+    assert blocks, "docs/gateway.md shows no routing file"
     for text in blocks:
         routing = parse(text)
         assert routing.route("support/small").model.model == "llama-3.1-8b-instruct"

@@ -218,7 +218,7 @@ def test_one_writer_on_s3_reads_sql_and_exports_and_readme_snippets(
     s3: dict[str, str], tmp_path: Path, server_factory: type[Server], monkeypatch: Any
 ) -> None:
     """The read paths (DuckDB over pyarrow's S3 file system) on a remote root, then
-    the README's object-storage snippets (```py blocks) on the table it wrote."""
+    the object-storage snippets of docs/sql.md and docs/operations.md (```py blocks) on the table it wrote."""
     uri = "s3://my-bucket/istore"
     node = server_factory(uri, ISTORE_WAL_DIR=str(tmp_path / "wal"), **s3).start(timeout=60)  # type: ignore[arg-type]
     rows = [interaction(i, model=("a", "b")[i % 2]) for i in range(40)]
@@ -252,12 +252,12 @@ def test_one_writer_on_s3_reads_sql_and_exports_and_readme_snippets(
 
     for k, v in s3.items():
         monkeypatch.setenv(k, v)
-    readme = (ROOT / "README.md").read_text()
-    snippets = [b for b in re.findall(r"```py\n(.*?)```", readme, flags=re.S) if "s3://" in b]
+    pages = "".join((ROOT / "docs" / p).read_text() for p in ("sql.md", "operations.md"))
+    snippets = [b for b in re.findall(r"```py\n(.*?)```", pages, flags=re.S) if "s3://" in b]
     assert snippets
     scope: dict[str, Any] = {}
     for code in snippets:
-        exec(compile(code, "README.md", "exec"), scope)  # noqa: S102
+        exec(compile(code, "docs", "exec"), scope)  # noqa: S102
     assert scope["df"].height == 40  # the deleted row is still in the files (no purge yet)
     assert scope["frame"].shape == (40, 2)
     effective = dict(scope["effective"])
