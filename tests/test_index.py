@@ -210,6 +210,7 @@ def _some(data: Path, n: int = 60) -> None:
             _step(store, op, rng, state)
 
 
+@pytest.mark.slow  # a live server or a long property run: `make test` only
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "missing", "foreign", "stale"])
 def test_a_damaged_or_missing_index_is_rebuilt_never_served(tmp_path: Path, damage: str) -> None:
     data = tmp_path / "data"

@@ -218,7 +218,8 @@ def test_one_writer_on_s3_reads_sql_and_exports_and_readme_snippets(
     s3: dict[str, str], tmp_path: Path, server_factory: type[Server], monkeypatch: Any
 ) -> None:
     """The read paths (DuckDB over pyarrow's S3 file system) on a remote root, then
-    the object-storage snippets of docs/sql.md and docs/operations.md (```py blocks) on the table it wrote."""
+    the object-storage snippets of docs/sql.md and docs/operations.md (```py blocks) on
+    the table it wrote."""
     uri = "s3://my-bucket/istore"
     node = server_factory(uri, ISTORE_WAL_DIR=str(tmp_path / "wal"), **s3).start(timeout=60)  # type: ignore[arg-type]
     rows = [interaction(i, model=("a", "b")[i % 2]) for i in range(40)]
