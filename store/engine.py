@@ -714,9 +714,13 @@ class Store:
         if dt is not None and self._keeper is not None:
             # A compaction's rewrite can be large: index it before the flush lock, so
             # ingest never waits for it (the files are indexed before they are read).
+            # Only the files added since the current view: what the table held before
+            # is the builder's (a few files at a time), never indexed here all at once.
             fv = FilesView(dt.version(), None, data_files(self.location, dt, INTERACTIONS_TABLE))
-            self._keeper.follow(fv, self.index.unindexed(f.path for f in fv.files)
-                                if self.index is not None else [])  # fmt: skip
+            current = self._current(INTERACTIONS_TABLE)
+            before = {f.path for f in current.files}
+            new = [f.path for f in fv.files if f.path not in before]
+            self._keeper.follow(fv, new if current.version >= 0 else [])
         with self._flush_lock:
             for name, spec in TABLES.items():
                 self._refresh_files_view(spec, deltas[name])

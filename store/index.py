@@ -37,6 +37,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,8 @@ log = logging.getLogger("istore.index")
 FORMAT = "2"
 FILE = "index.sqlite"
 SEP = chr(31)  # between a label's key and value in its hash
+ADD_FILES = 32  # data files indexed per transaction
+ADD_ROWS = 50_000  # rows (and postings) turned into Python values at a time
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -232,32 +235,24 @@ class Index:
             return len(gone)
 
     def add(self, paths: Sequence[str], read: Any) -> int:
-        """Index the data files ``paths`` not indexed yet, in one transaction; ``read``
+        """Index the data files ``paths`` not indexed yet, ``ADD_FILES`` a transaction; ``read``
         (sql_template, paths) → Arrow table runs the index's queries on DuckDB.
         Returns the rows indexed."""
         if self.readonly:
             return 0
         with self._write_lock:
             self._load_files()
-            new = [p for p in dict.fromkeys(paths) if p not in self._fids]
-            if not new:
-                return 0
-            rows, postings = read(ROWS_SQL, new), read(POSTINGS_SQL, new)
-
-            def write(db: sqlite3.Connection) -> None:
-                db.executemany(
-                    "INSERT INTO files (path, live) VALUES (?, 1) "
-                    "ON CONFLICT(path) DO UPDATE SET live = 1",
-                    [(p,) for p in new],
-                )
-                fids = dict(db.execute(
-                    f"SELECT path, fid FROM files WHERE path IN ({','.join('?' * len(new))})", new
-                ).fetchall())  # fmt: skip
-                self._insert(db, rows, postings, fids)
-
-            self._transaction(write)
+            todo = [p for p in dict.fromkeys(paths) if p not in self._fids]
+            done = 0
+            # Memory is bounded by a group of files and a slice of rows, not by what is
+            # indexed at once (a whole table after a compaction or at a first start).
+            for g in range(0, len(todo), ADD_FILES):
+                new = todo[g : g + ADD_FILES]
+                rows, postings = read(ROWS_SQL, new), read(POSTINGS_SQL, new)
+                self._transaction(partial(self._add_files, new, rows, postings))
+                done += rows.num_rows
             self._load_files()
-            return int(rows.num_rows)
+            return int(done)
 
     def mark(self, version: int) -> None:
         """Record that the index covers every file of table version ``version``."""
@@ -282,6 +277,19 @@ class Index:
             for nid, name in db.execute("SELECT nid, name FROM names").fetchall():
                 self._names[name] = nid
                 self._name_of[nid] = name
+
+    def _add_files(
+        self, paths: list[str], rows: pa.Table, postings: pa.Table, db: sqlite3.Connection
+    ) -> None:
+        db.executemany(
+            "INSERT INTO files (path, live) VALUES (?, 1) ON CONFLICT(path) DO UPDATE SET live = 1",
+            [(p,) for p in paths],
+        )
+        fids = dict(db.execute(
+            f"SELECT path, fid FROM files WHERE path IN ({','.join('?' * len(paths))})", paths
+        ).fetchall())  # fmt: skip
+        for off in range(0, max(rows.num_rows, postings.num_rows), ADD_ROWS):
+            self._insert(db, rows.slice(off, ADD_ROWS), postings.slice(off, ADD_ROWS), fids)
 
     def _insert(
         self, db: sqlite3.Connection, rows: pa.Table, postings: pa.Table, fids: dict[str, int]
