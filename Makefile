@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # What the server needs (runtime dependencies only); $(STAMP) adds the dev extras.
 RUNTIME := $(VENV)/.installed-runtime
 
-.PHONY: serve test test-fast lint chromium bench-console fmt bench-otlp bench-load bench-validate bench-query bench-export bench-gateway bench bench-scaling test-azure bench-smoke soak fuzz clean
+.PHONY: serve test test-fast lint chromium bench-console fmt bench-otlp bench-load bench-validate bench-query bench-export bench-gateway bench-workers bench bench-scaling test-azure bench-smoke soak fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -82,6 +82,11 @@ bench-smoke: $(STAMP)
 # Schemathesis over every operation, thousands of calls (CI runs ~500).
 fuzz: $(STAMP)
 	ISTORE_FUZZ_EXAMPLES=$${EXAMPLES:-200} $(BIN)/python -m pytest -q -s tests/test_fuzz.py -p no:cacheprovider
+
+# What `serve --workers 2` buys (single-interaction ingest) and costs (memory per worker).
+bench-workers: $(STAMP)
+	@command -v wrk >/dev/null || (apt-get install -y -q wrk >/dev/null 2>&1 || sudo apt-get install -y -q wrk)
+	$(BIN)/python bench/workers.py --json bench/results/workers-$$(date +%F).json
 
 # Latency the gateway adds over calling an instant upstream directly (wrk, 1 and 32 conns),
 # side by side with LiteLLM's proxy (its own venv: heavy, kept out of .[dev]).
