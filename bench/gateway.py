@@ -105,7 +105,6 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="istore-bench-gw-"))
     port = free_port()
-    upstream = start_upstream(port)
     config = work / "gateway.toml"
     config.write_text(
         f'[models.instant]\nbase_url = "http://127.0.0.1:{port}/v1"\n\n'
@@ -116,20 +115,65 @@ def main() -> None:
     peer_body = work / "chat-peer.json"  # without our `labels` extension
     peer_body.write_bytes(orjson.dumps({k: v for k, v in BODY.items() if k != "labels"}))
     key = create_key(work / "data")
-    results: dict[str, object] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores"}
-    peer = None
+    results: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+    upstream = start_upstream(port)
+    try:
+        run(args, work, port, body, peer_body, key, config, results)
+    finally:
+        upstream.terminate()
+        upstream.wait()
+    print(table(results))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+
+
+def run(
+    args: argparse.Namespace,
+    work: Path,
+    port: int,
+    body: Path,
+    peer_body: Path,
+    key: str,
+    config: Path,
+    results: dict[str, Any],
+) -> None:
+    """The rounds, with LiteLLM (``--litellm``) and our server started and stopped here."""
+    peer: litellm_peer.LiteLLM | None = None
     if args.litellm:
+        exe = args.litellm.resolve()
         if not args.skip_db_probe:
-            probe = litellm_peer.database_probe(args.litellm, work / "litellm", port)
+            probe = litellm_peer.database_probe(exe, work / "litellm-db", port)
             results["litellm_database_logging"] = probe
             print(f"LiteLLM with DATABASE_URL: {probe}", flush=True)
-        peer = litellm_peer.LiteLLM(args.litellm, work / "litellm", port).start()
+        peer = litellm_peer.LiteLLM(exe, work / "litellm", port).start()
         results["litellm_logging"] = (
             "a CustomLogger callback appending each call's standard_logging_object to a "
             "local JSON-lines file (flushed per call, no fsync)"
         )
-    # One process each side: the comparison is per process.
-    server = Server(work / "data", ISTORE_GATEWAY_CONFIG=str(config), ISTORE_WORKERS="1").start()
+    try:
+        # One process each side: the comparison is per process.
+        server = Server(work / "data", ISTORE_GATEWAY_CONFIG=str(config), ISTORE_WORKERS="1")
+        server.start()
+        try:
+            measure(args, port, body, peer_body, key, server, peer, results)
+        finally:
+            server.stop()
+    finally:
+        if peer is not None:
+            peer.stop()
+
+
+def measure(
+    args: argparse.Namespace,
+    port: int,
+    body: Path,
+    peer_body: Path,
+    key: str,
+    server: Server,
+    peer: litellm_peer.LiteLLM | None,
+    results: dict[str, Any],
+) -> None:
     assert server.proc is not None
     sides: dict[str, tuple[str, Path, str | None, int | None]] = {
         "direct": (f"http://127.0.0.1:{port}/v1/chat/completions", body, None, None),
@@ -140,59 +184,48 @@ def main() -> None:
         sides["litellm"] = (peer.url + "/v1/chat/completions", peer_body,
                             litellm_peer.MASTER_KEY, peer.proc.pid)  # fmt: skip
     answered = {side: 0 for side in sides}
-    try:
-        for url, b, auth, _ in sides.values():  # warm up
-            wrk(url, b, "application/json", 8, 2, auth=auth)
-        before = count(server.url, key)
-        peer_before = peer.logged() if peer is not None else 0
-        for conns in (1, 32):
-            rounds: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
-            for _ in range(args.rounds):
-                for side, (url, b, auth, pid) in sides.items():
-                    cpu = cpu_seconds(pid) if pid else 0.0
-                    r = wrk(url, b, "application/json", conns, args.seconds, auth=auth)
-                    if pid:
-                        r["cpu_us_per_call"] = (cpu_seconds(pid) - cpu) / r["requests"] * 1e6
-                    if side == "gateway":
-                        assert r["errors"] == 0, r
-                    answered[side] += int(r["requests"] - r["errors"])
-                    rounds[side].append(r)
-            summary: dict[str, object] = {}
-            for side, rs in rounds.items():
-                summary[side] = {
-                    "p50_ms": statistics.median(r["p50_ms"] for r in rs),
-                    "p99_ms": statistics.median(r["p99_ms"] for r in rs),
-                    "per_s": statistics.median(r["requests"] / r["seconds"] for r in rs),
-                    "errors": sum(r["errors"] + r["timeouts"] for r in rs),
+    for url, b, auth, _ in sides.values():  # warm up
+        wrk(url, b, "application/json", 8, 2, auth=auth)
+    before = count(server.url, key)
+    peer_before = peer.logged() if peer is not None else 0
+    for conns in (1, 32):
+        rounds: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
+        for _ in range(args.rounds):
+            for side, (url, b, auth, pid) in sides.items():
+                cpu = cpu_seconds(pid) if pid else 0.0
+                r = wrk(url, b, "application/json", conns, args.seconds, auth=auth)
+                if pid:
+                    r["cpu_us_per_call"] = (cpu_seconds(pid) - cpu) / r["requests"] * 1e6
+                if side == "gateway":
+                    assert r["errors"] == 0, r
+                answered[side] += int(r["requests"] - r["errors"])
+                rounds[side].append(r)
+        summary: dict[str, object] = {}
+        for side, rs in rounds.items():
+            summary[side] = {
+                "p50_ms": statistics.median(r["p50_ms"] for r in rs),
+                "p99_ms": statistics.median(r["p99_ms"] for r in rs),
+                "per_s": statistics.median(r["requests"] / r["seconds"] for r in rs),
+                "errors": sum(r["errors"] + r["timeouts"] for r in rs),
+            }
+            if side != "direct":
+                pairs = list(zip(rs, rounds["direct"], strict=True))
+                summary[side]["added"] = {  # type: ignore[index]
+                    q: statistics.median(g[q] - d[q] for g, d in pairs)
+                    for q in ("p50_ms", "p99_ms")
                 }
-                if side != "direct":
-                    pairs = list(zip(rs, rounds["direct"], strict=True))
-                    summary[side]["added"] = {  # type: ignore[index]
-                        q: statistics.median(g[q] - d[q] for g, d in pairs)
-                        for q in ("p50_ms", "p99_ms")
-                    }
-                    summary[side]["cpu_us_per_call"] = statistics.median(  # type: ignore[index]
-                        r["cpu_us_per_call"] for r in rs
-                    )
-            summary["rounds"] = rounds
-            results[f"c{conns}"] = summary
-        # wrk's in-flight calls at the end of a round are answered too, and logged.
-        time.sleep(3)
-        results["logged"] = {"answered_by_wrk": answered["gateway"],
-                             "logged": count(server.url, key) - before}  # fmt: skip
-        if peer is not None:
-            results["litellm_logged"] = {"answered_by_wrk": answered["litellm"],
-                                         "logged": peer.logged() - peer_before}  # fmt: skip
-    finally:
-        server.stop()
-        if peer is not None:
-            peer.stop()
-        upstream.terminate()
-        upstream.wait()
-    print(table(results))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+                summary[side]["cpu_us_per_call"] = statistics.median(  # type: ignore[index]
+                    r["cpu_us_per_call"] for r in rs
+                )
+        summary["rounds"] = rounds
+        results[f"c{conns}"] = summary
+    # wrk's in-flight calls at the end of a round are answered too, and logged.
+    time.sleep(3)
+    results["logged"] = {"answered_by_wrk": answered["gateway"],
+                         "logged": count(server.url, key) - before}  # fmt: skip
+    if peer is not None:
+        results["litellm_logged"] = {"answered_by_wrk": answered["litellm"],
+                                     "logged": peer.logged() - peer_before}  # fmt: skip
 
 
 def table(results: dict[str, Any]) -> str:
