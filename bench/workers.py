@@ -42,43 +42,53 @@ def rss_mib(pid: int) -> dict[str, float]:
     return out
 
 
-def run(work: Path, workers: int, body: Path, seconds: int, rounds: int, ingests: int) -> dict:
-    server = Server(work / f"data-{workers}", ISTORE_WORKERS=str(workers)).start(timeout=60)
-    assert server.proc is not None
+def run(work: Path, body: Path, seconds: int, rounds: int, ingests: int) -> list[dict]:
+    """Both layouts up at once, their rounds alternating (so that whatever else the
+    machine does weighs on both alike)."""
+    servers = {n: Server(work / f"data-{n}", ISTORE_WORKERS=str(n)) for n in (1, 2)}
+    for server in servers.values():
+        server.start(timeout=60)
     try:
         time.sleep(3)  # every worker up (the port answers as soon as one is)
-        idle = rss_mib(server.proc.pid)
-        url = server.url + "/api/v1/interactions"
-        wrk(url, body, "application/json", 8, 2)  # warm-up
-        before = count(server.url)
-        results = [wrk(url, body, "application/json", 32, seconds) for _ in range(rounds)]
-        acked = sum(r["requests"] - r["errors"] for r in results)
-        while acked < ingests:
-            r = wrk(url, body, "application/json", 32, seconds)
-            acked += r["requests"] - r["errors"]
+        out: dict[int, dict] = {}
+        for n, server in servers.items():
+            assert server.proc is not None
+            wrk(server.url + "/api/v1/interactions", body, "application/json", 8, 2)
+            out[n] = {"workers": n, "rss_idle_mib": rss_mib(server.proc.pid),
+                      "before": count(server.url), "rounds": []}  # fmt: skip
+        for _ in range(rounds):
+            for n, server in servers.items():
+                url = server.url + "/api/v1/interactions"
+                out[n]["rounds"].append(wrk(url, body, "application/json", 32, seconds))
+        for n, server in servers.items():
+            url = server.url + "/api/v1/interactions"
+            acked = sum(r["requests"] - r["errors"] for r in out[n]["rounds"])
+            while acked < ingests:
+                r = wrk(url, body, "application/json", 32, seconds)
+                acked += r["requests"] - r["errors"]
+            out[n]["acked"] = acked
         time.sleep(2.5)  # a flush, and a refresh on every worker
-        stored = count(server.url) - before
-        loaded = rss_mib(server.proc.pid)
+        for n, server in servers.items():
+            assert server.proc is not None
+            rs = out[n]["rounds"]
+            out[n].update(
+                stored=count(server.url) - out[n].pop("before"),
+                rss_loaded_mib=rss_mib(server.proc.pid),
+                per_s=statistics.median(r["requests"] / r["seconds"] for r in rs),
+                p50_ms=statistics.median(r["p50_ms"] for r in rs),
+                p99_ms=statistics.median(r["p99_ms"] for r in rs),
+                errors=sum(r["errors"] for r in rs),
+            )
     finally:
-        server.stop()
-    return {
-        "workers": workers,
-        "per_s": statistics.median(r["requests"] / r["seconds"] for r in results),
-        "p50_ms": statistics.median(r["p50_ms"] for r in results),
-        "p99_ms": statistics.median(r["p99_ms"] for r in results),
-        "errors": sum(r["errors"] for r in results),
-        "acked": acked,
-        "stored": stored,
-        "rss_idle_mib": idle,
-        "rss_loaded_mib": loaded,
-        "rounds": results,
-    }
+        for server in servers.values():
+            server.stop()
+    return [out[1], out[2]]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--ingests", type=int, default=50_000)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -87,8 +97,7 @@ def main() -> None:
     row = {k: v for k, v in list(generate(4, seed=11))[3].items() if k != "id"}
     body.write_bytes(orjson.dumps(row))
     out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "runs": []}
-    for n in (1, 2):
-        out["runs"].append(run(work, n, body, args.seconds, args.rounds, args.ingests))
+    out["runs"] = run(work, body, args.seconds, args.rounds, args.ingests)
     print(table(out))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
