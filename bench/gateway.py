@@ -1,13 +1,17 @@
 """Gateway overhead (`make bench-gateway`): the latency the gateway adds to a chat
-call, against calling the same instant upstream directly, in the same run.
+call, against calling the same instant upstream directly, in the same run, and (with
+``--litellm``) the same for LiteLLM's proxy (``bench.litellm_peer``).
 
-An instant upstream (``bench.instant_upstream``, raw ASGI on uvicorn) and ``istore
-serve`` with a routing file pointing at it each run in their own process; ``wrk`` (C)
-drives both with the same request body, alternating direct and gateway rounds. At 32
-connections (closed loop: each connection sends its next call as soon as the last is
-answered) and at 1. Added latency = gateway percentile − direct percentile, the median
-over rounds. Afterwards the store must hold one interaction per answered gateway call.
-Prints a markdown table; ``--json FILE`` also writes the numbers."""
+An instant upstream (``bench.instant_upstream``, raw ASGI on uvicorn), ``istore serve``
+with a routing file pointing at it (one process, an API key) and LiteLLM (one worker, a
+master key) each run in their own process; ``wrk`` (C) drives them with the same request
+body, alternating direct, gateway and LiteLLM rounds, at 1 connection and at 32 (closed
+loop: each connection sends its next call as soon as the last is answered). Added
+latency = proxy percentile − direct percentile, the median over rounds; server CPU per
+call = the process's user + system time (``/proc/<pid>/stat``, children included) over
+a round divided by its calls. Afterwards the store must hold one interaction per
+answered gateway call, and LiteLLM's log one record per answered call. Prints a
+markdown table; ``--json FILE`` also writes the numbers."""
 
 from __future__ import annotations
 
