@@ -30,7 +30,7 @@ test: $(STAMP) chromium
 # The edit-run loop: unit and in-process API tests, without live servers, emulators,
 # crash loops, soak, fuzzing and property runs (the `slow` marker).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n auto
 
 # The console's browser tests drive Debian's chromium (Playwright cannot download its own).
 chromium:

@@ -18,8 +18,11 @@ purged, expired) are marked dead, and their rows and postings are ignored until
 ``sweep`` deletes them. So a crash between a commit and its indexing, a lost index
 file, or a corrupt one (rebuilt) only costs time. Readers ask ``unindexed()`` which
 files to scan the old way, and check a row found through the index is the one they
-asked for. Postings are a superset of the truth (hash collisions, the labels an
-interaction had before an amendment): lookups re-check the filter on the rows.
+asked for. Opening checks the whole file (``quick_check``, ~0.6 s per 1M rows) unless
+the last writer closed it cleanly and its size is what its header says: start-up after
+a clean stop does not grow with the table. Postings are a superset of the truth (hash
+collisions, the labels an interaction had before an amendment): lookups re-check the
+filter on the rows.
 
 The index work runs on the flusher's thread, after each commit and before the rows
 leave the in-memory tail, so an id is always either pending, indexed, or in a file
@@ -149,9 +152,13 @@ class Index:
             meta = dict(self._writer.execute("SELECT key, value FROM meta").fetchall())
             if meta and (meta.get("format") != FORMAT or meta.get("table") != self.table_uri):
                 raise sqlite3.DatabaseError(f"index of another format or table: {meta}")
-            self._writer.execute("PRAGMA quick_check(1)").fetchone()
+            if not (meta.get("clean") == "1" and self._whole()):
+                # After a crash (or a file whose size is not what its header says): read
+                # every page. O(size): ~0.6 s per 1M rows, so a clean close skips it.
+                self._writer.execute("PRAGMA quick_check(1)").fetchone()
             if not meta:
                 self._set_meta(format=FORMAT, table=self.table_uri, version="-1")
+            self._set_meta(clean="0")  # until close() says otherwise
         except sqlite3.DatabaseError as exc:
             log.warning("the index at %s is unusable (%s): rebuilding it", self.path, exc)
             with contextlib.suppress(Exception):
@@ -167,12 +174,23 @@ class Index:
             list(values.items()),
         )
 
+    def _whole(self) -> bool:
+        """The file is as long as its header says (a truncated copy is not)."""
+        pages = self._writer.execute("PRAGMA page_count").fetchone()[0]
+        size = self._writer.execute("PRAGMA page_size").fetchone()[0]
+        return bool(self.path.stat().st_size == pages * size)
+
     def close(self) -> None:
         db = getattr(self._local, "db", None)
         if db is not None:
             db.close()
         if not self.readonly:
             with self._write_lock:
+                with contextlib.suppress(sqlite3.Error):
+                    self._set_meta(clean="1")
+                    # Everything into the main file, so that its size matches its header
+                    # at the next open even while other threads' connections linger.
+                    self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 self._writer.close()
 
     # -- what is indexed ---------------------------------------------------------------
