@@ -239,22 +239,40 @@ async def run_sql(request: Request, v: Viewer) -> Response:
         error = exc.message
     except ValueError as exc:  # pydantic: empty or too long
         error = str(exc).splitlines()[-1] if str(exc) else "invalid SQL"
+    if table is not None and table.nbytes > SHOWN_BYTES:
+        error = (
+            f"the result is {table.nbytes >> 20} MiB, more than the page shows "
+            f"({SHOWN_BYTES >> 20} MiB): select fewer rows or columns, or download it"
+        )
+        table = None
     columns = table.column_names if table is not None else []
-    rows = table.to_pylist() if table is not None else []
-    cells = [[_cell(r[c]) for c in columns] for r in rows]
+    # Python values and their text off the event loop: a result within the budget can
+    # still be a million nested values.
+    cells = await run_in_threadpool(_cells, table) if table is not None else []
     return page(request, v, "_sql_result.html", error=error, columns=columns, rows=cells,
                 truncated=truncated)  # fmt: skip
+
+
+SHOWN_BYTES = 8 << 20  # what the SQL page renders; downloads have the API's limits
+SHOWN_CHARS = 10_000  # of one cell
+
+
+def _cells(table: Any) -> list[list[str]]:
+    columns = table.column_names
+    return [[_cell(r[c]) for c in columns] for r in table.to_pylist()]
 
 
 def _cell(x: Any) -> str:
     if x is None:
         return "NULL"
     if isinstance(x, str):
-        return x
-    try:
-        return orjson.dumps(x, default=str).decode()
-    except TypeError:
-        return str(x)
+        text = x
+    else:
+        try:
+            text = orjson.dumps(x, default=str).decode()
+        except TypeError:
+            text = str(x)
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + " …"
 
 
 @router.post("/ui/sql/download")

@@ -74,12 +74,16 @@ def safe_url(url: Any) -> str | None:
 
 def _arguments(raw: Any) -> str:
     """Tool-call arguments pretty-printed when they are JSON, else as sent."""
+    sent = raw
     if isinstance(raw, str):
         try:
             raw = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            return raw
-    return orjson.dumps(raw, option=orjson.OPT_INDENT_2).decode()
+            return sent
+    try:
+        return orjson.dumps(raw, option=orjson.OPT_INDENT_2).decode()
+    except orjson.JSONEncodeError:  # deeper than orjson writes (255 levels): as sent
+        return sent if isinstance(sent, str) else repr(sent)
 
 
 def parts(content: Any) -> list[dict[str, Any]]:

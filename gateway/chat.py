@@ -192,7 +192,7 @@ def prepare(
             f"'{mine}/{asked}', or 'use_case')"
         ))  # fmt: skip
     require_use_case(use_cases, asked, "model")
-    route = routing.current().route(requested, sticky)
+    route = routing.current().route(requested, sticky, use_cases)
     require_use_case(use_cases, route.use_case, "model")
 
     forward = {k: v for k, v in body.items() if k not in OWNED}

@@ -84,9 +84,12 @@ class Routing:
     models: dict[str, Model]
     use_cases: dict[str, UseCase]
 
-    def route(self, requested: str, sticky: str | None = None) -> Route:
+    def route(
+        self, requested: str, sticky: str | None = None, visible: frozenset[str] | None = None
+    ) -> Route:
         """``use_case/model_key`` or ``use_case`` → where to send the call. ``sticky``
-        (a session id or user) keeps one caller on one arm of a split."""
+        (a session id or user) keeps one caller on one arm of a split. ``visible``: the
+        use cases the caller may know of (None: all), the only ones an error lists."""
         use_case, _, key = requested.partition("/")
         if not use_case:
             raise ValidationFailed(
@@ -107,7 +110,10 @@ class Routing:
                     param="model",
                     code="use_case_not_found",
                 )
-            listed = ", ".join(sorted(u for u in self.use_cases if u != WILDCARD)[:10])
+            names = [u for u in self.use_cases if u != WILDCARD]
+            if visible is not None:
+                names = [u for u in names if u in visible]
+            listed = ", ".join(sorted(names)[:10])
             raise NotFound(
                 f"model: use case {use_case!r} is not in the gateway's routing file "
                 f"(its use cases: {listed or 'none'}; the form is 'use_case/model_key' "

@@ -370,6 +370,13 @@ def filter_from_kwargs(kw: dict[str, Any], prefix: str = "") -> Filter:
             f"{_z(until)}; from is inclusive, to exclusive",
             param=at("to"),
         )
+    for name, n, most in (
+        ("label", len(values("label")) + len(values("has_label")) + len(values("no_label")),
+         MAX_LABEL_CONDITIONS),
+        ("feedback", len(values("feedback")), MAX_FEEDBACK_CONDITIONS),
+        ("search", len(search), MAX_SEARCH_TERMS),
+    ):  # fmt: skip
+        _at_most(n, most, at(name))
     return Filter(
         use_case=values("use_case"),
         model=values("model"),
@@ -389,11 +396,44 @@ def filter_from_kwargs(kw: dict[str, Any], prefix: str = "") -> Filter:
 
 
 MAX_DEPTH = 16
+# Conditions a filter may hold (all its and/or/not branches together): each label or
+# feedback condition costs a join or a subquery, so hundreds of them cost minutes of
+# planning (and the index's lookups a too-deep SQLite expression).
+MAX_LABEL_CONDITIONS = 64
+MAX_FEEDBACK_CONDITIONS = 16
+MAX_SEARCH_TERMS = 16
+
+
+def _at_most(n: int, most: int, param: str) -> None:
+    if n > most:
+        raise ValidationFailed(
+            f"{param}: at most {most} conditions of this kind in one filter, got {n}", param=param
+        )
+
+
+def _conditions(expr: Expr) -> tuple[int, int, int]:
+    """Label, feedback and search conditions in ``expr``, over all its branches."""
+    if isinstance(expr, Filter):
+        return (len(expr.labels) + len(expr.has_label) + len(expr.no_label),
+                len(expr.feedback), len(expr.search))  # fmt: skip
+    parts = (expr.part,) if isinstance(expr, Not) else expr.parts
+    counts = [_conditions(p) for p in parts]
+    return tuple(sum(c[i] for c in counts) for i in range(3))  # type: ignore[return-value]
 
 
 def parse_expr(raw: Any, where: str = "filter", depth: int = 0) -> Expr:
     """A JSON filter: ``{"and": [...]}``, ``{"or": [...]}``, ``{"not": {...}}``, or an
     object of filters (``{"use_case": "a", "label": ["k:v"]}``, all must hold)."""
+    expr = _parse_expr(raw, where, depth)
+    if depth == 0:
+        labels, feedback, search = _conditions(expr)
+        _at_most(labels, MAX_LABEL_CONDITIONS, f"{where}.label")
+        _at_most(feedback, MAX_FEEDBACK_CONDITIONS, f"{where}.feedback")
+        _at_most(search, MAX_SEARCH_TERMS, f"{where}.search")
+    return expr
+
+
+def _parse_expr(raw: Any, where: str, depth: int) -> Expr:
     if depth > MAX_DEPTH:
         raise ValidationFailed(f"{where}: nested deeper than {MAX_DEPTH}", param=where)
     if not isinstance(raw, dict):
@@ -407,10 +447,10 @@ def parse_expr(raw: Any, where: str = "filter", depth: int = 0) -> Expr:
         key = logic[0]
         value = raw[key]
         if key == "not":
-            return Not(parse_expr(value, f"{where}.not", depth + 1))
+            return Not(_parse_expr(value, f"{where}.not", depth + 1))
         if not isinstance(value, list):
             raise ValidationFailed(f"{where}.{key}: must be a list", param=f"{where}.{key}")
-        parts = tuple(parse_expr(v, f"{where}.{key}[{i}]", depth + 1) for i, v in enumerate(value))
+        parts = tuple(_parse_expr(v, f"{where}.{key}[{i}]", depth + 1) for i, v in enumerate(value))
         return And(parts) if key == "and" else Or(parts)
     return filter_from_kwargs(raw, where)
 

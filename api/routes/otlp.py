@@ -105,10 +105,15 @@ async def _export(request: Request, kind: str) -> Response:
         limits = settings.limits()
         if kind == "traces":
             msg = decode.parse(body, enc, decode.ExportTraceServiceRequest)
+            # Counted before anything is made of them (cheap: lengths of repeated fields).
+            _check_count(sum(len(ss.spans) for rs in msg.resource_spans  # type: ignore[attr-defined]
+                             for ss in rs.scope_spans), limits.max_items, "spans")  # fmt: skip
             decoded = decode.spans(msg)  # type: ignore[arg-type]
             _check_count(decoded.total, limits.max_items, "spans")
             return from_spans(decoded, limits, allowed)
         msg = decode.parse(body, enc, decode.ExportLogsServiceRequest)
+        _check_count(sum(len(sl.log_records) for rl in msg.resource_logs  # type: ignore[attr-defined]
+                         for sl in rl.scope_logs), limits.max_items, "log records")  # fmt: skip
         decoded = decode.logs(msg, LOG_EVENTS)  # type: ignore[arg-type]
         _check_count(decoded.total, limits.max_items, "log records")
         return from_logs(decoded, limits, allowed)

@@ -196,15 +196,31 @@ def _ids(trace: bytes, span: bytes) -> tuple[str, str, str | None]:
     return t, s, None
 
 
+# What of a resource and a scope the mapping reads. Only these are kept: every record
+# carries them, so a large resource must not be copied into each of 10,000 records (and
+# into the log the receiver keeps while a call's pieces wait for each other).
+RESOURCE_KEYS = ("istore.use_case", "service.name")
+_KEPT_CHARS = 1024
+
+
+def _kept(v: Any) -> Any:
+    return v[:_KEPT_CHARS] if isinstance(v, str) else None
+
+
+def _resource(attrs: Any) -> dict[str, Any]:
+    keys = {kv.key: kv for kv in attrs if kv.key in RESOURCE_KEYS}
+    return {k: _kept(v) for k, v in attributes(list(keys.values())).items()}
+
+
 def _scope(scope: Any) -> dict[str, Any]:
-    return {"name": scope.name, "version": scope.version, "attrs": attributes(scope.attributes)}
+    return {"name": scope.name[:_KEPT_CHARS], "version": scope.version[:_KEPT_CHARS]}
 
 
 def spans(request: ExportTraceServiceRequest) -> Decoded:
     out = Decoded()
     for rs in request.resource_spans:
         try:
-            resource = attributes(rs.resource.attributes)
+            resource = _resource(rs.resource.attributes)
         except TooDeep as exc:
             n = sum(len(ss.spans) for ss in rs.scope_spans)
             out.total += n
@@ -284,7 +300,7 @@ def logs(request: ExportLogsServiceRequest, wanted: frozenset[str]) -> Decoded:
         try:
             key = id(rl)
             if key not in cache:
-                cache[key] = attributes(rl.resource.attributes)
+                cache[key] = _resource(rl.resource.attributes)
             skey = id(sl)
             if skey not in cache:
                 cache[skey] = _scope(sl.scope)
