@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from store.errors import ValidationFailed
+from store.errors import Unavailable, ValidationFailed
 from store.filters import Expr, restrict
 from store.ids import uuid7_many
 from store.rows import Columns
@@ -155,11 +155,14 @@ _LINKED = (
 
 def _delete_ids(store: Store, ids: list[str], why: str) -> dict[str, int]:
     """Delete interactions ``ids`` with the feedback, comparisons and label amendments
-    that name them (their tombstones stay). Call inside ``store.maintenance()``."""
+    that name them (their tombstones stay). Call inside ``store.maintenance()``; each
+    Delta delete runs beside ingest (``Store.delete_where``)."""
     removed: dict[str, int] = {}
     for spec, cols, extra in _LINKED:
         n = 0
         for i in range(0, len(ids), _CHUNK):
+            if store.maintenance_stop.is_set():  # the node stops: the next run goes on
+                raise Unavailable("maintenance stopped: the server is shutting down")
             quoted = _quote_list(ids[i : i + _CHUNK])
             cond = " OR ".join(f"{c} IN ({quoted})" for c in cols)
             if extra:
