@@ -165,3 +165,102 @@ def test_a_delete_that_meets_an_append_in_its_partition_is_tried_again(
     finally:
         store.close()
     _check_everything_acked_is_there_once(root, (set(today) - set(victims)) | set(w.acked))
+
+
+# -- SIGTERM during a long maintenance run -------------------------------------------------
+SHUTDOWN_TIMEOUT_S = 2
+FLUSH_MARGIN_S = 10  # the final flush of a few seconds of acknowledged writes, and exit
+
+
+def _big_store(root: Path, rows: int) -> int:
+    """``rows`` synthetic interactions over 30 days in ten appends, every tenth
+    tombstoned: a purge of many Delta deletes, each rewriting most files."""
+    import numpy as np
+    from deltalake import write_deltalake
+
+    from store.delta import writer_properties
+    from store.lifecycle import chunks
+    from testkit.synthetic import chunk
+
+    Store(root).close()
+    rng = np.random.default_rng(3)
+    for start in range(0, rows, rows // 10):
+        write_deltalake(str(root / "interactions"), chunk(rng, start, rows // 10),
+                        mode="append", partition_by=["use_case", "day"],
+                        writer_properties=writer_properties())  # fmt: skip
+    with Store(root) as store:
+        pairs = [(r["id"], r["use_case"]) for r in store.query(
+            "SELECT id, use_case FROM interactions WHERE CAST(substr(id, 4) AS BIGINT) % 10 = 0",
+            max_rows=None).to_pylist()]  # fmt: skip
+        for part in chunks(pairs):
+            store.write(AMENDMENTS_TABLE, tombstones(part)).result(60)
+    return len(pairs)
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_long_maintenance_run_exits_in_time_and_keeps_every_ack(
+    server_factory: Any, tmp_path: Path
+) -> None:
+    import signal
+
+    import httpx
+
+    root = tmp_path / "data"
+    _big_store(root, 300_000)
+    env = {"ISTORE_MAINTENANCE_INTERVAL_S": "0", "ISTORE_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S)}
+    server = server_factory(root, **env).start(60)
+    acked: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def writer(w: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            i = 0
+            while not stop.is_set():
+                try:
+                    r = c.post("/api/v1/interactions", json=interaction(i, id=f"sig-{w}-{i}"))
+                except httpx.HTTPError:
+                    return
+                if r.status_code == 201:
+                    with lock:
+                        acked.append(f"sig-{w}-{i}")
+                i += 1
+
+    answer: dict[str, Any] = {}
+
+    def maintain() -> None:
+        try:
+            r = httpx.post(server.url + "/api/v1/maintenance", params={"steps": "purge,compact"},
+                           timeout=600)  # fmt: skip
+            answer["status"] = r.status_code
+        except httpx.HTTPError as exc:  # cut by the shutdown
+            answer["error"] = type(exc).__name__
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    threads.append(threading.Thread(target=maintain))
+    for t in threads:
+        t.start()
+    # The purge is under way (its first Delta deletes) when the signal comes.
+    deadline = time.monotonic() + 120
+    started = 'istore_maintenance_seconds_count{kind="delete"}'
+    while started not in httpx.get(server.url + "/metrics").text:
+        assert time.monotonic() < deadline and not answer, "the purge never started"
+        time.sleep(0.1)
+    assert not answer, "the maintenance run must still be running when SIGTERM comes"
+    assert server.proc is not None
+    sent = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    code = server.proc.wait(timeout=300)
+    took = time.monotonic() - sent
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert code == 0, server.stderr_text[-2000:]
+    # The contract (not a performance figure): in-flight requests get the timeout, then
+    # the final flush; a maintenance step under way does not hold the exit.
+    assert took <= SHUTDOWN_TIMEOUT_S + FLUSH_MARGIN_S, (took, server.stderr_text[-2000:])
+    assert len(acked) > 50
+    with Store(root) as again:
+        got = again.query("SELECT id FROM interactions WHERE id LIKE 'sig-%'").column("id")
+    ids = got.to_pylist()
+    assert set(acked) <= set(ids) and len(ids) == len(set(ids))
