@@ -207,7 +207,8 @@ def test_sigterm_during_a_long_maintenance_run_exits_in_time_and_keeps_every_ack
 
     root = tmp_path / "data"
     _big_store(root, 300_000)
-    env = {"ISTORE_MAINTENANCE_INTERVAL_S": "0", "ISTORE_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S)}
+    timeout = str(SHUTDOWN_TIMEOUT_S)
+    env = {"ISTORE_MAINTENANCE_INTERVAL_S": "0", "ISTORE_SHUTDOWN_TIMEOUT_S": timeout}
     server = server_factory(root, **env).start(60)
     acked: list[str] = []
     lock = threading.Lock()
