@@ -899,13 +899,18 @@ class Store:
         with self._maintenance_lock:
             yield
 
-    def committed(self, spec: TableSpec, select: str, where: str = "TRUE") -> pa.Table:
+    def committed(
+        self, spec: TableSpec, select: str, where: str = "TRUE", order_by: str = ""
+    ) -> pa.Table:
         """``SELECT select FROM <committed files of spec> WHERE where``: raw rows,
         deleted ones included (no amendments applied, no unflushed rows)."""
+        order = f" ORDER BY {order_by}" if order_by else ""
         with self.current_view(spec) as view:
             if view is None:
                 return pa.table({})
-            return self.duck.query(Snapshot({}), f'SELECT {select} FROM "{view}" WHERE {where}')
+            return self.duck.query(
+                Snapshot({}), f'SELECT {select} FROM "{view}" WHERE {where}{order}'
+            )
 
     def delete_where(self, spec: TableSpec, cond: str, why: str = "deleted") -> int:
         """Delete the committed rows of ``spec`` matching ``cond`` (SQL that DuckDB and
