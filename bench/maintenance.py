@@ -134,8 +134,25 @@ class Load:
         }
 
 
+def indexed(url: str, timeout: float = 1800) -> None:
+    """Wait until the on-disk index covers every data file (``/readyz``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        index = httpx.get(url + "/readyz", timeout=30).json().get("index") or {}
+        if index.get("waiting") == 0:
+            return
+        time.sleep(1)
+    raise RuntimeError("the index did not cover the table in time")
+
+
 def pending_rows(url: str) -> float:
-    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+    """The flush lag now (rows acknowledged, not yet in the tables); 0 when /metrics
+    does not answer in time (the windows' figures do not depend on it)."""
+    try:
+        text = httpx.get(url + "/metrics", timeout=30).text
+    except httpx.HTTPError:
+        return 0.0
+    for line in text.splitlines():
         if line.startswith("istore_pending_rows "):
             return float(line.split()[1])
     return 0.0
@@ -143,7 +160,7 @@ def pending_rows(url: str) -> float:
 
 def window(server: Server, args: argparse.Namespace, tag: str, maintain: bool) -> dict[str, Any]:
     load = Load(server.url, args.rate, args.connections, tag)
-    thread = threading.Thread(target=load.run)
+    thread = threading.Thread(target=load.run, daemon=True)
     started = time.perf_counter()
     thread.start()
     lag = 0.0
@@ -158,15 +175,17 @@ def window(server: Server, args: argparse.Namespace, tag: str, maintain: bool) -
                            timeout=3600)  # fmt: skip
             result.update(r.json(), status=r.status_code, seconds=time.perf_counter() - t)
 
-        runner = threading.Thread(target=maintenance)
+        runner = threading.Thread(target=maintenance, daemon=True)
         runner.start()
-    while time.perf_counter() - started < args.window or (runner and runner.is_alive()):
-        lag = max(lag, pending_rows(server.url))
-        time.sleep(0.5)
-    if runner is not None:
-        time.sleep(2)  # the load goes on a little after the maintenance answered
-    load.stop.set()
-    thread.join()
+    try:
+        while time.perf_counter() - started < args.window or (runner and runner.is_alive()):
+            lag = max(lag, pending_rows(server.url))
+            time.sleep(0.5)
+        if runner is not None:
+            time.sleep(2)  # the load goes on a little after the maintenance answered
+    finally:
+        load.stop.set()
+        thread.join()
     out = load.summary(time.perf_counter() - started)
     out["max_pending_rows"] = int(lag)
     if maintain:
@@ -191,6 +210,9 @@ def main() -> None:
         print(f"built {built} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
         server = Server(root, ISTORE_MAINTENANCE_INTERVAL_S="0").start(timeout=120)
         try:
+            t = time.perf_counter()
+            indexed(server.url)  # until then every write scans the files for its id
+            print(f"index built in {time.perf_counter() - t:.0f} s", file=sys.stderr)
             base = window(server, args, "base", maintain=False)
             print(f"baseline: {base | {'_acked': len(base['_acked'])}}", file=sys.stderr)
             maint = window(server, args, "maint", maintain=True)

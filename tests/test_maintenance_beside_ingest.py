@@ -173,7 +173,7 @@ FLUSH_MARGIN_S = 10  # the final flush of a few seconds of acknowledged writes, 
 
 
 def _big_store(root: Path, rows: int) -> int:
-    """``rows`` synthetic interactions over 30 days in ten appends, every tenth
+    """``rows`` synthetic interactions over 30 days in ten appends, every second
     tombstoned: a purge of many Delta deletes, each rewriting most files."""
     import numpy as np
     from deltalake import write_deltalake
@@ -190,7 +190,7 @@ def _big_store(root: Path, rows: int) -> int:
                         writer_properties=writer_properties())  # fmt: skip
     with Store(root) as store:
         pairs = [(r["id"], r["use_case"]) for r in store.query(
-            "SELECT id, use_case FROM interactions WHERE CAST(substr(id, 4) AS BIGINT) % 10 = 0",
+            "SELECT id, use_case FROM interactions WHERE CAST(substr(id, 4) AS BIGINT) % 2 = 0",
             max_rows=None).to_pylist()]  # fmt: skip
         for part in chunks(pairs):
             store.write(AMENDMENTS_TABLE, tombstones(part)).result(60)
