@@ -210,6 +210,10 @@ def test_sigterm_during_a_long_maintenance_run_exits_in_time_and_keeps_every_ack
     timeout = str(SHUTDOWN_TIMEOUT_S)
     env = {"ISTORE_MAINTENANCE_INTERVAL_S": "0", "ISTORE_SHUTDOWN_TIMEOUT_S": timeout}
     server = server_factory(root, **env).start(60)
+    deadline = time.monotonic() + 300
+    while httpx.get(server.url + "/readyz", timeout=60).json()["index"]["waiting"]:
+        assert time.monotonic() < deadline, "the index never covered the table"
+        time.sleep(0.5)
     acked: list[str] = []
     lock = threading.Lock()
     stop = threading.Event()
@@ -244,7 +248,7 @@ def test_sigterm_during_a_long_maintenance_run_exits_in_time_and_keeps_every_ack
     # The purge is under way (its first Delta deletes) when the signal comes.
     deadline = time.monotonic() + 120
     started = 'istore_maintenance_seconds_count{kind="delete"}'
-    while started not in httpx.get(server.url + "/metrics").text:
+    while started not in httpx.get(server.url + "/metrics", timeout=60).text:
         assert time.monotonic() < deadline and not answer, "the purge never started"
         time.sleep(0.1)
     assert not answer, "the maintenance run must still be running when SIGTERM comes"
