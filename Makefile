@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # What the server needs (runtime dependencies only); $(STAMP) adds the dev extras.
 RUNTIME := $(VENV)/.installed-runtime
 
-.PHONY: serve test test-fast lint chromium bench-console fmt bench-otlp bench-load bench-validate bench-query bench-export bench-gateway bench bench-scaling bench-maintenance test-azure bench-smoke soak fuzz clean
+.PHONY: serve test test-fast lint chromium bench-console fmt bench-otlp bench-load bench-validate bench-query bench-export bench-gateway bench-workers bench bench-scaling bench-maintenance test-azure bench-smoke soak fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,7 @@ test: $(STAMP) chromium
 # The edit-run loop: unit and in-process API tests, without live servers, emulators,
 # crash loops, soak, fuzzing and property runs (the `slow` marker).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n auto
 
 # The console's browser tests drive Debian's chromium (Playwright cannot download its own).
 chromium:
@@ -87,10 +87,23 @@ bench-smoke: $(STAMP)
 fuzz: $(STAMP)
 	ISTORE_FUZZ_EXAMPLES=$${EXAMPLES:-200} $(BIN)/python -m pytest -q -s tests/test_fuzz.py -p no:cacheprovider
 
-# Latency the gateway adds over calling an instant upstream directly (wrk, 32 and 1 conns).
-bench-gateway: $(STAMP)
+# What `serve --workers 2` buys (single-interaction ingest) and costs (memory per worker).
+bench-workers: $(STAMP)
+	@command -v wrk >/dev/null || (apt-get install -y -q wrk >/dev/null 2>&1 || sudo apt-get install -y -q wrk)
+	$(BIN)/python bench/workers.py --json bench/results/workers-$$(date +%F).json
+
+# Latency the gateway adds over calling an instant upstream directly (wrk, 1 and 32 conns),
+# side by side with LiteLLM's proxy (its own venv: heavy, kept out of .[dev]).
+LITELLM_VENV := .bench-litellm
+$(LITELLM_VENV)/bin/litellm:
+	$(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/pip install --quiet 'litellm[proxy]==1.105.7' 'prisma==0.15.0'
+
+bench-gateway: $(STAMP) $(LITELLM_VENV)/bin/litellm
 	@command -v wrk >/dev/null || (apt-get install -y wrk >/dev/null 2>&1 || sudo apt-get install -y wrk)
-	$(BIN)/python bench/gateway.py --json bench/results/gateway-$$(date +%F).json
+	@test -x /usr/lib/postgresql/15/bin/initdb || (apt-get install -y -q postgresql-15 >/dev/null 2>&1 || sudo apt-get install -y -q postgresql-15)
+	$(BIN)/python bench/gateway.py --litellm $(LITELLM_VENV)/bin/litellm \
+		--json bench/results/gateway-$$(date +%F).json
 
 # Export speed vs DuckDB COPY ... TO json on the same rows (a store from bench-query).
 bench-export: $(STAMP)
@@ -117,4 +130,4 @@ soak: $(STAMP)
 	$(BIN)/python bench/soak.py --minutes $${MINUTES:-10} --preload $${PRELOAD:-300000} --json bench/results/soak-$$(date +%F).json
 
 clean:
-	rm -rf $(VENV) $(PHOENIX_VENV) data .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(PHOENIX_VENV) $(LITELLM_VENV) data .pytest_cache .ruff_cache .mypy_cache

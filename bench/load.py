@@ -40,14 +40,24 @@ def without_ids(rows: list[dict[str, object]]) -> list[dict[str, object]]:
 
 
 def wrk(
-    url: str, body: Path, ctype: str, conns: int, seconds: int, *, cycle: bool = False
+    url: str,
+    body: Path,
+    ctype: str,
+    conns: int,
+    seconds: int,
+    *,
+    cycle: bool = False,
+    auth: str | None = None,
 ) -> dict[str, float]:
-    """wrk POSTing ``body`` (or, with ``cycle``, each line of ``body`` in turn)."""
+    """wrk POSTing ``body`` (or, with ``cycle``, each line of ``body`` in turn); ``auth``:
+    a bearer token (post.lua only)."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install -y wrk")
     cmd = ["wrk", "-t", "1", "-c", str(conns), "-d", f"{seconds}s", "--timeout", "10s"]
     cmd += ["-s", str(ROOT / ("bench/cycle.lua" if cycle else "bench/post.lua")), url]
     env = {**os.environ, "BODY": str(body), "BODIES": str(body), "CTYPE": ctype}
+    if auth:
+        env["AUTH"] = auth
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     reqs = re.search(r"(\d+) requests in ([\d.]+)s", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)

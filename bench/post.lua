@@ -4,6 +4,9 @@ wrk.body = f:read("*a")
 f:close()
 wrk.method = "POST"
 wrk.headers["Content-Type"] = os.getenv("CTYPE") or "application/json"
+if os.getenv("AUTH") then
+  wrk.headers["Authorization"] = "Bearer " .. os.getenv("AUTH")
+end
 
 local status_counts = {}
 response = function(status, headers, body)

@@ -10,9 +10,14 @@ benchmarks measure): 10 use cases, 6 models, 30 days, labels ``project`` (5 valu
 - lookup: one use case + 2 labels (``project`` and ``topic``), newest 100;
 - lookup_rare: one use case + ``customer_id`` (a ~10-row answer);
 - stats: ``group_by=label:topic`` over one use case (count, p95 latency);
-- stats_2d: ``group_by=model,day`` over one use case with 4 metrics.
+- stats_2d: ``group_by=model,day`` over one use case with 4 metrics;
+- the on-disk index (issue 17): ``GET /interactions/{id}`` for 400 random stored ids
+  (p50/p99), one label across every use case over a week (newest 100), a retry storm
+  (32 connections resending 5,000 stored interactions, wrk) against fresh single
+  ingest on the same server, start-up to ready on a second start, and the index's size.
 
-Prints p50/p95 per query (the first 5 runs are warm-up) as a markdown table."""
+Run at 1M and 10M to see what grows with the table. Prints p50/p95 per query (the
+first 5 runs are warm-up) as a markdown table."""
 
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -32,10 +38,14 @@ from deltalake import write_deltalake
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import orjson  # noqa: E402
+
+from bench.load import wrk  # noqa: E402
 from store.engine import Store  # noqa: E402
+from store.index import FILE as INDEX_FILE  # noqa: E402
 from store.maintenance import compact, writer_properties  # noqa: E402
-from testkit import Server  # noqa: E402
-from testkit.synthetic import chunk  # noqa: E402
+from testkit import Server, interaction  # noqa: E402
+from testkit.synthetic import START_US, chunk  # noqa: E402
 
 
 def build(root: Path, rows: int, seed: int = 7) -> float:
@@ -66,6 +76,43 @@ def timed(c: httpx.Client, path: str, params: dict[str, object], runs: int) -> d
             "returned": len(body["data"])}  # fmt: skip
 
 
+def index_figures(c: httpx.Client, url: str, work: Path, results: dict[str, Any]) -> None:
+    """Point reads, one label across use cases, and a retry storm: what the on-disk
+    index answers, and what must stay flat from 1M to 10M rows."""
+    ids = [r["id"] for r in c.post("/api/v1/sql", json={
+        "sql": "SELECT id FROM interactions USING SAMPLE 420 ROWS"}).json()["data"]]  # fmt: skip
+    lat = []
+    for id_ in ids:
+        t = time.perf_counter()
+        r = c.get(f"/api/v1/interactions/{id_}")
+        lat.append((time.perf_counter() - t) * 1000)
+        assert r.status_code == 200, r.text
+    kept = sorted(lat[20:])
+    results["point_read"] = {"p50_ms": statistics.median(kept),
+                             "p99_ms": kept[int(len(kept) * 0.99) - 1], "n": len(kept)}  # fmt: skip
+    end = START_US // 1_000_000 + 30 * 86_400
+    results["label_all_use_cases_week"] = timed(c, "/api/v1/interactions", {
+        "label": "topic:topic-7", "from": end - 7 * 86_400, "to": end, "limit": 100},
+        30)  # fmt: skip
+    stored = [interaction(i, id=f"retry-{i:05d}", use_case="uc-1") for i in range(5000)]
+    body = b"".join(orjson.dumps(x) + b"\n" for x in stored)
+    r = c.post("/api/v1/interactions", content=body,
+               headers={"content-type": "application/x-ndjson"})  # fmt: skip
+    assert r.status_code == 201, r.text
+    (work / "stored.ndjson").write_bytes(body)
+    (work / "fresh.json").write_bytes(orjson.dumps(interaction(1)))
+    retry = wrk(url + "/api/v1/interactions", work / "stored.ndjson", "application/json", 32, 10,
+                cycle=True)  # fmt: skip
+    fresh = wrk(url + "/api/v1/interactions", work / "fresh.json", "application/json", 32, 10)
+    results["retry_storm"] = {
+        "repeats_per_s": retry["requests"] / retry["seconds"], "repeat_p99_ms": retry["p99_ms"],
+        "timeouts": retry["timeouts"], "errors": retry["errors"],
+        "fresh_per_s": fresh["requests"] / fresh["seconds"], "fresh_p99_ms": fresh["p99_ms"],
+    }  # fmt: skip
+    for name in ("point_read", "label_all_use_cases_week", "retry_storm"):
+        print(f"  {name}: {results[name]}", file=sys.stderr)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=10_000_000)
@@ -75,7 +122,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="istore-bench-q-"))
     data = args.data or work / "data"
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, Any] = {}
     if not (data / "interactions" / "_delta_log").exists() or not any(
         (data / "interactions").glob("use_case=*")
     ):
@@ -103,14 +150,24 @@ def main() -> None:
             for name, (path, params) in lookups.items():
                 results[name] = timed(c, path, params, args.runs)
                 print(f"  {name}: {results[name]}", file=sys.stderr)
+            index_figures(c, server.url, work, results)
     finally:
         server.stop()
+    t0 = time.perf_counter()
+    again = Server(data).start(timeout=600)
+    results["startup"] = {"seconds": time.perf_counter() - t0}
+    again.stop()
+    size = (data / INDEX_FILE).stat().st_size
+    results["index_bytes"] = {"bytes": size, "per_row": size / args.rows}
+    print(f"  startup: {results['startup']}, index: {results['index_bytes']}", file=sys.stderr)
     rows = args.rows
     print(f"\n{rows:,} interactions, {platform.machine()}, {platform.python_version()}\n")
     print("| query | p50 ms | p95 ms | rows returned |\n|---|---:|---:|---:|")
     for name, r in results.items():
-        if "p50_ms" in r:
+        if "p95_ms" in r:
             print(f"| {name} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {int(r['returned'])} |")
+    for name in ("point_read", "retry_storm", "startup", "index_bytes", "index_build"):
+        print(f"{name}: {results.get(name)}")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "results": results}, indent=2))
 

@@ -42,6 +42,21 @@ def main() -> None:
 
 
 # -- serve -------------------------------------------------------------------------------
+class _Workers(click.ParamType):
+    """1–64, or ``auto`` (the settings turn it into the usable cores)."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        n = click.IntRange(1, 64).convert(value, param, ctx)
+        return int(n)
+
+
+WORKERS = _Workers()
+
+
 @main.command()
 @data_option
 @click.option("--host", default=None, help="Listen address (default: $ISTORE_HOST or 127.0.0.1).")
@@ -60,9 +75,11 @@ def main() -> None:
 )
 @click.option(
     "--workers",
-    type=click.IntRange(1, 64),
+    type=WORKERS,
     default=None,
-    help="Server processes, each with its own write-ahead log (default: $ISTORE_WORKERS or 1).",
+    help="Server processes, each with its own write-ahead log; `auto`: one per usable core "
+    "(default: $ISTORE_WORKERS or 1; more than one weakens idempotency by id and OTLP "
+    "joins: docs/operations.md).",
 )
 @click.option(
     "--wal-dir",
@@ -77,7 +94,7 @@ def serve(
     gateway_config: str | None,
     load_sample_if_empty: bool,
     insecure_no_auth: bool,
-    workers: int | None,
+    workers: int | str | None,
     wal_dir: str | None,
     worker_index: int | None,
 ) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ingest.parse import Limits
@@ -40,7 +41,11 @@ class Settings(BaseSettings):
         "retention rules (a revoked key stops working on every node within this).",
     )
     workers: int = Field(
-        1, ge=1, le=64, description="Server processes on this host, each with its own log."
+        1,
+        ge=1,
+        le=64,
+        description="Server processes on this host, each with its own log; auto: one per "
+        "usable core. More than one weakens idempotency by id and OTLP joins (operations.md).",
     )
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8080, description="Port to listen on.")
@@ -116,6 +121,15 @@ class Settings(BaseSettings):
     def limits(self) -> Limits:
         return Limits(self.max_batch_items, self.max_messages, self.max_content_chars)
 
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _auto_workers(cls, value: object) -> object:
+        """``auto``: the cores this process may run on (its CPU affinity, which a
+        container's cpuset narrows), at most 64."""
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return usable_cores()
+        return value
+
     def log_folder(self) -> Path:
         """This writer's write-ahead log folder (``--workers``: the workers' parent)."""
         if self.wal_dir:
@@ -162,3 +176,7 @@ class Settings(BaseSettings):
             query_temp_limit=self.query_temp_limit,
             state_refresh_s=self.state_refresh_s,
         )
+
+
+def usable_cores() -> int:
+    return max(1, min(64, len(os.sched_getaffinity(0))))

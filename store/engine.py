@@ -739,8 +739,14 @@ class Store:
         purge's rewrite can be large, and ingest must never wait for it."""
         if self._keeper is None or self.index is None:
             return
+        # Only the files added since the current view: what the table held before is
+        # the builder's (a few files at a time), never indexed here all at once.
+        current = self._current(INTERACTIONS_TABLE)
+        if current.version < 0:
+            return
+        before = {f.path for f in current.files}
         files = data_files(self.location, dt, INTERACTIONS_TABLE)
-        self._keeper.ahead(self.index.unindexed(f.path for f in files))
+        self._keeper.ahead(self.index.unindexed(f.path for f in files if f.path not in before))
 
     # -- reading ------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:

@@ -489,6 +489,7 @@ async def test_rows_split_between_delta_and_tail_are_each_seen_once(
     assert rows == [{"n": 5, "d": 5}]
 
 
+@pytest.mark.slow  # a live server or a long property run: `make test` only
 async def test_reads_during_a_flush_see_every_row_once(
     slow_client: httpx.AsyncClient, slow_store: Store
 ) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import orjson
 import polars as pl
@@ -10,6 +12,7 @@ from click.testing import CliRunner
 
 import store
 from istore.cli import main
+from service.settings import Settings
 from tests.conftest import interaction
 
 
@@ -111,3 +114,19 @@ def test_serve_refuses_non_loopback_without_keys(tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["serve", "--data", str(tmp_path / "d"), "--host", "0.0.0.0"])
     assert r.exit_code == 2
     assert "no API key is configured" in r.stderr and "--insecure-no-auth" in r.stderr
+
+
+def test_workers_auto_is_one_per_usable_core(monkeypatch: Any) -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert Settings(workers="auto").workers == min(cores, 64)
+    monkeypatch.setenv("ISTORE_WORKERS", "auto")
+    assert Settings().workers == min(cores, 64)
+    monkeypatch.delenv("ISTORE_WORKERS")
+    assert Settings().workers == 1  # the default: one process (docs/operations.md, why)
+
+
+def test_serve_workers_takes_a_count_or_auto(tmp_path: Path) -> None:
+    for bad in ("0", "65", "many"):
+        r = CliRunner().invoke(main, ["serve", "--data", str(tmp_path / "d"), "--workers", bad])
+        assert r.exit_code == 2, (bad, r.output)
+        assert "--workers" in r.stderr, r.stderr

@@ -69,6 +69,7 @@ def _non_empty(r: httpx.Response, where: str) -> None:
     assert "x-istore-warning" not in r.headers, (where, r.headers["x-istore-warning"])
 
 
+@pytest.mark.slow  # the sample store and every example of the docs
 def test_readme_sql_examples_run(sample_store: Path) -> None:
     commands = []
     for block in blocks("bash"):
@@ -82,6 +83,7 @@ def test_readme_sql_examples_run(sample_store: Path) -> None:
         assert orjson.loads(r.stdout), f"no rows on the sample: {sql}"
 
 
+@pytest.mark.slow  # the sample store and every example of the docs
 def test_readme_python_snippets_run(sample_store: Path) -> None:
     snippets = blocks("python")
     assert len(snippets) >= 2
@@ -104,6 +106,7 @@ def test_readme_python_snippets_run(sample_store: Path) -> None:
         os.chdir(cwd)
 
 
+@pytest.mark.slow  # the sample store and every example of the docs
 def test_readme_cli_exports_run(sample_store: Path, tmp_path: Path) -> None:
     commands = []
     for block in blocks("bash"):
@@ -132,6 +135,7 @@ def test_readme_cli_exports_run(sample_store: Path, tmp_path: Path) -> None:
         os.chdir(cwd)
 
 
+@pytest.mark.slow  # the sample store and every example of the docs
 async def test_readme_curl_bodies_are_accepted(sample_store: Path) -> None:
     """Every curl example against `make serve`'s data: writes are accepted, reads return
     rows, and where the README shows an answer, that is the answer."""
@@ -215,6 +219,7 @@ def test_quickstart_has_exactly_the_two_commands() -> None:
 OTLP_DOC = (ROOT / "docs" / "otlp.md").read_text()
 
 
+@pytest.mark.slow  # a live server or a long property run: `make test` only
 def test_otlp_doc_snippets_log_to_a_live_server(server_factory: type, tmp_path: Path) -> None:
     """Each client section of docs/otlp.md: its `export` lines and its Python snippet,
     run as an application would (own process, the environment the doc says), log a

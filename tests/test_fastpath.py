@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -161,6 +162,7 @@ extras = st.fixed_dictionaries(
 interactions = st.one_of(base, base, base, st.tuples(base, extras).map(lambda t: {**t[0], **t[1]}))
 
 
+@pytest.mark.slow  # a live server or a long property run: `make test` only
 @settings(max_examples=int(os.environ.get("FASTPATH_EXAMPLES", "400")), deadline=None)
 @given(interactions)
 def test_fast_path_never_accepts_more_or_differently(d: dict[str, Any]) -> None:

@@ -222,6 +222,7 @@ async def test_outcome_on_a_session(client: httpx.AsyncClient) -> None:
     assert_error(r, 404, "session_id")
 
 
+@pytest.mark.slow  # a live server or a crash: `make test` only
 async def test_feedback_tables_replay_from_the_log_after_a_crash(tmp_path: Path) -> None:
     root = tmp_path / "crash"
     for round_ in range(2):

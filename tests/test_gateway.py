@@ -521,6 +521,7 @@ def live(server_factory: type[Server], tmp_path: Path, config: Path) -> Server:
     return server_factory(tmp_path / "data", ISTORE_GATEWAY_CONFIG=str(config)).start()
 
 
+@pytest.mark.slow  # a live server or a crash: `make test` only
 def test_stream_reaches_the_client_before_the_upstream_finishes(
     live: Server, upstream: Upstream
 ) -> None:
@@ -539,6 +540,7 @@ def test_stream_reaches_the_client_before_the_upstream_finishes(
     assert item["completion"] == "".join(ANSWER_PIECES) and item["status"] == "ok"
 
 
+@pytest.mark.slow  # a live server or a crash: `make test` only
 def test_client_disconnect_mid_stream_logs_the_partial_answer(
     live: Server, upstream: Upstream
 ) -> None:
@@ -557,6 +559,7 @@ def test_client_disconnect_mid_stream_logs_the_partial_answer(
     assert httpx.get(live.url + "/healthz").status_code == 200
 
 
+@pytest.mark.slow  # a live server or a crash: `make test` only
 def test_sighup_reloads_the_routing_file(live: Server, config: Path) -> None:
     def model_of() -> str:
         r = httpx.post(live.url + "/v1/chat/completions",

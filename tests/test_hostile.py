@@ -145,6 +145,7 @@ async def test_stored_safely_and_read_back_exactly(store: Store, tmp_path: Path)
     assert all(p.startswith(str(store.root)) for p in created), sorted(created)[:5]
 
 
+@pytest.mark.slow  # a live server or a long property run: `make test` only
 def test_slow_clients_do_not_block_others(server_factory: type[Server], tmp_path: Path) -> None:
     """Slowloris: many connections that send a request a byte at a time, or never finish
     their body. The server keeps answering everyone else at once."""
@@ -176,6 +177,7 @@ def test_slow_clients_do_not_block_others(server_factory: type[Server], tmp_path
     assert httpx.get(server.url + "/healthz").status_code == 200
 
 
+@pytest.mark.slow  # a live server or a long property run: `make test` only
 def test_a_lying_content_length_is_not_a_record(
     server_factory: type[Server], tmp_path: Path
 ) -> None:

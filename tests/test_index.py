@@ -210,6 +210,7 @@ def _some(data: Path, n: int = 60) -> None:
             _step(store, op, rng, state)
 
 
+@pytest.mark.slow  # a live server or a long property run: `make test` only
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "missing", "foreign", "stale"])
 def test_a_damaged_or_missing_index_is_rebuilt_never_served(tmp_path: Path, damage: str) -> None:
     data = tmp_path / "data"
@@ -238,4 +239,33 @@ def test_a_damaged_or_missing_index_is_rebuilt_never_served(tmp_path: Path, dama
     for suffix in ("-wal", "-shm"):
         if damage != "stale":
             Path(str(index) + suffix).unlink(missing_ok=True)
+    check(data)
+
+
+def test_a_clean_close_is_recorded_so_the_next_start_skips_the_full_check(tmp_path: Path) -> None:
+    """Open: the index says it is in use (a kill -9 leaves it so, and the next open reads
+    every page); closed: it says it was closed cleanly, its write-ahead log is folded
+    into the file, and the file is as long as its header says."""
+    import sqlite3
+
+    data = tmp_path / "data"
+    _some(data, 20)
+
+    def meta() -> dict[str, str]:
+        db = sqlite3.connect(f"file:{data / FILE}?mode=ro", uri=True)
+        try:
+            return dict(db.execute("SELECT key, value FROM meta").fetchall())
+        finally:
+            db.close()
+
+    with Store(data, options=OPTIONS) as store:
+        assert store.index is not None
+        assert meta()["clean"] == "0"
+    assert meta()["clean"] == "1"
+    assert not Path(f"{data / FILE}-wal").exists() or not Path(f"{data / FILE}-wal").stat().st_size
+    db = sqlite3.connect(data / FILE)
+    pages, size = db.execute("PRAGMA page_count").fetchone()[0], db.execute(
+        "PRAGMA page_size").fetchone()[0]  # fmt: skip
+    db.close()
+    assert (data / FILE).stat().st_size == pages * size
     check(data)

@@ -122,6 +122,7 @@ async def test_erasure_hides_at_once_and_leaves_no_byte(tmp_path: Path) -> None:
     assert sorted(dt.to_pyarrow_table().column("id").to_pylist()) == sorted(keep[:4])
 
 
+@pytest.mark.slow  # a live server or a long property run: `make test` only
 def test_retention_deletes_exactly_what_is_past_the_window(tmp_path: Path) -> None:
     root = tmp_path / "data"
     now = datetime.now(UTC)
@@ -155,6 +156,7 @@ def test_retention_deletes_exactly_what_is_past_the_window(tmp_path: Path) -> No
     assert bad.exit_code != 0
 
 
+@pytest.mark.slow  # a live server or a long property run: `make test` only
 def test_sigterm_under_load_flushes_everything_and_exits_0(
     server_factory: type[Server], tmp_path: Path
 ) -> None:
@@ -235,6 +237,7 @@ async def test_metrics_parse_and_move(store: Store) -> None:
         assert any(k[0] == name for k in after), name
 
 
+@pytest.mark.slow  # a live server or a crash: `make test` only
 def test_logs_are_json_with_request_ids_and_no_secrets(
     server_factory: type[Server], tmp_path: Path
 ) -> None:

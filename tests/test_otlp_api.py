@@ -317,6 +317,7 @@ async def test_bad_records_are_rejected_one_by_one(client: httpx.AsyncClient) ->
     assert n == 1 and "spanId must be 8 bytes" in message
 
 
+@pytest.mark.slow  # a live server or a long property run: `make test` only
 async def test_ten_thousand_spans_in_one_request(client: httpx.AsyncClient) -> None:
     spans = [llm_span(*new_ids(), i) for i in range(10_000)]
     r = await client.post("/v1/traces", content=traces(*spans), headers=PROTOBUF)

@@ -218,7 +218,8 @@ def test_one_writer_on_s3_reads_sql_and_exports_and_readme_snippets(
     s3: dict[str, str], tmp_path: Path, server_factory: type[Server], monkeypatch: Any
 ) -> None:
     """The read paths (DuckDB over pyarrow's S3 file system) on a remote root, then
-    the object-storage snippets of docs/sql.md and docs/operations.md (```py blocks) on the table it wrote."""
+    the object-storage snippets of docs/sql.md and docs/operations.md (```py blocks) on
+    the table it wrote."""
     uri = "s3://my-bucket/istore"
     node = server_factory(uri, ISTORE_WAL_DIR=str(tmp_path / "wal"), **s3).start(timeout=60)  # type: ignore[arg-type]
     rows = [interaction(i, model=("a", "b")[i % 2]) for i in range(40)]
@@ -281,8 +282,8 @@ def test_one_writer_on_s3_reads_sql_and_exports_and_readme_snippets(
 class Workers:
     """`istore serve --workers N` on a local data root."""
 
-    def __init__(self, data: Path, n: int) -> None:
-        self.data, self.n = data, n
+    def __init__(self, data: Path, n: int, flag: str | None = None) -> None:
+        self.data, self.n, self.flag = data, n, flag or str(n)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -299,7 +300,7 @@ class Workers:
                 "--port",
                 str(self.port),
                 "--workers",
-                str(self.n),
+                self.flag,
             ],  # fmt: skip
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
@@ -394,6 +395,22 @@ def test_logs_of_gone_workers_are_replayed(tmp_path: Path, server_factory: type[
     single = server_factory(data).start(timeout=60)  # one process: drains worker-0 and 1
     single.stop()
     assert_exactly_once(acked, *table_ids(str(data / "interactions")))
+
+
+def test_workers_auto_serves_one_worker_per_usable_core(tmp_path: Path) -> None:
+    """`--workers auto`: as many workers as the cores this process may use, all
+    answering on the one port; each acknowledged row stored once."""
+    cores = len(os.sched_getaffinity(0))
+    sup = Workers(tmp_path / "data", min(cores, 64), "auto").start()
+    try:
+        ids = [str(uuid.uuid4()) for _ in range(20)]
+        for id_ in ids:  # a new connection each: the kernel spreads them over the workers
+            r = httpx.post(sup.url + "/api/v1/interactions", json=interaction(0, id=id_))
+            assert r.status_code == 201, r.text
+    finally:
+        assert sup.stop() == 0
+    delta_ids, _ = table_ids(str(tmp_path / "data" / "interactions"))
+    assert sorted(delta_ids) == sorted(ids)
 
 
 def test_a_retry_sent_to_another_writer_is_recognised(

@@ -11,6 +11,7 @@ from importlib import metadata
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -62,6 +63,7 @@ def test_the_dev_extra_is_blocked() -> None:
     assert not blocked & {"duckdb", "pyarrow", "polars", "fastapi", "opentelemetry", "jinja2"}
 
 
+@pytest.mark.slow  # a live server or a long property run: `make test` only
 def test_the_server_and_the_sample_need_no_dev_extra(tmp_path: object) -> None:
     """Import what `istore serve --load-sample-if-empty` runs, with every dev-only
     package made unimportable: a runtime import of one would break `make serve`."""
