@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # What the server needs (runtime dependencies only); $(STAMP) adds the dev extras.
 RUNTIME := $(VENV)/.installed-runtime
 
-.PHONY: serve test test-fast lint chromium bench-console fmt bench-otlp bench-load bench-validate bench-query bench-export bench-gateway bench-workers bench bench-scaling test-azure bench-smoke soak fuzz clean
+.PHONY: serve test test-fast lint chromium bench-console fmt bench-otlp bench-load bench-validate bench-query bench-export bench-gateway bench-workers bench bench-scaling bench-maintenance test-azure bench-smoke soak fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/compare.py --scale $${SCALE:-1M}
 
 # One process, --workers 2, and S3 (moto on loopback) with one and three nodes.
+# Ingest p99 and 503s while purge + compaction run on a ROWS store (default 1M), vs none.
+bench-maintenance: $(STAMP)
+	$(BIN)/python bench/maintenance.py --rows $(if $(filter command line environment,$(origin ROWS)),$(ROWS),1000000) --json bench/results/maintenance-$$(date +%F).json
+
 bench-scaling: $(STAMP)
 	$(BIN)/python bench/scaling.py --json bench/results/scaling-$$(date +%F).json
 

@@ -78,7 +78,10 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             if app.state.otlp is not None:
                 await app.state.otlp.close()
             if job is not None:
-                job.stop()
+                # A pass stops between its steps; one still in a long Delta operation
+                # is left behind (it holds nothing the final flush needs), so SIGTERM
+                # exits within ISTORE_SHUTDOWN_TIMEOUT_S plus the final flush.
+                job.stop(timeout=min(5.0, settings.shutdown_timeout_s))
             reload_on_hup()
             await app.state.upstreams.close()
             with contextlib.suppress(OSError, StoreError):

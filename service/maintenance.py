@@ -45,10 +45,16 @@ class MaintenanceJob:
         self._thread = threading.Thread(target=self._loop, name="istore-maintenance", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask a running pass to stop (between steps and between the chunks of a
+        purge) and wait up to ``timeout`` for it. A Delta operation under way cannot be
+        interrupted; a pass still running after that is left behind: it holds no lock
+        the final flush needs, and what it had not committed is never part of a table
+        (``vacuum`` removes its files)."""
         self._stop.set()
+        self.store.maintenance_stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=60)
+            self._thread.join(timeout=timeout)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -112,6 +118,9 @@ class MaintenanceJob:
                       "refresh": "compact"}.get(name, name)  # fmt: skip
             if wanted not in steps:
                 continue
+            if store.maintenance_stop.is_set():
+                errors.append(f"{name}: not run, the server is stopping")
+                continue
             try:
                 result[name] = step()
             except Exception as exc:  # the next run tries again
@@ -132,9 +141,13 @@ class MaintenanceJob:
 
     def _compact(self) -> dict[str, int]:
         out = {}
-        # No flush commits of this writer while files are rewritten (single writer).
-        with self.store.maintenance(exclusive=False):
+        # Beside the flusher's appends: Delta never makes an append conflict with a
+        # compaction (which changes no data), and the compacted files become visible
+        # at the ``refresh`` step, indexed before it takes the flush lock.
+        with self.store.maintenance():
             for name in TABLES:
+                if self.store.maintenance_stop.is_set():
+                    break
                 dt = self.store.location.open_if_exists(name)
                 if dt is None:
                     continue

@@ -98,9 +98,12 @@ def writer_id(wal_dir: Path) -> str:
     return writer
 
 
-def sync_commit(location: Location, spec: TableSpec, dt: DeltaTable, new_files: list[str]) -> None:
+def sync_commit(
+    location: Location, spec: TableSpec, dt: DeltaTable, new_files: list[str], since: int = -1
+) -> None:
     """fsync a commit and its new files (and their folders): delta-rs does not, and the
-    log segments holding these rows are deleted next."""
+    log segments holding these rows are deleted next. With ``since``, every commit after
+    that version up to ``dt``'s (a maintenance commit others may have followed)."""
     if location.remote:
         return  # an object store has the object once the PUT returned
     root = Path(location.table(spec.name))
@@ -111,6 +114,9 @@ def sync_commit(location: Location, spec: TableSpec, dt: DeltaTable, new_files: 
         while d != root and root in d.parents:
             dirs.add(d)
             d = d.parent
-    fsync_path(root / "_delta_log" / f"{dt.version():020d}.json")
+    for version in range(max(since + 1, 0) if since >= 0 else dt.version(), dt.version() + 1):
+        commit = root / "_delta_log" / f"{version:020d}.json"
+        if version == dt.version() or commit.exists():
+            fsync_path(commit)
     for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
         fsync_path(d)

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from deltalake import (
     Transaction,
     write_deltalake,
 )
+from deltalake.exceptions import CommitFailedError
 
 from store.ack import Ack, chain, combine
 from store.delta import (
@@ -64,6 +66,12 @@ _CONVERT_ERRORS = (pa.ArrowException, TypeError, ValueError, OverflowError, KeyE
 # beside a single writer; every few seconds when several writers share the tables.
 REFRESH_S = 10.0
 SHARED_REFRESH_S = 2.0
+
+# A maintenance delete runs beside this writer's appends; Delta rejects its commit when
+# an append landed meanwhile in a partition it rewrites. It tries this many times
+# without the flush lock, then once holding it (see ``delete_where``).
+DELETE_ATTEMPTS = 3
+MAINTENANCE_GRACE_S = 2.0  # how long ``close`` waits for a maintenance step to stop
 
 
 @dataclass(frozen=True)
@@ -158,6 +166,9 @@ class Store:
         self.writable = writable
         self._lock = threading.RLock()
         self._flush_lock = threading.Lock()
+        self._maintenance_lock = threading.Lock()  # one maintenance job at a time
+        # Set when the node stops: maintenance stops between its steps and chunks.
+        self.maintenance_stop = threading.Event()
         self._convert_lock = threading.Lock()
         self._tails: dict[str, Tail] = {name: Tail() for name in TABLES}
         self._index_gen = 0  # bumped whenever ids leave the tail for the table
@@ -659,6 +670,7 @@ class Store:
         todo = [e for e in entries if e.lsn > done]
         tables = self._arrow(spec, todo) if todo else []
         before = {f.path for f in self._current(spec).files}
+        base = dt.version()
         if tables:
             upto = todo[-1].lsn  # past quarantined entries too: they are kept elsewhere
             write_deltalake(
@@ -686,8 +698,12 @@ class Store:
             sync_commit(self.location, spec, dt, new)
             # The index learns the new rows before they leave the tail (``write`` relies
             # on an id being pending or indexed, or its file unindexed and scanned).
+            # Only this append's files hold new rows unless another commit (a purge or
+            # compaction running beside the flush) came in between: its files hold
+            # moved rows, which keep their amended labels.
             if spec is INTERACTIONS_TABLE and prepared is not None:
-                self._follow(prepared, new, rewritten=False)  # new rows only
+                moved = prepared.version > base + 1 or self._current(spec).version != base
+                self._follow(prepared, new, rewritten=moved)
         flushed_ids: list[str] = []
         with self._lock:
             # One lock hold: the new files appear exactly when the rows leave the tail.
@@ -711,19 +727,26 @@ class Store:
         of the unflushed rows would show those rows twice."""
         deltas = {name: self.delta(spec) for name, spec in TABLES.items()}
         dt = deltas[INTERACTIONS_TABLE.name]
-        if dt is not None and self._keeper is not None:
-            # A compaction's rewrite can be large: index it before the flush lock, so
-            # ingest never waits for it (the files are indexed before they are read).
-            # Only the files added since the current view: what the table held before
-            # is the builder's (a few files at a time), never indexed here all at once.
-            fv = FilesView(dt.version(), None, data_files(self.location, dt, INTERACTIONS_TABLE))
-            current = self._current(INTERACTIONS_TABLE)
-            before = {f.path for f in current.files}
-            new = [f.path for f in fv.files if f.path not in before]
-            self._keeper.follow(fv, new if current.version >= 0 else [])
+        if dt is not None:
+            self._index_ahead(dt)
         with self._flush_lock:
             for name, spec in TABLES.items():
                 self._refresh_files_view(spec, deltas[name])
+
+    def _index_ahead(self, dt: DeltaTable) -> None:
+        """Index the interactions files of ``dt``'s version that the index does not
+        cover yet, before the flush lock is taken to show them: a compaction's or a
+        purge's rewrite can be large, and ingest must never wait for it."""
+        if self._keeper is None or self.index is None:
+            return
+        # Only the files added since the current view: what the table held before is
+        # the builder's (a few files at a time), never indexed here all at once.
+        current = self._current(INTERACTIONS_TABLE)
+        if current.version < 0:
+            return
+        before = {f.path for f in current.files}
+        files = data_files(self.location, dt, INTERACTIONS_TABLE)
+        self._keeper.ahead(self.index.unindexed(f.path for f in files if f.path not in before))
 
     # -- reading ------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -874,50 +897,95 @@ class Store:
 
     # -- lifecycle (store.lifecycle) ------------------------------------------------------
     @contextlib.contextmanager
-    def maintenance(self, *, exclusive: bool = True) -> Iterator[None]:
-        """Keep the flusher out while a maintenance job rewrites tables, so this
-        process's appends and deletes never race each other. Where other writers
-        append anyway (``shared``), a non-``exclusive`` job (compaction, which Delta
-        lets run beside appends) does not hold up this writer's flushes."""
-        if self.shared and not exclusive:
-            yield
-            return
-        with self._flush_lock:
+    def maintenance(self) -> Iterator[None]:
+        """One maintenance job (retention, purge, compaction) of this process at a
+        time. It does not keep the flusher out: the long work (reading and rewriting
+        Parquet) runs beside appends, and only the installation of its result takes
+        the flush lock for a moment (``delete_where``, ``refresh``)."""
+        with self._maintenance_lock:
             yield
 
-    def committed(self, spec: TableSpec, select: str, where: str = "TRUE") -> pa.Table:
+    def committed(
+        self, spec: TableSpec, select: str, where: str = "TRUE", order_by: str = ""
+    ) -> pa.Table:
         """``SELECT select FROM <committed files of spec> WHERE where``: raw rows,
         deleted ones included (no amendments applied, no unflushed rows)."""
+        order = f" ORDER BY {order_by}" if order_by else ""
         with self.current_view(spec) as view:
             if view is None:
                 return pa.table({})
-            return self.duck.query(Snapshot({}), f'SELECT {select} FROM "{view}" WHERE {where}')
+            return self.duck.query(
+                Snapshot({}), f'SELECT {select} FROM "{view}" WHERE {where}{order}'
+            )
 
     def delete_where(self, spec: TableSpec, cond: str, why: str = "deleted") -> int:
         """Delete the committed rows of ``spec`` matching ``cond`` (SQL that DuckDB and
         Delta both read) with a Delta delete, which rewrites the files holding them.
-        Call inside ``maintenance()``. Returns the rows removed."""
-        t = self.committed(spec, "count(*) AS n", cond)
-        if t.num_columns == 0 or not t.column("n")[0].as_py():
+        Returns the rows removed.
+
+        Without the flush lock: the delete names the day partitions it rewrites, so an
+        append to another day (the flusher's, normally today) does not conflict with it.
+        Days the unflushed rows fall in are deleted on their own; when an append did
+        land in a partition being rewritten, Delta refuses the delete's commit (never
+        the append's) and it runs again, the last attempt holding the flush lock."""
+        days = self._days_matching(spec, cond)
+        if not days:
             return 0
         started = time.perf_counter()
-        m = self.location.open(spec.name).delete(cond, writer_properties=writer_properties())
-        dt = self.location.open(spec.name)
-        before = {f.path for f in self._current(spec).files}
-        prepared = self._prepare_view(spec, dt)
-        if prepared is not None:
-            new = [f.path for f in prepared.files if f.path not in before]
-            sync_commit(self.location, spec, dt, new)
-            if spec is INTERACTIONS_TABLE:  # the rewritten files' rows move in the index
-                self._follow(prepared, new)
-        with self._lock:
-            self._install_view(spec, dt, prepared)
-        if spec is INTERACTIONS_TABLE:
-            self._settle_index()
-        n = int(m.get("num_deleted_rows") or 0)
+        hot = self._hot_days(spec)
+        n = 0
+        for group in (sorted(days - hot), sorted(days & hot)):
+            if group:
+                n += self._delete_days(spec, cond, group)
         self.metrics.deleted(spec.name, why, n)
         self.metrics.timer("delete").observe(time.perf_counter() - started)
         return n
+
+    def _days_matching(self, spec: TableSpec, cond: str) -> set[str]:
+        t = self.committed(spec, "DISTINCT CAST(day AS VARCHAR) AS d", cond)
+        return {d for d in t.column("d").to_pylist() if d} if t.num_columns else set()
+
+    def _hot_days(self, spec: TableSpec) -> set[str]:
+        """The days the flusher may append to next: today's and those of the rows of
+        ``spec`` not flushed yet."""
+        epoch = 719_163  # date(1970, 1, 1).toordinal()
+        with self._lock:
+            entries = list(self._tails[spec.name].entries)
+        days = {int(time.time() // 86_400)}
+        for e in entries:
+            days.update(d for d in e.cols.get("day", ()) if isinstance(d, int))
+        return {date.fromordinal(epoch + d).isoformat() for d in days}
+
+    def _delete_days(self, spec: TableSpec, cond: str, days: list[str]) -> int:
+        where = "day IN (" + ", ".join(f"'{d}'" for d in days) + f") AND ({cond})"
+        before = self._current(spec).version
+        for attempt in range(1, DELETE_ATTEMPTS + 1):
+            last = attempt == DELETE_ATTEMPTS
+            try:
+                with self._flush_lock if last else contextlib.nullcontext():
+                    m = self.location.open(spec.name).delete(
+                        where, writer_properties=writer_properties()
+                    )
+                break
+            except CommitFailedError as exc:
+                if last:
+                    raise
+                log.info("%s: a delete met a concurrent append, again (%s)", spec.name, exc)
+        self._adopt(spec, before)
+        return int(m.get("num_deleted_rows") or 0)
+
+    def _adopt(self, spec: TableSpec, since: int) -> None:
+        """Show this process's own maintenance commit: its files made durable and (the
+        interactions) indexed first, then the view installed under the flush lock,
+        which a flush holds from its commit to the trimming of its rows."""
+        dt = self.location.open(spec.name)
+        current = {f.path for f in self._current(spec).files}
+        new = [f.path for f in data_files(self.location, dt, spec) if f.path not in current]
+        sync_commit(self.location, spec, dt, new, since=since)
+        if spec is INTERACTIONS_TABLE:
+            self._index_ahead(dt)
+        with self._flush_lock:
+            self._refresh_files_view(spec, dt)
 
     def files_views(self) -> dict[str, FilesView]:
         """Per table: what is currently read (the views are not pinned for the caller:
@@ -969,6 +1037,7 @@ class Store:
     # -- closing ------------------------------------------------------------------------
     def close(self) -> None:
         """Stop accepting writes, flush what is acknowledged, release the lock."""
+        self.maintenance_stop.set()
         if self._wal is not None:
             self._wal.close()
         self._stop.set()
@@ -981,11 +1050,21 @@ class Store:
                 self.flush()
             except Exception as exc:
                 log.error("final flush failed, the write-ahead log keeps the data: %s", exc)
-        if self._keeper is not None:
-            self._keeper.join()
-        if self.index is not None:
-            self.index.close()
-        self.duck.close()
+        if not self._maintenance_lock.acquire(timeout=MAINTENANCE_GRACE_S):
+            # A maintenance step still in a Delta operation (it stops at its next
+            # chunk): what it has not committed is not in the tables. Leave DuckDB and
+            # the index open for it rather than pull them away; the process is ending.
+            log.warning("closing with a maintenance operation still running")
+            self._release_lock()
+            return
+        try:
+            if self._keeper is not None:
+                self._keeper.join()
+            if self.index is not None:
+                self.index.close()
+            self.duck.close()
+        finally:
+            self._maintenance_lock.release()
         self._release_lock()
 
     def __enter__(self) -> Store:

@@ -66,11 +66,29 @@ class IndexKeeper:
         try:
             self.index.retire(f.path for f in fv.files)
             if new:
-                self.index.add(new, self.read)
-                if rewritten:
-                    self._relabel(new)
+                self._add(new, rewritten)
         except Exception as exc:  # the files stay unindexed: reads scan them meanwhile
             log.error("could not index %d new data files (will retry): %s", len(new), exc)
+
+    def ahead(self, paths: list[str]) -> None:
+        """Index ``paths`` (a maintenance rewrite's files) before the view naming them
+        is installed, so that ``follow`` then finds them indexed and the flush lock
+        it runs under is held for a moment only. Nothing is retired here: that needs
+        the view, which only ``follow`` knows."""
+        if not paths:
+            return
+        try:
+            self._add(paths, True)
+        except Exception as exc:  # ``follow`` and the builder try again
+            log.warning("could not index %d rewritten data files ahead: %s", len(paths), exc)
+
+    def _add(self, paths: list[str], rewritten: bool) -> None:
+        fresh = self.index.unindexed(paths)  # those indexed ahead are relabelled already
+        if not fresh:
+            return
+        self.index.add(fresh, self.read)
+        if rewritten:
+            self._relabel(fresh)
 
     def _relabel(self, paths: list[str]) -> None:
         """Postings for the amended labels of the rows in ``paths``."""

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from store.errors import ValidationFailed
+from store.errors import Unavailable, ValidationFailed
 from store.filters import Expr, restrict
 from store.ids import uuid7_many
 from store.rows import Columns
@@ -110,18 +110,25 @@ def purge(store: Store) -> dict[str, int]:
         # Only the tombstoned ids still in some file: one join per table and column,
         # so a run with nothing left to remove costs a few scans, however many
         # tombstones there are.
-        gone: set[str] = set()
+        gone: dict[str, Any] = {}  # id → the earliest day a row naming it is in
         with store.current_view(AMENDMENTS_TABLE) as tomb:
             if tomb is not None:
                 dead = f"(SELECT completion_id FROM \"{tomb}\" WHERE action = 'delete')"
                 for spec, cols, extra in _LINKED:
                     for col in cols:
                         cond = f"{col} IN {dead}" + (f" AND {extra}" if extra else "")
-                        t = store.committed(spec, f"DISTINCT {col} AS x", cond)
-                        if t.num_columns:
-                            gone.update(x for x in t.column("x").to_pylist() if x is not None)
+                        t = store.committed(spec, f"DISTINCT {col} AS x, day", cond)
+                        if not t.num_columns:
+                            continue
+                        for x, day in zip(t.column("x").to_pylist(),
+                                          t.column("day").to_pylist(), strict=True):  # fmt: skip
+                            if x is not None:
+                                gone[x] = min(gone.get(x, day), day)
         if gone:
-            removed = _delete_ids(store, sorted(gone), "deleted")
+            # In day order: each chunk's deletes then rewrite the files of a few days,
+            # not of every day (``Store.delete_where`` names the days it rewrites).
+            ids = sorted(gone, key=lambda x: (gone[x], x))
+            removed = _delete_ids(store, ids, "deleted")
         store.rotate_log()
     store.flush()  # releases the log segments the rotation closed
     if any(removed.values()):
@@ -155,11 +162,14 @@ _LINKED = (
 
 def _delete_ids(store: Store, ids: list[str], why: str) -> dict[str, int]:
     """Delete interactions ``ids`` with the feedback, comparisons and label amendments
-    that name them (their tombstones stay). Call inside ``store.maintenance()``."""
+    that name them (their tombstones stay). Call inside ``store.maintenance()``; each
+    Delta delete runs beside ingest (``Store.delete_where``)."""
     removed: dict[str, int] = {}
     for spec, cols, extra in _LINKED:
         n = 0
         for i in range(0, len(ids), _CHUNK):
+            if store.maintenance_stop.is_set():  # the node stops: the next run goes on
+                raise Unavailable("maintenance stopped: the server is shutting down")
             quoted = _quote_list(ids[i : i + _CHUNK])
             cond = " OR ".join(f"{c} IN ({quoted})" for c in cols)
             if extra:
@@ -272,7 +282,7 @@ def apply_retention(
     with store.maintenance():
         for _, cond in rules:
             # The interactions past the window, and what names them (whatever its age).
-            t = store.committed(INTERACTIONS_TABLE, "id", cond)
+            t = store.committed(INTERACTIONS_TABLE, "id", cond, order_by="day, id")
             ids = t.column("id").to_pylist() if t.num_columns else []
             for name, n in _delete_ids(store, ids, "retention").items():
                 removed[name] = removed.get(name, 0) + n
