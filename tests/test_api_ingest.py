@@ -421,6 +421,7 @@ BAD: list[tuple[str, Callable[[], tuple[bytes, dict[str, str]]], int, str | None
 ]  # fmt: skip
 
 
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 @pytest.mark.parametrize(
     ("make", "status", "param", "prefix"),
     [pytest.param(m, s, p, pre, id=name) for name, m, s, p, pre in BAD],

@@ -185,6 +185,7 @@ async def walk(client: httpx.AsyncClient, params: dict[str, Any]) -> list[str]:
     raise AssertionError("pagination does not end")
 
 
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 @pytest.mark.parametrize("order", ["desc", "asc"])
 @pytest.mark.parametrize("limit", [1, 4, 7, 23, 1000])
 async def test_pagination_walks_every_row_once_in_order(

@@ -89,6 +89,7 @@ def _expected(kind: str, scope: str, uc: str) -> int:
     return 0 if kind == scope else 403
 
 
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 @pytest.mark.asyncio
 @pytest.mark.parametrize("kind", KINDS)
 async def test_auth_matrix(env: Env, kind: str) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 import polars as pl
+import pytest
 from click.testing import CliRunner
 
 import store
@@ -45,6 +46,7 @@ def test_import_error_names_file_and_line(tmp_path: Path) -> None:
     assert "Error:" in r.stderr and "bad.ndjson" in r.stderr and "messages" in r.stderr
 
 
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 def test_sql_formats(tmp_path: Path) -> None:
     src, data = _file(tmp_path), str(tmp_path / "data")
     CliRunner().invoke(main, ["import", "--data", data, str(src)])

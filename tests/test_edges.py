@@ -13,6 +13,7 @@ from store.engine import Store
 BASE = {"use_case": "x", "messages": [{"role": "user", "content": "a"}]}
 
 
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 @pytest.mark.parametrize(
     ("extra", "status", "param"),
     [

@@ -145,6 +145,7 @@ def bad_requests(app: FastAPI, route: Route) -> list[tuple[str, str, dict[str, A
     return out
 
 
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 async def test_every_route_answers_bad_requests_in_the_error_shape(
     app_client: tuple[FastAPI, httpx.AsyncClient],
 ) -> None:
@@ -177,6 +178,7 @@ async def test_every_route_answers_bad_requests_in_the_error_shape(
     assert {400, 404, 405, 422} <= set(statuses)  # the walk did reach the handlers
 
 
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 async def test_every_console_route_answers_bad_requests_with_a_page(
     app_client: tuple[FastAPI, httpx.AsyncClient],
 ) -> None:
@@ -231,6 +233,7 @@ async def test_unknown_interaction_id_is_404_in_the_error_shape(
     assert (err["type"], err["code"]) == ("not_found_error", "not_found")
 
 
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 @pytest.mark.parametrize(
     ("method", "path"),
     [

@@ -92,6 +92,7 @@ async def test_feedback_on_an_unflushed_interaction_is_accepted(
     assert r.status_code == 201, r.text
 
 
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 @pytest.mark.parametrize(
     ("body", "param"),
     [
@@ -159,6 +160,7 @@ async def test_comparison_inline_texts(client: httpx.AsyncClient) -> None:
                      "messages": '[{"role":"user","content":"hi"}]', "tied": "good"}]  # fmt: skip
 
 
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 @pytest.mark.parametrize(
     ("body", "status", "param"),
     [

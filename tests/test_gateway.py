@@ -173,6 +173,7 @@ async def test_unknown_use_case_or_model(gw: httpx.AsyncClient, model: str, stat
     assert upstream.requests == []
 
 
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 @pytest.mark.parametrize(
     ("body", "param"),
     [
@@ -321,6 +322,7 @@ async def test_feedback_right_after_the_call(gw: httpx.AsyncClient) -> None:
 
 
 # -- upstream failures ---------------------------------------------------------------------
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 @pytest.mark.parametrize(
     ("model", "status", "code", "fragment"),
     [
@@ -455,6 +457,7 @@ async def test_keys_scope_and_use_case(store: Store, config: Path, upstream: Ups
 
 
 # -- reload ---------------------------------------------------------------------------------
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 async def test_routing_file_reloads_when_it_changes(gw: httpx.AsyncClient, config: Path) -> None:
     assert (await chat(gw, model="support")).json()["choices"][0]["model"] == "small"
     text = config.read_text().replace('[use_cases.support]\ndefault_model = "small"',

@@ -27,6 +27,7 @@ async def _count(c: httpx.AsyncClient) -> int:
     return int(r.json()["data"][0]["n"])
 
 
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 @pytest.mark.parametrize(
     ("name", "body", "headers", "status"),
     [

@@ -242,6 +242,7 @@ def test_a_damaged_or_missing_index_is_rebuilt_never_served(tmp_path: Path, dama
     check(data)
 
 
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 def test_a_clean_close_is_recorded_so_the_next_start_skips_the_full_check(tmp_path: Path) -> None:
     """Open: the index says it is in use (a kill -9 leaves it so, and the next open reads
     every page); closed: it says it was closed cleanly, its write-ahead log is folded

@@ -266,6 +266,7 @@ def test_logs_are_json_with_request_ids_and_no_secrets(
     assert secret not in text and MARK not in text and "wrong" not in text
 
 
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 @pytest.mark.parametrize(
     ("body", "param"),
     [

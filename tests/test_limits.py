@@ -79,6 +79,7 @@ CASES: list[tuple[str, Callable[[], Any], Callable[[], Any], int, str | None]] =
 ]  # fmt: skip
 
 
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 @pytest.mark.parametrize(
     ("at", "over", "status", "param"),
     [pytest.param(a, o, s, p, id=name) for name, a, o, s, p in CASES],

@@ -115,6 +115,7 @@ def _check_everything_acked_is_there_once(root: Path, expect: set[str]) -> None:
     assert set(got) == expect
 
 
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 def test_a_purge_of_old_days_runs_beside_the_flusher(
     tmp_path: Path, deletes: dict[str, Any]
 ) -> None:
@@ -141,6 +142,7 @@ def test_a_purge_of_old_days_runs_beside_the_flusher(
     _check_everything_acked_is_there_once(root, (set(old) - set(victims)) | set(w.acked))
 
 
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 def test_a_delete_that_meets_an_append_in_its_partition_is_tried_again(
     tmp_path: Path, deletes: dict[str, Any]
 ) -> None:

@@ -115,6 +115,7 @@ def otlp_json(body: bytes) -> bytes:
     return orjson.dumps(d)
 
 
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 @pytest.mark.parametrize("encoding", ["identity", "gzip", "deflate", "raw-deflate", "json"])
 async def test_encodings(client: httpx.AsyncClient, encoding: str) -> None:
     trace, span = new_ids()
@@ -214,6 +215,7 @@ async def test_a_legacy_stream_logs_span_logs_makes_one_interaction(store: Store
         assert row["completion"] == "A!" and row["model"] == "gpt-4o-mini"
 
 
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 async def test_the_log_records_of_a_refused_span_make_no_interaction(store: Store) -> None:
     trace, span = new_ids()
     async with in_process(store, otlp_join_s=0.2) as c:
@@ -260,6 +262,7 @@ def non_utf8() -> bytes:
     return body.replace(b"MARKER", b"\xff\xfe\xfd\xfc\xfb\xfa")
 
 
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 @pytest.mark.parametrize(("name", "make", "status"), [
     ("not protobuf", lambda: (b"\x0a\xff\xff\xff", PROTOBUF), 400),
     ("not JSON", lambda: (b"{nope", {"content-type": "application/json"}), 400),

@@ -39,6 +39,7 @@ async def stored(c: httpx.AsyncClient) -> list[dict]:
     return r.json()["data"]
 
 
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 @pytest.mark.parametrize("client", CLIENTS)
 async def test_captured_client_requests_become_complete_interactions(
     store: Store, client: str
@@ -50,6 +51,7 @@ async def test_captured_client_requests_become_complete_interactions(
         check(client, await stored(c))
 
 
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 @pytest.mark.parametrize("client", ["openai-v2-legacy", "openai-v2-event"])
 @pytest.mark.parametrize("order", ["logs-first", "logs-last"])
 async def test_spans_and_log_records_join_in_either_order(

@@ -56,6 +56,7 @@ def dev_only_imports() -> set[str]:
     return blocked
 
 
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 def test_the_dev_extra_is_blocked() -> None:
     blocked = dev_only_imports()
     assert {"pytest", "httpx", "hypothesis", "schemathesis", "moto", "chdb", "psycopg",

@@ -193,6 +193,7 @@ MORE_REJECTED = [
 ]
 
 
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 @pytest.mark.parametrize("query", MORE_REJECTED)
 async def test_more_escapes_are_refused(seeded: httpx.AsyncClient, query: str) -> None:
     r = await seeded.post("/api/v1/sql", json={"sql": query})
@@ -219,6 +220,7 @@ async def limited(store: Store, data_dir: Path) -> AsyncIterator[httpx.AsyncClie
         yield c
 
 
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 @pytest.mark.parametrize(
     "query",
     [

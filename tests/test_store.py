@@ -330,6 +330,7 @@ def test_state_lost_after_a_durable_write_stops_writes_until_restart(
         assert reopened.write(INTERACTIONS_TABLE, rows(1)).result().stored == 0
 
 
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 @pytest.mark.parametrize("order", ["desc", "asc"])
 @pytest.mark.parametrize("limit", [1, 3, 7, 50])
 def test_pages_walk_days_in_order_with_old_unflushed_rows(
@@ -369,6 +370,7 @@ def test_pages_walk_days_in_order_with_old_unflushed_rows(
     store.close()
 
 
+@pytest.mark.slow  # a sweep or an oracle comparison: `make test` only
 def test_label_index_lookups_equal_full_scans(data_dir: Path) -> None:
     """Lookups that the on-disk index narrows return exactly what a full scan returns."""
     from store.filters import filter_from_kwargs
