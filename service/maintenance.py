@@ -11,10 +11,9 @@ import threading
 import time
 from typing import Any
 
-from store.delta import writer_properties
 from store.engine import Store
 from store.lifecycle import Retention, apply_retention, plan_purge, purge
-from store.maintenance import MIN_RETENTION_HOURS, TARGET_FILE_BYTES
+from store.maintenance import MIN_RETENTION_HOURS, compact_tiered
 from store.schema import TABLES
 from store.state import Lease
 
@@ -114,9 +113,11 @@ class MaintenanceJob:
             ("index", store.sweep_index),  # what the index holds of files gone
             ("vacuumed", self._vacuum),
         ):
-            wanted = {"purged": "purge", "compacted": "compact", "vacuumed": "vacuum",
-                      "refresh": "compact"}.get(name, name)  # fmt: skip
-            if wanted not in steps:
+            # The index's sweep follows any step that makes files dead.
+            wanted = {"purged": ("purge",), "compacted": ("compact",), "vacuumed": ("vacuum",),
+                      "refresh": ("compact",), "index": ("retention", "purge", "compact"),
+                      }.get(name, (name,))  # fmt: skip
+            if not set(wanted) & set(steps):
                 continue
             if store.maintenance_stop.is_set():
                 errors.append(f"{name}: not run, the server is stopping")
@@ -151,10 +152,7 @@ class MaintenanceJob:
                 dt = self.store.location.open_if_exists(name)
                 if dt is None:
                     continue
-                m = dt.optimize.compact(
-                    target_size=TARGET_FILE_BYTES, writer_properties=writer_properties()
-                )
-                out[name] = int(m.get("numFilesRemoved", 0))
+                out[name] = compact_tiered(dt)["files_removed"]
                 dt = self.store.location.open(name)
                 dt.create_checkpoint()
                 dt.cleanup_metadata()

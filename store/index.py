@@ -15,7 +15,8 @@ not cost a scan of the table, so every committed interaction is indexed in SQLit
 its file list (``sync``): files the current version names but the index does not are
 read and indexed; files the index knows but the version no longer names (compacted,
 purged, expired) are marked dead, and their rows and postings are ignored until
-``sweep`` deletes them. So a crash between a commit and its indexing, a lost index
+``sweep`` deletes them (maintenance, once the dead files hold a quarter of the rows).
+So a crash between a commit and its indexing, a lost index
 file, or a corrupt one (rebuilt) only costs time. Readers ask ``unindexed()`` which
 files to scan the old way, and check a row found through the index is the one they
 asked for. Opening checks the whole file (``quick_check``, ~0.6 s per 1M rows) unless
@@ -35,6 +36,7 @@ import hashlib
 import logging
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -50,11 +52,15 @@ FILE = "index.sqlite"
 SEP = chr(31)  # between a label's key and value in its hash
 ADD_FILES = 32  # data files indexed per transaction
 ADD_ROWS = 50_000  # rows (and postings) turned into Python values at a time
+# ``sweep``: when, and how much a transaction deletes.
+SWEEP_SHARE = 0.25  # dead files' rows, as a share of the live files' rows
+SWEEP_MIN_ROWS = 100_000
+SWEEP_CHUNK = 20_000
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS files (fid INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, "
-    "live INTEGER NOT NULL)",
+    "live INTEGER NOT NULL, n INTEGER)",
     "CREATE TABLE IF NOT EXISTS names (nid INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
     "CREATE TABLE IF NOT EXISTS rows (id TEXT PRIMARY KEY, uc INTEGER NOT NULL, session TEXT, "
     "ts INTEGER NOT NULL, fid INTEGER NOT NULL, rn INTEGER NOT NULL) WITHOUT ROWID",
@@ -64,6 +70,10 @@ _SCHEMA = (
     # The amendments data files whose label changes are postings already.
     "CREATE TABLE IF NOT EXISTS amended (path TEXT PRIMARY KEY)",
 )
+
+
+def _executemany(sql: str, rows: list[Any], db: sqlite3.Connection) -> None:
+    db.executemany(sql, rows)
 
 
 def label_hash(key: str, value: str) -> int:
@@ -152,6 +162,9 @@ class Index:
             self._writer.execute("PRAGMA synchronous = NORMAL")  # derived data: speed
             for stmt in _SCHEMA:
                 self._writer.execute(stmt)
+            columns = {r[1] for r in self._writer.execute("PRAGMA table_info(files)")}
+            if "n" not in columns:  # an index made before files counted their rows
+                self._writer.execute("ALTER TABLE files ADD COLUMN n INTEGER")
             meta = dict(self._writer.execute("SELECT key, value FROM meta").fetchall())
             if meta and (meta.get("format") != FORMAT or meta.get("table") != self.table_uri):
                 raise sqlite3.DatabaseError(f"index of another format or table: {meta}")
@@ -290,6 +303,10 @@ class Index:
         ).fetchall())  # fmt: skip
         for off in range(0, max(rows.num_rows, postings.num_rows), ADD_ROWS):
             self._insert(db, rows.slice(off, ADD_ROWS), postings.slice(off, ADD_ROWS), fids)
+        counts = Counter(rows.column("filename").to_pylist())
+        db.executemany(
+            "UPDATE files SET n = ? WHERE fid = ?", [(counts.get(p, 0), fids[p]) for p in paths]
+        )
 
     def _insert(
         self, db: sqlite3.Connection, rows: pa.Table, postings: pa.Table, fids: dict[str, int]
@@ -356,30 +373,63 @@ class Index:
                     "INSERT OR IGNORE INTO amended VALUES (?)", [(p,) for p in paths]
                 ))  # fmt: skip
 
-    def sweep(self) -> dict[str, int]:
+    def sweep(self, force: bool = False) -> dict[str, int]:
         """Delete the rows and postings of dead files (after compaction, purge,
-        retention), then the files; returns what was removed."""
+        retention), then the files; returns what was removed.
+
+        Postings are keyed by label, not by file, so this reads them all: it runs
+        only once the dead files hold ``SWEEP_SHARE`` of the live rows (or with
+        ``force``), which keeps its cost proportional to what was rewritten, and
+        in chunks of ``SWEEP_CHUNK`` entries, each its own short transaction, so
+        the flusher's indexing waits for one chunk at most."""
+        none = {"files": 0, "rows": 0, "labels": 0}
         if self.readonly:
-            return {}
+            return none
         with self._write_lock:
             db = self._writer
-            dead = [f for (f,) in db.execute("SELECT fid FROM files WHERE NOT live").fetchall()]
-            if not dead:
-                return {"files": 0, "rows": 0, "labels": 0}
+            dead_files = db.execute("SELECT fid, n FROM files WHERE NOT live").fetchall()
+            if not dead_files:
+                return none
+            live_rows = db.execute("SELECT coalesce(sum(n), 0) FROM files WHERE live").fetchone()[0]
+        dead_rows = sum(n for _, n in dead_files if n is not None)
+        unknown = any(n is None for _, n in dead_files)  # files indexed before counts
+        if not (force or unknown or dead_rows >= max(SWEEP_MIN_ROWS, SWEEP_SHARE * live_rows)):
+            return {**none, "waiting_files": len(dead_files)}
+        dead = {fid for fid, _ in dead_files}
+        counts = {
+            "files": len(dead),
+            "rows": self._sweep_table("rows", ("id",), dead),
+            "labels": self._sweep_table("labels", ("uc", "kv", "ts", "fid", "rn"), dead),
+        }
+        with self._write_lock:
             marks = ",".join("?" * len(dead))
-            counts: dict[str, int] = {"files": len(dead)}
+            self._transaction(
+                lambda db: db.execute(f"DELETE FROM files WHERE fid IN ({marks})", list(dead))
+            )
+        return counts
 
-            def delete(db: sqlite3.Connection) -> None:
-                counts["rows"] = db.execute(
-                    f"DELETE FROM rows WHERE fid IN ({marks})", dead
-                ).rowcount
-                counts["labels"] = db.execute(
-                    f"DELETE FROM labels WHERE fid IN ({marks})", dead
-                ).rowcount
-                db.execute(f"DELETE FROM files WHERE fid IN ({marks})", dead)
-
-            self._transaction(delete)
-            return counts
+    def _sweep_table(self, table: str, key: tuple[str, ...], dead: set[int]) -> int:
+        """Delete ``table``'s entries whose ``fid`` is in ``dead``, reading it in key
+        order a chunk at a time."""
+        cols = ", ".join(key)
+        after: tuple[Any, ...] | None = None
+        removed = 0
+        while True:
+            with self._write_lock:
+                db = self._writer
+                where = f"WHERE ({cols}) > ({','.join('?' * len(key))}) " if after else ""
+                chunk = db.execute(
+                    f"SELECT {cols}, fid FROM {table} {where}ORDER BY {cols} LIMIT ?",
+                    [*(after or ()), SWEEP_CHUNK],
+                ).fetchall()
+                gone = [r[: len(key)] for r in chunk if r[-1] in dead]
+                if gone:
+                    delete = f"DELETE FROM {table} WHERE " + " AND ".join(f"{c} = ?" for c in key)
+                    self._transaction(partial(_executemany, delete, gone))
+                    removed += len(gone)
+            if len(chunk) < SWEEP_CHUNK:
+                return removed
+            after = chunk[-1][: len(key)]
 
     # -- lookups -----------------------------------------------------------------------
     def locate(self, ids: Sequence[str]) -> dict[str, Located]:

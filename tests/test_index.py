@@ -29,6 +29,7 @@ from store.engine import Store, StoreOptions
 from store.filters import filter_from_kwargs
 from store.index import FILE
 from store.lifecycle import Retention, apply_retention, chunks, matching, purge, tombstones
+from store.maintenance import compact
 from store.reader import Reader
 from store.schema import AMENDMENTS_TABLE
 from tests.conftest import interaction
@@ -86,10 +87,15 @@ def _step(store: Store, op: str, rng: random.Random, state: dict[str, Any]) -> N
     elif op == "maintenance":
         job = MaintenanceJob(store, 0, 0)
         job.run_once()
+    elif op == "compact":  # every small file, as `istore compact` does (the server's waits)
+        compact(store.root)
+        store.refresh()
+    elif op == "sweep" and store.index is not None:  # maintenance's sweeps wait for enough
+        store.index.sweep(force=True)
 
 
 OPS = ["ingest", "ingest", "ingest", "flush", "delete", "relabel", "purge", "retention",
-       "maintenance"]  # fmt: skip
+       "maintenance", "compact", "sweep"]  # fmt: skip
 
 
 def check(data: Path) -> None:
