@@ -268,6 +268,7 @@ class Store:
             # storage without a local folder uses the system's temporary folder.
             temp_dir=self.root / "tmp" if self.writable or not self.location.remote else None,
             temp_limit=self.options.query_temp_limit,
+            metadata_cache=self.location.remote,
         )
         self.index = open_index(self.root, self.location.table(INTERACTIONS_TABLE.name),
                                 writable=self.writable)  # fmt: skip

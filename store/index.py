@@ -52,6 +52,7 @@ FILE = "index.sqlite"
 SEP = chr(31)  # between a label's key and value in its hash
 ADD_FILES = 32  # data files indexed per transaction
 ADD_ROWS = 50_000  # rows (and postings) turned into Python values at a time
+READER_CACHE_KIB = 256  # SQLite's page cache of each reading thread's connection
 # ``sweep``: when, and how much a transaction deletes.
 SWEEP_SHARE = 0.25  # dead files' rows, as a share of the live files' rows
 SWEEP_MIN_ROWS = 100_000
@@ -151,6 +152,10 @@ class Index:
         db = getattr(self._local, "db", None)
         if db is None:
             db = self._local.db = self._connect()
+            # One per thread (the server's pool has dozens): a small page cache each, so
+            # that their memory does not follow the index's size; pages come from the
+            # operating system's cache.
+            db.execute(f"PRAGMA cache_size = -{READER_CACHE_KIB}")
         return db
 
     def _open_for_writing(self) -> None:
