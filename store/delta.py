@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import pyarrow as pa
-from deltalake import ColumnProperties, DeltaTable, WriterProperties
+from deltalake import BloomFilterProperties, ColumnProperties, DeltaTable, WriterProperties
 
 from store.duck import DataFile
 from store.errors import StoreError
@@ -36,12 +36,23 @@ TEXT_COLUMNS = ("messages", "completion", "completion_message", "params", "error
                 "details", "preferred_text", "other_text")  # fmt: skip
 
 
+# Columns looked up by equality whose values are random within a file (an interaction's
+# feedback and comparisons; ids): a Parquet bloom filter per row group (~2.4 KB for
+# 2,048 values at 1 % false positives) lets a reader skip the row groups without the
+# value. A point read's feedback query over 31 feedback files: 18 → 9 ms (measured).
+BLOOM_COLUMNS = ("id", "completion_id", "preferred_id", "other_id")
+
+
 def writer_properties() -> WriterProperties:
     no_stats = ColumnProperties(statistics_enabled="NONE")
+    bloom = ColumnProperties(
+        bloom_filter_properties=BloomFilterProperties(True, fpp=0.01, ndv=ROW_GROUP_ROWS)
+    )
     return WriterProperties(
         max_row_group_size=ROW_GROUP_ROWS,
         compression="ZSTD",
-        column_properties={c: no_stats for c in TEXT_COLUMNS},
+        column_properties={**{c: no_stats for c in TEXT_COLUMNS},
+                           **{c: bloom for c in BLOOM_COLUMNS}},  # fmt: skip
     )
 
 

@@ -52,6 +52,7 @@ FILE = "index.sqlite"
 SEP = chr(31)  # between a label's key and value in its hash
 ADD_FILES = 32  # data files indexed per transaction
 ADD_ROWS = 50_000  # rows (and postings) turned into Python values at a time
+RAREST_CAP = 20_000  # postings counted per label to choose which one a lookup walks
 READER_CACHE_KIB = 256  # SQLite's page cache of each reading thread's connection
 # ``sweep``: when, and how much a transaction deletes.
 SWEEP_SHARE = 0.25  # dead files' rows, as a share of the live files' rows
@@ -477,7 +478,7 @@ class Index:
             ucs = [self._names[u] for u in use_cases if u in self._names]
         if not ucs or not conds:
             return [], None
-        first, *rest = conds
+        first, *rest = self._rarest_first(conds, ucs, since, until)
         args: list[Any] = []
         order = "DESC" if desc else "ASC"
         kvs = [label_hash(first[0], v) for v in first[1]]
@@ -511,6 +512,30 @@ class Index:
             if path is not None:  # postings of dead files wait for the sweep
                 out.append(Hit(ts, path, rn))
         return out, (tuple(found[-1]) if len(found) == limit else None)  # type: ignore[return-value]
+
+    def _rarest_first(
+        self,
+        conds: Sequence[tuple[str, Sequence[str]]],
+        ucs: list[int],
+        since: int | None,
+        until: int | None,
+    ) -> list[tuple[str, Sequence[str]]]:
+        """``conds`` with the one with the fewest postings (counted up to
+        ``RAREST_CAP``) first: the lookup walks that one and probes the others, so
+        "use case + a common label + a rare one" reads the rare one's postings only."""
+        if len(conds) < 2:
+            return list(conds)
+        db = self._reader()
+        sizes = []
+        for key, values in conds:
+            hs = [label_hash(key, v) for v in values]
+            sql = (f"SELECT count(*) FROM (SELECT 1 FROM labels WHERE uc IN "
+                   f"({','.join('?' * len(ucs))}) AND kv IN ({','.join('?' * len(hs))})"
+                   " AND ts >= ? AND ts < ? LIMIT ?)")  # fmt: skip
+            lo = since if since is not None else -(2**63)
+            hi = until if until is not None else 2**63 - 1
+            sizes.append(db.execute(sql, [*ucs, *hs, lo, hi, RAREST_CAP]).fetchone()[0])
+        return [c for _, c in sorted(zip(sizes, conds, strict=True), key=lambda sc: sc[0])]
 
     def fid(self, path: str) -> int:
         return self._fids[path]

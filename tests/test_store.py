@@ -420,3 +420,27 @@ def test_label_index_lookups_equal_full_scans(data_dir: Path) -> None:
             after = page.next_cursor
         assert sorted(got) == want and len(got) == len(set(got)), kw
     store.close()
+
+
+def test_looked_up_ids_carry_bloom_filters(data_dir: Path) -> None:
+    """A point read's feedback query skips the row groups without its id (bloom
+    filters on the id columns; nothing else pays for them)."""
+    import pyarrow.parquet as pq
+
+    from ingest.feedback import FeedbackIn, feedback_rows
+    from store.schema import FEEDBACK_TABLE
+
+    store = Store(data_dir, options=SLOW_FLUSH)
+    store.write(INTERACTIONS_TABLE, rows(3)).result()
+    fb, _ = feedback_rows([(FeedbackIn(completion_id="i1", metric="m", value=1), "support")])
+    store.write(FEEDBACK_TABLE, fb).result()
+    store.flush()
+    for table, looked_up in (("interactions", "id"), ("feedback", "completion_id")):
+        (path,) = (data_dir / table).rglob("*.parquet")
+        group = pq.ParquetFile(path).metadata.row_group(0)
+        blooms = {group.column(i).path_in_schema for i in range(group.num_columns)
+                  if group.column(i).bloom_filter_offset is not None}  # fmt: skip
+        assert looked_up in blooms and "messages" not in blooms and "metric" not in blooms
+    found = store.query("SELECT metric FROM feedback WHERE completion_id = 'i1'")
+    assert found.column("metric").to_pylist() == ["m"]
+    store.close()
