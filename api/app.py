@@ -65,7 +65,8 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         job = None
         if st.writable and settings.maintenance_interval_s > 0:
             job = MaintenanceJob(st, settings.maintenance_interval_s,
-                                 settings.vacuum_retention_hours)  # fmt: skip
+                                 settings.vacuum_retention_hours,
+                                 compact_interval_s=settings.compaction_interval_s)  # fmt: skip
             job.start()
         app.state.maintenance = job
         reload_on_hup = _on_sighup(app.state.gateway)

@@ -24,9 +24,13 @@ STEPS = ("retention", "purge", "compact", "vacuum")
 
 
 class MaintenanceJob:
-    def __init__(self, store: Store, interval_s: float, vacuum_hours: float) -> None:
+    def __init__(
+        self, store: Store, interval_s: float, vacuum_hours: float, compact_interval_s: float = 0
+    ) -> None:
         self.store = store
         self.interval_s = interval_s
+        # Between full runs, passes of compaction alone (cheap: tiered, only full levels).
+        self.compact_interval_s = compact_interval_s
         self.vacuum_hours = vacuum_hours
         self.runs = 0
         self.failures = 0
@@ -56,9 +60,17 @@ class MaintenanceJob:
             self._thread.join(timeout=timeout)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        tick = self.interval_s
+        if 0 < self.compact_interval_s < tick:
+            tick = self.compact_interval_s
+        next_full = time.monotonic() + self.interval_s
+        while not self._stop.wait(tick):
             try:
-                self.run_once()
+                if time.monotonic() >= next_full - tick / 2:
+                    next_full = time.monotonic() + self.interval_s
+                    self.run_once()
+                else:
+                    self.run_once(("compact",))
             except Exception:  # never let the thread die: the next interval tries again
                 log.exception("maintenance run failed")
 
@@ -137,7 +149,11 @@ class MaintenanceJob:
         self.last_result = result
         elapsed = time.perf_counter() - started
         self.store.metrics.timer("run").observe(elapsed)
-        log.info("maintenance run %d in %.2f s: %s", self.runs, elapsed, result)
+        compacted = result.get("compacted", {})
+        quiet = steps == ("compact",) and not errors and not any(compacted.values())
+        (log.debug if quiet else log.info)(
+            "maintenance run %d in %.2f s: %s", self.runs, elapsed, result
+        )
         return result
 
     def _compact(self) -> dict[str, int]:

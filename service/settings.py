@@ -102,6 +102,12 @@ class Settings(BaseSettings):
         description="Seconds between maintenance runs (retention, purge of deleted "
         "interactions, compaction, checkpoint, vacuum); 0 turns them off.",
     )
+    compaction_interval_s: float = Field(
+        60.0,
+        description="Seconds between passes of the tiered compaction of small files alone, "
+        "between maintenance runs (so reads never meet an hour of one-second files); 0: "
+        "compaction only with the maintenance runs.",
+    )
     vacuum_retention_hours: float = Field(
         168.0,
         description="Maintenance vacuum keeps replaced files this long (older snapshots, "

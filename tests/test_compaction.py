@@ -143,3 +143,28 @@ def test_the_sweep_waits_until_the_dead_files_are_worth_a_pass(
     )
     assert len(hits) == 2 * FANOUT
     store.close()
+
+
+def test_compaction_runs_on_its_own_between_maintenance_runs(data_dir: Path) -> None:
+    """An hour between maintenance runs is an hour of one-second files for every read:
+    compaction alone runs every ``compact_interval_s`` in between."""
+    import time
+
+    store = Store(data_dir, options=StoreOptions(flush_interval_s=3600))
+    for k in range(FANOUT):
+        store.write(INTERACTIONS_TABLE, rows(2, start=10 * k)).result()
+        store.flush()
+    expected = ids(store)
+    job = MaintenanceJob(store, 3600, 0, compact_interval_s=0.2)
+    job.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not job.last_result and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        job.stop()
+    assert job.last_result["compacted"]["interactions"] == FANOUT
+    assert "purged" not in job.last_result and "vacuumed" not in job.last_result
+    assert len(DeltaTable(str(data_dir / "interactions")).file_uris()) == 1
+    assert ids(store) == expected
+    store.close()
