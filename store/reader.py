@@ -313,28 +313,25 @@ class Reader:
         ``use_cases``: what the caller may see (others are not found)."""
         self.store.settle([id_])
         snap = self.store.snapshot()
-
-        def q(sql: str, args: list[Any]) -> list[dict[str, Any]]:
-            return self.store.query(sql, args, snapshot=snap, use_cases=use_cases).to_pylist()
-
         rows = self._row(snap, id_, use_cases)
         if not rows:
             raise NotFound(f"no interaction with id {id_!r}", param="id")
         item = to_api(rows[0])
-        fb = q(
-            "SELECT id, created_at, metric, value, reason, details, user_id FROM feedback "
-            "WHERE completion_id = ? ORDER BY created_at, id",
-            [id_],
-        )
+        # Its feedback and comparisons in one query (each query has a fixed cost).
+        links = self.store.query(
+            "SELECT (SELECT list(struct_pack(id, created_at, metric, value, reason, details, "
+            "user_id) ORDER BY created_at, id) FROM feedback WHERE completion_id = $1) AS fb, "
+            "(SELECT list(struct_pack(id, created_at, metric, preferred_id, preferred_text, "
+            "preferred_model, other_id, other_text, other_model, tied, user_id) "
+            "ORDER BY created_at, id) FROM comparisons "
+            "WHERE preferred_id = $1 OR other_id = $1) AS cmp",
+            [id_], snapshot=snap, use_cases=use_cases,
+        ).to_pylist()[0]  # fmt: skip
+        fb = links["fb"] or []
         for f in fb:
             f["created_at"] = _iso(f["created_at"])
         item["feedback"] = fb
-        comparisons = q(
-            "SELECT id, created_at, metric, preferred_id, preferred_text, preferred_model, "
-            "other_id, other_text, other_model, tied, user_id FROM comparisons "
-            "WHERE preferred_id = ? OR other_id = ? ORDER BY created_at, id",
-            [id_, id_],
-        )
+        comparisons = links["cmp"] or []
         for c in comparisons:
             c["created_at"] = _iso(c["created_at"])
             c["preferred"] = c["preferred_id"] == id_
