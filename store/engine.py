@@ -1025,7 +1025,9 @@ class Store:
 
     def sweep_index(self) -> dict[str, int]:
         """Drop what the index holds of data files that left the table (maintenance)."""
-        return self.index.sweep() if self.index is not None else {}
+        if self.index is None:
+            return {}
+        return self.index.sweep(stop=self.maintenance_stop)
 
     def _index_status(self) -> dict[str, Any] | None:
         if self._keeper is not None:

@@ -379,15 +379,18 @@ class Index:
                     "INSERT OR IGNORE INTO amended VALUES (?)", [(p,) for p in paths]
                 ))  # fmt: skip
 
-    def sweep(self, force: bool = False) -> dict[str, int]:
+    def sweep(self, force: bool = False, stop: threading.Event | None = None) -> dict[str, int]:
         """Delete the rows and postings of dead files (after compaction, purge,
         retention), then the files; returns what was removed.
 
         Postings are keyed by label, not by file, so this reads them all: it runs
         only once the dead files hold ``SWEEP_SHARE`` of the live rows (or with
         ``force``), which keeps its cost proportional to what was rewritten, and
-        in chunks of ``SWEEP_CHUNK`` entries, each its own short transaction, so
-        the flusher's indexing waits for one chunk at most."""
+        in chunks of ``SWEEP_CHUNK`` entries, each read and deleted in one short
+        transaction (other writers of this index, ``--workers``, may move the same
+        ids meanwhile: an entry is deleted only while it still names a dead file).
+        ``stop`` (the node stopping) ends it between chunks: the files stay dead and
+        the next sweep goes on."""
         none = {"files": 0, "rows": 0, "labels": 0}
         if self.readonly:
             return none
@@ -402,40 +405,50 @@ class Index:
         if not (force or unknown or dead_rows >= max(SWEEP_MIN_ROWS, SWEEP_SHARE * live_rows)):
             return {**none, "waiting_files": len(dead_files)}
         dead = {fid for fid, _ in dead_files}
-        counts = {
-            "files": len(dead),
-            "rows": self._sweep_table("rows", ("id",), dead),
-            "labels": self._sweep_table("labels", ("uc", "kv", "ts", "fid", "rn"), dead),
-        }
+        counts = {"files": 0, "rows": 0, "labels": 0}
+        for table, key in (("rows", ("id",)), ("labels", ("uc", "kv", "ts", "fid", "rn"))):
+            removed = self._sweep_table(table, key, dead, stop)
+            if removed is None:
+                return {**counts, "stopped": 1}
+            counts[table] = removed
+        gone = [(fid,) for fid in sorted(dead)]
         with self._write_lock:
-            marks = ",".join("?" * len(dead))
             self._transaction(
-                lambda db: db.execute(f"DELETE FROM files WHERE fid IN ({marks})", list(dead))
+                partial(_executemany, "DELETE FROM files WHERE fid = ? AND NOT live", gone)
             )
+        counts["files"] = len(gone)
         return counts
 
-    def _sweep_table(self, table: str, key: tuple[str, ...], dead: set[int]) -> int:
+    def _sweep_table(
+        self, table: str, key: tuple[str, ...], dead: set[int], stop: threading.Event | None
+    ) -> int | None:
         """Delete ``table``'s entries whose ``fid`` is in ``dead``, reading it in key
-        order a chunk at a time."""
+        order a chunk at a time; None when ``stop`` was set first."""
         cols = ", ".join(key)
         after: tuple[Any, ...] | None = None
         removed = 0
         while True:
+            if stop is not None and stop.is_set():
+                return None
+            where = f"WHERE ({cols}) > ({','.join('?' * len(key))}) " if after else ""
+            select = f"SELECT {cols}, fid FROM {table} {where}ORDER BY {cols} LIMIT ?"
+            cond = " AND ".join(f"{c} = ?" for c in key)
             with self._write_lock:
                 db = self._writer
-                where = f"WHERE ({cols}) > ({','.join('?' * len(key))}) " if after else ""
-                chunk = db.execute(
-                    f"SELECT {cols}, fid FROM {table} {where}ORDER BY {cols} LIMIT ?",
-                    [*(after or ()), SWEEP_CHUNK],
-                ).fetchall()
-                gone = [r[: len(key)] for r in chunk if r[-1] in dead]
-                if gone:
-                    delete = f"DELETE FROM {table} WHERE " + " AND ".join(f"{c} = ?" for c in key)
-                    self._transaction(partial(_executemany, delete, gone))
-                    removed += len(gone)
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    chunk = db.execute(select, [*(after or ()), SWEEP_CHUNK]).fetchall()
+                    gone = [r for r in chunk if r[-1] in dead]
+                    # The fid again: only an entry that still names the dead file.
+                    db.executemany(f"DELETE FROM {table} WHERE {cond} AND fid = ?", gone)
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+            removed += len(gone)
             if len(chunk) < SWEEP_CHUNK:
                 return removed
-            after = chunk[-1][: len(key)]
+            after = tuple(chunk[-1][: len(key)])
 
     # -- lookups -----------------------------------------------------------------------
     def locate(self, ids: Sequence[str]) -> dict[str, Located]:

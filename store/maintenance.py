@@ -26,12 +26,13 @@ from store.schema import TABLES
 TARGET_FILE_BYTES = 128 << 20
 MIN_RETENTION_HOURS = 1.0
 # The server's compaction is tiered (``compact_tiered``): files are merged a level at a
-# time, ``FANOUT`` of a level into one of the next, the first level holding about
-# ``FIRST_LEVEL_ROWS`` rows, so a row is rewritten once per level (a handful of times in
-# its life) instead of at every pass while its partition's file grows to the target.
+# time, ``FANOUT`` of a level into one of the next, the first level merging into files
+# of about ``FIRST_LEVEL_ROWS`` rows, so a row is rewritten a few times per level instead
+# of at every pass while its partition's file grows to the target.
 FANOUT = 8
-FIRST_LEVEL_ROWS = 65_536
-FIRST_LEVEL_MIN_BYTES = 1 << 20  # below this a file's own overhead blurs bytes per row
+FIRST_LEVEL_ROWS = 1_024
+FIRST_LEVEL_MIN_BYTES = 64 << 10  # below this a file's own overhead blurs bytes per row
+MAX_LEVELS = 8  # compactions of one partition in a pass, at most
 
 
 def _tables(root: str | Path) -> dict[str, DeltaTable]:
@@ -65,16 +66,25 @@ def compact(root: str | Path, target_size: int = TARGET_FILE_BYTES) -> dict[str,
     return out
 
 
-def level_target(sizes: list[int], rows: list[int], target_size: int = TARGET_FILE_BYTES) -> int:
+def level_target(
+    sizes: list[int],
+    rows: list[int],
+    target_size: int = TARGET_FILE_BYTES,
+    skip: frozenset[int] = frozenset(),
+) -> int:
     """The ``target_size`` to compact one partition with, or 0 to leave it alone.
 
     Level k merges with target ``T_k``: ``T_1`` is ``FIRST_LEVEL_ROWS`` rows at the
-    partition's bytes per row, each next level ``FANOUT`` times more, up to
-    ``target_size``. Level k's files are those in [T_(k-1)/2, T_k/2): any two of them
-    fit in one of delta-rs's bins (first fit, files by size, bins up to the target), so
-    merging them always makes fewer, larger files. The lowest level holding ``FANOUT``
-    files is merged; delta-rs reads only files under the target it is given, so larger
-    files are not read again (those in [T_k/2, T_k) at most once more, topped up)."""
+    partition's bytes per row (at least ``FIRST_LEVEL_MIN_BYTES``), each next level
+    ``FANOUT`` times more, up to ``target_size``. Level k's files are those in
+    [T_(k-1)/2, T_k/2): any two of them fit in one bin of ``T_k``. The lowest level
+    holding ``FANOUT`` files and not in ``skip`` (levels a pass could not merge) is due.
+
+    delta-rs (1.6) reads only files under the target, and packs them newest first in
+    commit order, a bin after the other (a larger file ends a run): a level's newest,
+    partly filled output is topped up with the files that follow it until it is full,
+    so a row is rewritten a few times per level (a handful of times in all, measured by
+    ``make bench-maintenance``), not at every pass as with one 128 MB target."""
     total_rows = sum(rows)
     if len(sizes) < FANOUT or total_rows <= 0:
         return 0
@@ -82,46 +92,53 @@ def level_target(sizes: list[int], rows: list[int], target_size: int = TARGET_FI
     first = max(int(FIRST_LEVEL_ROWS * per_row), FIRST_LEVEL_MIN_BYTES)
     low, high = 0, min(first, target_size)
     while True:
-        if sum(1 for s in sizes if low <= s < high // 2) >= FANOUT:
+        if high not in skip and sum(1 for s in sizes if low <= s < high // 2) >= FANOUT:
             return high
         if high >= target_size:
             return 0
         low, high = high // 2, min(high * FANOUT, target_size)
 
 
-def compact_tiered(dt: DeltaTable, target_size: int = TARGET_FILE_BYTES) -> dict[str, int]:
-    """One pass of the server's compaction over ``dt``: each partition whose lowest
-    full level (``level_target``) is due is compacted on its own, with that level's
-    target. Returns the files removed and added and the partitions compacted."""
+def _partitions(dt: DeltaTable) -> dict[tuple[tuple[str, Any], ...], tuple[list[int], list[int]]]:
+    """Per partition (its (column, value) pairs): the sizes and row counts of its files."""
     actions = pa.table(dt.get_add_actions(flatten=True))
     parts = [c for c in actions.column_names if c.startswith("partition.")]
-    groups: dict[tuple[Any, ...], tuple[list[int], list[int]]] = {}
+    groups: dict[tuple[tuple[str, Any], ...], tuple[list[int], list[int]]] = {}
     for a in actions.select(["size_bytes", "num_records", *parts]).to_pylist():
-        sizes, rows = groups.setdefault(tuple(a[c] for c in parts), ([], []))
+        key = tuple((c.removeprefix("partition."), a[c]) for c in parts)
+        sizes, rows = groups.setdefault(key, ([], []))
         sizes.append(int(a["size_bytes"] or 0))
         rows.append(int(a["num_records"] or 0))
+    return groups
+
+
+def compact_tiered(dt: DeltaTable, target_size: int = TARGET_FILE_BYTES) -> dict[str, int]:
+    """One pass of the server's compaction over ``dt``: in each partition, while a level
+    is due (``level_target``), it is compacted with that level's target (its output
+    may fill the next level, merged in the same pass). Returns the files removed and
+    added and the compactions run."""
     out = {"files_removed": 0, "files_added": 0, "partitions": 0}
-    for key, (sizes, rows) in sorted(groups.items(), key=lambda kv: str(kv[0])):
-        target = level_target(sizes, rows, target_size)
-        if not target:
-            continue
-        filters = [
-            (
-                c.removeprefix("partition."),
-                "=",
-                v.isoformat() if isinstance(v, date) else str(v),
+    for key, (sizes, rows) in sorted(_partitions(dt).items(), key=lambda kv: str(kv[0])):
+        if any(v is None for _, v in key):
+            continue  # no filter selects exactly a null partition: left as it is
+        filters = [(c, "=", v.isoformat() if isinstance(v, date) else str(v)) for c, v in key]
+        stuck: set[int] = set()
+        for _ in range(MAX_LEVELS):
+            target = level_target(sizes, rows, target_size, frozenset(stuck))
+            if not target:
+                break
+            m = dt.optimize.compact(
+                partition_filters=filters or None,
+                target_size=target,
+                writer_properties=writer_properties(),
             )
-            for c, v in zip(parts, key, strict=True)
-            if v is not None
-        ]
-        m = dt.optimize.compact(
-            partition_filters=filters or None,
-            target_size=target,
-            writer_properties=writer_properties(),
-        )
-        out["files_removed"] += int(m.get("numFilesRemoved", 0))
-        out["files_added"] += int(m.get("numFilesAdded", 0))
-        out["partitions"] += int(m.get("partitionsOptimized", 0))
+            removed = int(m.get("numFilesRemoved", 0))
+            out["files_removed"] += removed
+            out["files_added"] += int(m.get("numFilesAdded", 0))
+            out["partitions"] += 1 if removed else 0
+            if not removed:  # nothing could pair up (runs broken by larger files)
+                stuck.add(target)
+            sizes, rows = _partitions(dt).get(key, ([], []))
     return out
 
 

@@ -30,17 +30,19 @@ def test_a_partition_waits_for_a_full_level() -> None:
 
 
 def test_the_lowest_full_level_is_merged_and_larger_files_are_not_candidates() -> None:
-    # 100 bytes a row: the first level merges up to FIRST_LEVEL_ROWS rows (~6.5 MB).
+    # 100 bytes a row: the first level merges into files of FIRST_LEVEL_ROWS rows.
     first = maintenance.FIRST_LEVEL_ROWS * 100
-    big = [100 * MB] * 3  # settled: never read again by this pass
-    fresh = [100_000] * FANOUT
+    big = [100 * MB] * 3  # far above the first level: not candidates
+    fresh = [first // 4] * FANOUT
     sizes = big + fresh
     n_rows = [s // 100 for s in sizes]
     target = level_target(sizes, n_rows)
     assert target == first
     assert all(s >= target for s in big) and all(s < target // 2 for s in fresh)
+    # A level a pass could not merge is skipped; nothing else is due here.
+    assert level_target(sizes, n_rows, skip=frozenset({first})) == 0
     # Files of more than half a level's target cannot pair: they belong to the next.
-    halves = [first // 2 + 100] * (FANOUT - 1) + [100_000]
+    halves = [first // 2 + 100] * (FANOUT - 1) + [first // 4]
     assert level_target(halves, [s // 100 for s in halves]) == 0
     # Eight files from the first level: the next one, still under the final target.
     second = [first // 2 + 100] * FANOUT
@@ -168,3 +170,18 @@ def test_compaction_runs_on_its_own_between_maintenance_runs(data_dir: Path) -> 
     assert len(DeltaTable(str(data_dir / "interactions")).file_uris()) == 1
     assert ids(store) == expected
     store.close()
+
+
+def test_a_sweep_of_more_dead_files_than_sqlite_binds_at_once(tmp_path: Path) -> None:
+    """Dead files are deleted one statement each, never as one ``IN (…)`` list:
+    hundreds of thousands a day retire in a busy store (found in review)."""
+    import sqlite3
+
+    index = index_module.Index(tmp_path, "file:///t")
+    n = index._writer.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) + 1
+    index._transaction(lambda db: db.executemany(
+        "INSERT INTO files (path, live, n) VALUES (?, 0, 1)", [(f"f{i}",) for i in range(n)]
+    ))  # fmt: skip
+    assert index.sweep(force=True)["files"] == n
+    assert index._writer.execute("SELECT count(*) FROM files").fetchone()[0] == 0
+    index.close()
