@@ -51,8 +51,10 @@ def writer_properties() -> WriterProperties:
     return WriterProperties(
         max_row_group_size=ROW_GROUP_ROWS,
         compression="ZSTD",
-        column_properties={**{c: no_stats for c in TEXT_COLUMNS},
-                           **{c: bloom for c in BLOOM_COLUMNS}},  # fmt: skip
+        column_properties={
+            **{c: no_stats for c in TEXT_COLUMNS},
+            **{c: bloom for c in BLOOM_COLUMNS},
+        },  # fmt: skip
     )
 
 

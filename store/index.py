@@ -253,25 +253,44 @@ class Index:
                 self._load_files()
             return len(gone)
 
-    def add(self, paths: Sequence[str], read: Any) -> int:
+    def add(self, paths: Sequence[str], read: Any, *, newer: bool = True) -> int:
         """Index the data files ``paths`` not indexed yet, ``ADD_FILES`` a transaction; ``read``
         (sql_template, paths) → Arrow table runs the index's queries on DuckDB.
-        Returns the rows indexed."""
+        Returns the rows indexed.
+
+        A file the index retired is never indexed again (a builder's list can be older
+        than a compaction: reviving the file would point its ids back at it, and they
+        would be lost when it is retired again). ``newer``: the files are new to the
+        table (a flush, a rewrite, another writer's commit) and an id they hold moves to
+        them; otherwise (the builder catching up on older files) an id keeps the live
+        file it is indexed in."""
         if self.readonly:
             return 0
         with self._write_lock:
             self._load_files()
-            todo = [p for p in dict.fromkeys(paths) if p not in self._fids]
+            wanted = [p for p in dict.fromkeys(paths) if p not in self._fids]
+            retired = self._retired(wanted)
+            todo = [p for p in wanted if p not in retired]
             done = 0
             # Memory is bounded by a group of files and a slice of rows, not by what is
             # indexed at once (a whole table after a compaction or at a first start).
             for g in range(0, len(todo), ADD_FILES):
                 new = todo[g : g + ADD_FILES]
                 rows, postings = read(ROWS_SQL, new), read(POSTINGS_SQL, new)
-                self._transaction(partial(self._add_files, new, rows, postings))
+                self._transaction(partial(self._add_files, new, rows, postings, newer))
                 done += rows.num_rows
             self._load_files()
             return int(done)
+
+    def _retired(self, paths: list[str]) -> set[str]:
+        out: set[str] = set()
+        for i in range(0, len(paths), 500):
+            chunk = paths[i : i + 500]
+            out.update(p for (p,) in self._writer.execute(
+                f"SELECT path FROM files WHERE NOT live AND path IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ).fetchall())  # fmt: skip
+        return out
 
     def mark(self, version: int) -> None:
         """Record that the index covers every file of table version ``version``."""
@@ -298,7 +317,12 @@ class Index:
                 self._name_of[nid] = name
 
     def _add_files(
-        self, paths: list[str], rows: pa.Table, postings: pa.Table, db: sqlite3.Connection
+        self,
+        paths: list[str],
+        rows: pa.Table,
+        postings: pa.Table,
+        newer: bool,
+        db: sqlite3.Connection,
     ) -> None:
         db.executemany(
             "INSERT INTO files (path, live) VALUES (?, 1) ON CONFLICT(path) DO UPDATE SET live = 1",
@@ -308,23 +332,30 @@ class Index:
             f"SELECT path, fid FROM files WHERE path IN ({','.join('?' * len(paths))})", paths
         ).fetchall())  # fmt: skip
         for off in range(0, max(rows.num_rows, postings.num_rows), ADD_ROWS):
-            self._insert(db, rows.slice(off, ADD_ROWS), postings.slice(off, ADD_ROWS), fids)
+            self._insert(db, rows.slice(off, ADD_ROWS), postings.slice(off, ADD_ROWS), fids, newer)
         counts = Counter(rows.column("filename").to_pylist())
         db.executemany(
             "UPDATE files SET n = ? WHERE fid = ?", [(counts.get(p, 0), fids[p]) for p in paths]
         )
 
     def _insert(
-        self, db: sqlite3.Connection, rows: pa.Table, postings: pa.Table, fids: dict[str, int]
+        self,
+        db: sqlite3.Connection,
+        rows: pa.Table,
+        postings: pa.Table,
+        fids: dict[str, int],
+        newer: bool = True,
     ) -> None:
         ucs = rows.column("use_case").to_pylist()
         self._intern(db, ucs)
         names = self._names
+        # A row that moved (compaction, a purge's rewrite) points to its new file; an
+        # older file the builder reaches late takes only ids no live file holds.
+        only = "" if newer else " WHERE rows.fid NOT IN (SELECT fid FROM files WHERE live)"
         db.executemany(
-            # A row that moved (compaction, a purge's rewrite) points to its new file.
             "INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
             "uc = excluded.uc, session = excluded.session, ts = excluded.ts, "
-            "fid = excluded.fid, rn = excluded.rn",
+            "fid = excluded.fid, rn = excluded.rn" + only,
             zip(
                 rows.column("id").to_pylist(),
                 (names[u] for u in ucs),

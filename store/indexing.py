@@ -160,7 +160,7 @@ class IndexKeeper:
                     return
                 continue
             try:
-                self.index.add(todo[:16], self.read)
+                self.index.add(todo[:16], self.read, newer=False)
                 self._relabel(todo[:16])
             except Exception as exc:  # a file vacuumed meanwhile, a full disk …
                 log.warning("index builder: %s (retrying)", exc)

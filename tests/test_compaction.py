@@ -8,6 +8,7 @@ dead files in the index, which nothing ever swept)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from deltalake import DeltaTable
@@ -184,4 +185,46 @@ def test_a_sweep_of_more_dead_files_than_sqlite_binds_at_once(tmp_path: Path) ->
     ))  # fmt: skip
     assert index.sweep(force=True)["files"] == n
     assert index._writer.execute("SELECT count(*) FROM files").fetchone()[0] == 0
+    index.close()
+
+
+def _reader(ids: list[str], path_of: str) -> Any:
+    """``read`` for ``Index.add``: the rows of one file holding ``ids``, no labels."""
+    import pyarrow as pa
+
+    def read(sql: str, paths: list[str]) -> pa.Table:
+        if sql is index_module.ROWS_SQL:
+            n = len(ids)
+            return pa.table({"id": ids, "use_case": ["u"] * n, "session_id": [None] * n,
+                             "ts": list(range(n)), "filename": [path_of] * n,
+                             "rn": list(range(n))})  # fmt: skip
+        return pa.table({"use_case": pa.array([], pa.string()), "kv": pa.array([], pa.int64()),
+                         "ts": pa.array([], pa.int64()), "filename": pa.array([], pa.string()),
+                         "rn": pa.array([], pa.int64())})  # fmt: skip
+
+    return read
+
+
+@pytest.mark.parametrize("order", ["retired, then the builder", "the builder, late"])
+def test_an_older_file_indexed_late_never_takes_ids_from_their_rewrite(
+    tmp_path: Path, order: str
+) -> None:
+    """A compaction's file (``new``) holds the rows of ``old``. The builder, working
+    from an older list, indexes ``old`` after ``new``: the ids must stay with ``new``,
+    or they are lost once ``old`` is retired (the 30-minute soak of 2026-11-30 got a
+    404 for an acknowledged id)."""
+    index = index_module.Index(tmp_path, "file:///t")
+    ids = [f"x{i}" for i in range(5)]
+    if order == "retired, then the builder":
+        index.add(["old"], _reader(ids, "old"))
+        index.add(["new"], _reader(ids, "new"))  # the compaction's file, indexed ahead
+        index.retire(["new"])  # the view without old is installed
+        index.add(["old"], _reader(ids, "old"), newer=False)  # a builder's stale list
+    else:
+        index.add(["new"], _reader(ids, "new"))
+        index.add(["old"], _reader(ids, "old"), newer=False)  # still current, unindexed
+        index.retire(["new"])
+    found = index.locate(ids)
+    assert sorted(found) == ids and {loc.path for loc in found.values()} == {"new"}
+    assert index.unindexed(["new"]) == []
     index.close()
