@@ -217,15 +217,21 @@ class Index:
 
     # -- what is indexed ---------------------------------------------------------------
     def _load_files(self) -> None:
+        self._load_paths()
         try:
-            rows = self._reader().execute("SELECT fid, path FROM files WHERE live").fetchall()
             names = self._reader().execute("SELECT nid, name FROM names").fetchall()
         except sqlite3.Error:  # a read-only handle on a missing or half-made index
-            rows, names = [], []
-        self._paths = dict(rows)
-        self._fids = {p: f for f, p in rows}
+            names = []
         self._name_of = dict(names)
         self._names = {n: i for i, n in names}
+
+    def _load_paths(self) -> None:
+        try:
+            rows = self._reader().execute("SELECT fid, path FROM files WHERE live").fetchall()
+        except sqlite3.Error:
+            rows = []
+        self._paths = dict(rows)
+        self._fids = {p: f for f, p in rows}
 
     def version(self) -> int:
         row = self._reader().execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
@@ -495,11 +501,25 @@ class Index:
                 f"WHERE id IN ({','.join('?' * len(chunk))})",
                 chunk,
             ).fetchall()
+            paths = self._live_paths({r[4] for r in rows})
+            if not {r[1] for r in rows} <= self._name_of.keys():  # names committed since
+                self._load_files()
             for id_, uc, session, ts, fid, rn in rows:
-                path = self._paths.get(fid)
+                path = paths.get(fid)
                 if path is not None:
                     out[id_] = Located(id_, self._name_of[uc], session, ts, path, rn)
         return out
+
+    def _live_paths(self, fids: set[int]) -> dict[int, str]:
+        """The paths of those of ``fids`` that are live files. A file whose rows were
+        just committed by another thread (``add`` indexes a rewrite in several
+        transactions and reloads the file list after them) is not in ``_paths`` yet:
+        the list is read again, or the rows moved to it would look lost for a while
+        (the 30-minute soak of 2026-11-30 got a 404 for an acknowledged id)."""
+        if not fids <= self._paths.keys():
+            self._load_paths()
+        paths = self._paths
+        return {f: paths[f] for f in fids if f in paths}
 
     def candidates(
         self,
@@ -551,8 +571,9 @@ class Index:
         )
         out: list[Hit] = []
         found = self._reader().execute(sql, [*args, limit]).fetchall()
+        paths = self._live_paths({f for _, f, _ in found})
         for ts, fid, rn in found:
-            path = self._paths.get(fid)
+            path = paths.get(fid)
             if path is not None:  # postings of dead files wait for the sweep
                 out.append(Hit(ts, path, rn))
         return out, (tuple(found[-1]) if len(found) == limit else None)  # type: ignore[return-value]

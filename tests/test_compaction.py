@@ -228,3 +228,23 @@ def test_an_older_file_indexed_late_never_takes_ids_from_their_rewrite(
     assert sorted(found) == ids and {loc.path for loc in found.values()} == {"new"}
     assert index.unindexed(["new"]) == []
     index.close()
+
+
+def test_ids_moved_by_a_rewrite_are_found_while_it_is_still_being_indexed(
+    tmp_path: Path,
+) -> None:
+    """``add`` commits a rewrite's rows a group of files at a time and reloads its list
+    of live files after the last: in between, a reader on another thread sees ids
+    pointing to a file it does not know yet. It must read the list again, not answer
+    that the interaction does not exist (the soak's 404)."""
+    from functools import partial
+
+    index = index_module.Index(tmp_path, "file:///t")
+    ids = [f"x{i}" for i in range(5)]
+    index.add(["old"], _reader(ids, "old"))
+    read = _reader(ids, "new")
+    rows, postings = read(index_module.ROWS_SQL, ["new"]), read(index_module.POSTINGS_SQL, ["new"])
+    index._transaction(partial(index._add_files, ["new"], rows, postings, True))  # committed
+    found = index.locate(ids)
+    assert sorted(found) == ids and {loc.path for loc in found.values()} == {"new"}
+    index.close()
