@@ -14,7 +14,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from store.duck import Duck, Result, Snapshot, TableSnapshot, effective
+from store.duck import Duck, Result, Snapshot, TableSnapshot, effective, sql_str
 from store.engine import Store
 from store.errors import NotFound, ValidationFailed
 from store.filters import (
@@ -317,28 +317,49 @@ class Reader:
         if not rows:
             raise NotFound(f"no interaction with id {id_!r}", param="id")
         item = to_api(rows[0])
-        # Its feedback and comparisons in one query (each query has a fixed cost).
+        # Its feedback and comparisons in one query (each query has a fixed cost), read
+        # from the files and the unflushed rows directly: no views to set up.
+        feedback, comparisons = self._source(snap, "feedback"), self._source(snap, "comparisons")
+        if use_cases is not None:  # what the caller may see, as the views would
+            cond = (
+                f"use_case IN ({', '.join(sql_str(u) for u in use_cases)})"
+                if use_cases
+                else "false"
+            )
+            feedback = f"(SELECT * FROM {feedback} WHERE {cond})"
+            comparisons = f"(SELECT * FROM {comparisons} WHERE {cond})"
         links = self.store.query(
             "SELECT (SELECT list(struct_pack(id, created_at, metric, value, reason, details, "
-            "user_id) ORDER BY created_at, id) FROM feedback WHERE completion_id = $1) AS fb, "
+            f"user_id) ORDER BY created_at, id) FROM {feedback} WHERE completion_id = $1) AS fb, "
             "(SELECT list(struct_pack(id, created_at, metric, preferred_id, preferred_text, "
             "preferred_model, other_id, other_text, other_model, tied, user_id) "
             # Two equality scans, not an OR: each one skips row groups by bloom filter.
-            "ORDER BY created_at, id) FROM (SELECT * FROM comparisons WHERE preferred_id = $1 "
-            "UNION ALL SELECT * FROM comparisons WHERE other_id = $1 "
+            f"ORDER BY created_at, id) FROM (SELECT * FROM {comparisons} WHERE preferred_id = $1 "
+            f"UNION ALL SELECT * FROM {comparisons} WHERE other_id = $1 "
             "AND preferred_id IS DISTINCT FROM $1)) AS cmp",
-            [id_], snapshot=snap, use_cases=use_cases,
+            [id_], snapshot=snap, views=False,
         ).to_pylist()[0]  # fmt: skip
         fb = links["fb"] or []
         for f in fb:
             f["created_at"] = _iso(f["created_at"])
         item["feedback"] = fb
-        comparisons = links["cmp"] or []
-        for c in comparisons:
+        named = links["cmp"] or []
+        for c in named:
             c["created_at"] = _iso(c["created_at"])
             c["preferred"] = c["preferred_id"] == id_
-        item["comparisons"] = comparisons
+        item["comparisons"] = named
         return item
+
+    @staticmethod
+    def _source(snap: Snapshot, table: str) -> str:
+        """``table``'s rows of ``snap`` as reads see them, without a view: its files
+        (``Duck.scan_sql``) and its unflushed rows."""
+        t = snap.tables[table]
+        parts = [f"SELECT * FROM {effective(snap, table, t.pending_name)}"]
+        files = [f.path for f in t.files]
+        if files:
+            parts.append(f"SELECT * FROM {effective(snap, table, Duck.scan_sql(t.spec, files))}")
+        return "(" + " UNION ALL ".join(parts) + ")"
 
     def _row(
         self, snap: Snapshot, id_: str, use_cases: tuple[str, ...] | None
