@@ -44,6 +44,13 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def use_case_condition(use_cases: Sequence[str]) -> str:
+    """SQL keeping only the rows of ``use_cases`` (none when it is empty)."""
+    if not use_cases:
+        return "false"
+    return "use_case IN (" + ", ".join(sql_str(u) for u in use_cases) + ")"
+
+
 def sql_str(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
@@ -299,10 +306,7 @@ class Duck:
         internal queries that name their files themselves (see ``scan_sql``).
         With ``sql``, only the tables it may name are set up (each costs ~0.3 ms)."""
         cur = self._db.cursor()
-        only = ""
-        if use_cases is not None:
-            only = "(" + ", ".join(sql_str(u) for u in use_cases) + ")" if use_cases else ""
-            only = f" WHERE use_case IN {only}" if only else " WHERE false"
+        only = "" if use_cases is None else f" WHERE {use_case_condition(use_cases)}"
         named = _named_tables(snapshot, sql)
         for name, t in snapshot.tables.items():  # all first: views may read several
             if name in named:

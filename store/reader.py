@@ -14,7 +14,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from store.duck import Duck, Result, Snapshot, TableSnapshot, effective, sql_str
+from store.duck import Duck, Result, Snapshot, TableSnapshot, effective, use_case_condition
 from store.engine import Store
 from store.errors import NotFound, ValidationFailed
 from store.filters import (
@@ -321,11 +321,7 @@ class Reader:
         # from the files and the unflushed rows directly: no views to set up.
         feedback, comparisons = self._source(snap, "feedback"), self._source(snap, "comparisons")
         if use_cases is not None:  # what the caller may see, as the views would
-            cond = (
-                f"use_case IN ({', '.join(sql_str(u) for u in use_cases)})"
-                if use_cases
-                else "false"
-            )
+            cond = use_case_condition(use_cases)
             feedback = f"(SELECT * FROM {feedback} WHERE {cond})"
             comparisons = f"(SELECT * FROM {comparisons} WHERE {cond})"
         links = self.store.query(
